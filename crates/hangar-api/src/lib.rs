@@ -1,0 +1,79 @@
+//! The control-plane HTTP API (axum).
+//!
+//! Architecture Invariant: only this crate knows HTTP request and response
+//! types of the API; the crates below it speak in store rows and typed
+//! errors, and this crate maps those errors to status codes (a user's
+//! mistake is a 4xx with a message naming what to fix, never a 500).
+//!
+//! Every route but `/api/v1/health` requires `Authorization: Bearer <token>`
+//! and is scoped to the token's org: another org's apps answer 404, exactly
+//! as apps that do not exist.
+//!
+//! Routes (Hangar's own API lives under `/api/v1`; `/v1` is kept for the
+//! Fly-compatible Machines API):
+//! - `POST /api/v1/apps/{app}/deploys` — body: the source `.tar.gz`; 202 + build
+//! - `GET /api/v1/builds/{id}`, `GET /api/v1/builds/{id}/log?follow=true`
+//! - `GET /api/v1/apps`, `GET /api/v1/apps/{app}`, `DELETE /api/v1/apps/{app}`
+//! - `GET /api/v1/apps/{app}/logs?follow=true`
+
+mod auth;
+mod error;
+mod routes;
+mod tail;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hangar_build::Builder;
+use hangar_node::Agent;
+use hangar_store::Store;
+
+pub use error::ApiError;
+pub use routes::router;
+
+/// Settings of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted source upload, in bytes (413 beyond).
+    pub max_upload_bytes: u64,
+    /// Where uploads are streamed before validation.
+    pub uploads_dir: PathBuf,
+    /// The domain apps are served under (`<app>.<domain>`).
+    pub domain: String,
+    /// The proxy's public port, for the URLs the API hands out.
+    pub proxy_port: u16,
+}
+
+impl ApiConfig {
+    /// The URL an app is reached at.
+    pub fn app_url(&self, app: &str) -> String {
+        match self.proxy_port {
+            80 => format!("http://{app}.{}/", self.domain),
+            p => format!("http://{app}.{}:{p}/", self.domain),
+        }
+    }
+}
+
+/// What every handler can reach; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    /// State store.
+    pub store: Store,
+    /// Build queue.
+    pub builder: Builder,
+    /// Node agent (machines, logs).
+    pub agent: Agent,
+    /// Settings.
+    pub cfg: Arc<ApiConfig>,
+}
+
+/// Serves the API until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,326 @@
+//! Handlers.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use hangar_core::name::AppName;
+use hangar_core::status::{MachineState, ReleaseStatus};
+use hangar_store::{App, Build};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::auth::Caller;
+use crate::tail::{Done, DoneFuture, tail};
+use crate::{ApiError, ApiState};
+
+/// The API's router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/health",
+            get(|| async { Json(json!({"ok": true})) }),
+        )
+        .route("/api/v1/apps", get(list_apps))
+        .route("/api/v1/apps/{app}", get(app_status).delete(destroy_app))
+        .route("/api/v1/apps/{app}/deploys", post(deploy))
+        .route("/api/v1/apps/{app}/logs", get(app_logs))
+        .route("/api/v1/builds/{id}", get(build_status))
+        .route("/api/v1/builds/{id}/log", get(build_log))
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .with_state(state)
+}
+
+/// The caller's app named `name`, or 404 (also for other orgs' apps).
+async fn find_app(state: &ApiState, caller: &Caller, name: &str) -> Result<App, ApiError> {
+    match state.store.app_by_name(name).await? {
+        Some(app) if app.org_id == caller.org.id => Ok(app),
+        _ => Err(ApiError::not_found(format!(
+            "no app named {name:?} in your organisation"
+        ))),
+    }
+}
+
+/// Streams the upload into `uploads_dir`, enforcing the size cap.
+async fn save_upload(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<std::path::PathBuf, ApiError> {
+    let cap = state.cfg.max_upload_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the upload is larger than this server's cap of {cap} bytes; check what the archive includes (.gitignore) or raise --max-upload-bytes"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap) {
+        return Err(too_large());
+    }
+    let path = state
+        .cfg
+        .uploads_dir
+        .join(format!("{}.tar.gz", hangar_core::id::new_id("upload")));
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    let result = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+            total += chunk.len() as u64;
+            if total > cap {
+                return Err(too_large());
+            }
+            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        }
+        file.flush().await.map_err(ApiError::internal)?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e);
+    }
+    if total == 0 {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(ApiError::bad_request(
+            "the upload is empty: send the source as a .tar.gz body",
+        ));
+    }
+    Ok(path)
+}
+
+async fn deploy(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = AppName::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // Refuse early, before reading the body, when the name is another org's.
+    if let Some(app) = state.store.app_by_name(name.as_str()).await?
+        && app.org_id != caller.org.id
+    {
+        return Err(hangar_store::StoreError::NameTaken(name.to_string()).into());
+    }
+    let upload = save_upload(&state, &headers, body).await?;
+    let builder = state.builder.clone();
+    let up = upload.clone();
+    let accepted = tokio::task::spawn_blocking(move || builder.accept_source(&up))
+        .await
+        .map_err(ApiError::internal)?;
+    let digest = match accepted {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&upload).await;
+            return Err(match e {
+                hangar_build::BuildError::Archive(a) if a.is_too_large() => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the source archive was refused: {a}"),
+                ),
+                hangar_build::BuildError::Archive(a) if a.is_client_error() => {
+                    ApiError::bad_request(format!("the source archive was refused: {a}"))
+                }
+                other => ApiError::internal(other),
+            });
+        }
+    };
+    let app = state
+        .store
+        .get_or_create_app(&caller.org.id, name.as_str())
+        .await?;
+    let build = state.store.enqueue_build(&app.id, &digest).await?;
+    state.builder.notify();
+    let body = json!({
+        "app": app.name,
+        "url": state.cfg.app_url(&app.name),
+        "build": build_json(&build),
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn build_json(b: &Build) -> Value {
+    json!({
+        "id": b.id,
+        "status": b.status,
+        "source_digest": b.source_digest,
+        "image_digest": b.image_digest,
+        "error": b.error,
+        "attempts": b.attempts,
+        "created_at": b.created_at,
+        "started_at": b.started_at,
+        "finished_at": b.finished_at,
+    })
+}
+
+/// The caller's build `id`, or 404.
+async fn find_build(state: &ApiState, caller: &Caller, id: &str) -> Result<(Build, App), ApiError> {
+    let not_found = || ApiError::not_found(format!("no build {id:?} in your organisation"));
+    let build = state.store.build(id).await?.ok_or_else(not_found)?;
+    match state.store.app(&build.app_id).await? {
+        Some(app) if app.org_id == caller.org.id => Ok((build, app)),
+        _ => Err(not_found()),
+    }
+}
+
+async fn build_status(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (build, app) = find_build(&state, &caller, &id).await?;
+    let release = state.store.release_for_build(&build.id).await?;
+    Ok(Json(json!({
+        "app": app.name,
+        "url": state.cfg.app_url(&app.name),
+        "build": build_json(&build),
+        "release": release,
+    })))
+}
+
+#[derive(Deserialize)]
+struct FollowQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn build_log(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<FollowQuery>,
+) -> Result<Response, ApiError> {
+    let (build, _) = find_build(&state, &caller, &id).await?;
+    let path = state.builder.log_path(&build.id);
+    let done: Option<Done> = q.follow.then(|| {
+        let store = state.store.clone();
+        let id = build.id.clone();
+        Box::new(move || -> DoneFuture {
+            let (store, id) = (store.clone(), id.clone());
+            Box::pin(async move {
+                match store.build(&id).await {
+                    Ok(Some(b)) => b.status.is_terminal(),
+                    _ => true,
+                }
+            })
+        }) as Done
+    });
+    Ok(text(tail(path, 0, done)))
+}
+
+fn text(body: Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn app_json(state: &ApiState, app: &App) -> Result<Value, ApiError> {
+    let releases = state.store.releases_for_app(&app.id).await?;
+    let machines = state.store.machines_for_app(&app.id).await?;
+    let builds = state.store.builds_for_app(&app.id, 5).await?;
+    let active = releases.iter().find(|r| r.status == ReleaseStatus::Active);
+    let started = machines
+        .iter()
+        .filter(|m| m.state == MachineState::Started)
+        .count();
+    Ok(json!({
+        "name": app.name,
+        "url": state.cfg.app_url(&app.name),
+        "created_at": app.created_at,
+        "status": match (active, started) {
+            (Some(_), n) if n > 0 => "running",
+            (Some(_), _) => "down",
+            (None, _) => "not deployed",
+        },
+        "active_release": active,
+        "releases": releases.iter().take(10).collect::<Vec<_>>(),
+        "machines": machines,
+        "builds": builds.iter().map(build_json).collect::<Vec<_>>(),
+        "driver": state.agent.driver().name(),
+    }))
+}
+
+async fn list_apps(caller: Caller, State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let mut apps = Vec::new();
+    for app in state.store.apps(&caller.org.id).await? {
+        apps.push(app_json(&state, &app).await?);
+    }
+    Ok(Json(json!({ "apps": apps })))
+}
+
+async fn app_status(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    Ok(Json(app_json(&state, &app).await?))
+}
+
+async fn destroy_app(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    state.agent.destroy_app(&app).await?;
+    state.store.delete_app(&app.id).await?;
+    Ok(Json(json!({ "destroyed": app.name })))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    /// Only the last this many bytes of existing output (default 64 KiB).
+    tail_bytes: Option<u64>,
+}
+
+async fn app_logs(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let machines = state.store.machines_for_app(&app.id).await?;
+    // The newest machine that runs, else the newest one there is.
+    let machine = machines
+        .iter()
+        .find(|m| m.state == MachineState::Started)
+        .or(machines.first());
+    let Some(machine) = machine else {
+        return Err(ApiError::not_found(format!(
+            "app {name:?} has no machine yet, so no logs: deploy it first"
+        )));
+    };
+    let path = state.agent.log_path(&app.name, &machine.id);
+    let len = tokio::fs::metadata(&path)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let start = len.saturating_sub(q.tail_bytes.unwrap_or(64 * 1024));
+    let done: Option<Done> = q
+        .follow
+        .then(|| Box::new(|| -> DoneFuture { Box::pin(async { false }) }) as Done);
+    Ok(text(tail(path, start, done)))
+}

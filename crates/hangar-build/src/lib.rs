@@ -1,0 +1,341 @@
+//! The builder: a durable queue of source archives turned into images.
+//!
+//! Lifecycle of a build (the row lives in the state store):
+//! 1. The API stores the uploaded archive with [`Builder::accept_source`]
+//!    (validated, content-addressed) and enqueues a `queued` build.
+//! 2. The worker ([`Builder::run`]) claims the oldest queued build, unpacks it
+//!    into the app's stable source directory (only changed files are
+//!    rewritten, so cargo's fingerprints stay valid), runs
+//!    `cargo build --release` with the app's persistent target dir, packages
+//!    the binary as an OCI image, and marks the build `succeeded` together
+//!    with a new `pending` release, in one transaction.
+//! 3. The release id goes to the rollout channel (the node agent).
+//!
+//! A crash at any point leaves a row the next start can act on:
+//! [`Builder::recover`] kills an orphaned cargo and re-queues the build (or
+//! fails it, with the reason, after repeated crashes).
+
+mod cargo;
+mod sync;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hangar_core::archive::{self, ArchiveError, Limits};
+use hangar_image::{BinaryImage, ImageStore};
+use hangar_store::{Build, Store, StoreError};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{info, warn};
+
+/// Settings of the builder.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// Uploaded archives, `<sha256 hex>.tar.gz`.
+    pub sources_dir: PathBuf,
+    /// Per-app working trees: `<app>/src` (stable path, for cargo) and
+    /// `<app>/incoming` (staging).
+    pub work_dir: PathBuf,
+    /// Per-app persistent cargo target dirs, `<app>/`: what makes a redeploy
+    /// rebuild only the app's own crate.
+    pub target_root: PathBuf,
+    /// Build logs, `<build id>.log`.
+    pub logs_dir: PathBuf,
+    /// The cargo to run.
+    pub cargo: PathBuf,
+    /// Claims of one build before a crash-looping build is failed.
+    pub max_attempts: i64,
+    /// Wall-clock limit of one `cargo build`.
+    pub timeout: Duration,
+    /// Caps on what an uploaded archive may unpack to.
+    pub limits: Limits,
+}
+
+/// Errors of the builder that are not a build failing (which is recorded
+/// on the build, not returned).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let what = what.into();
+    move |source| BuildError::Io { what, source }
+}
+
+/// The builder; cheap to clone.
+#[derive(Clone)]
+pub struct Builder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The durable queue and the build rows.
+    store: Store,
+    /// Where images are written.
+    images: ImageStore,
+    /// Settings.
+    cfg: BuildConfig,
+    /// Wakes the worker when a build is enqueued.
+    wake: Notify,
+    /// Receives the id of each release a build created, for rollout.
+    releases: mpsc::UnboundedSender<String>,
+}
+
+impl Builder {
+    /// A builder sending created releases to `releases`.
+    pub fn new(
+        store: Store,
+        images: ImageStore,
+        cfg: BuildConfig,
+        releases: mpsc::UnboundedSender<String>,
+    ) -> Result<Builder, BuildError> {
+        for d in [
+            &cfg.sources_dir,
+            &cfg.work_dir,
+            &cfg.target_root,
+            &cfg.logs_dir,
+        ] {
+            std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
+        }
+        Ok(Builder {
+            inner: Arc::new(Inner {
+                store,
+                images,
+                cfg,
+                wake: Notify::new(),
+                releases,
+            }),
+        })
+    }
+
+    /// Validates an uploaded `.tar.gz` (already on disk at `upload`) and
+    /// moves it into the source store; returns its digest. Blocking.
+    pub fn accept_source(&self, upload: &Path) -> Result<String, BuildError> {
+        let file = std::fs::File::open(upload).map_err(io("reading the upload"))?;
+        archive::validate_tar_gz(std::io::BufReader::new(file), self.inner.cfg.limits)?;
+        let mut file = std::fs::File::open(upload).map_err(io("reading the upload"))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(io("reading the upload"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let hex = hex::encode(hasher.finalize());
+        let dest = self.inner.cfg.sources_dir.join(format!("{hex}.tar.gz"));
+        std::fs::rename(upload, &dest).map_err(io("storing the upload"))?;
+        Ok(format!("sha256:{hex}"))
+    }
+
+    /// Wakes the worker (after a build was enqueued).
+    pub fn notify(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// The log file of a build.
+    pub fn log_path(&self, build_id: &str) -> PathBuf {
+        self.inner.cfg.logs_dir.join(format!("{build_id}.log"))
+    }
+
+    /// After a crash: kills cargo runs orphaned by a previous hangar and
+    /// re-queues (or fails) their builds.
+    pub async fn recover(&self) -> Result<(), BuildError> {
+        let stuck = self
+            .inner
+            .store
+            .recover_builds(self.inner.cfg.max_attempts)
+            .await?;
+        for b in stuck {
+            if let Some(pgid) = b.builder_pgid {
+                cargo::kill_orphan(pgid);
+            }
+            let note = if b.attempts >= self.inner.cfg.max_attempts {
+                format!(
+                    "==> hangar stopped during this build {} times; giving up\n",
+                    b.attempts
+                )
+            } else {
+                "==> hangar stopped during this build; it was re-queued and will run again\n"
+                    .to_owned()
+            };
+            append(&self.log_path(&b.id), &note).await;
+            warn!(build = %b.id, "recovered build interrupted by a restart");
+        }
+        Ok(())
+    }
+
+    /// The worker loop: one build at a time until `shutdown` becomes true.
+    /// A build cut off by shutdown stays `building` and is re-queued by
+    /// [`Builder::recover`] on the next start.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let claimed = match self.inner.store.claim_next_build().await {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!("builder: claiming a build: {e}");
+                    None
+                }
+            };
+            match claimed {
+                Some(build) => {
+                    tokio::select! {
+                        _ = self.build(build) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = self.inner.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one claimed build to a terminal state.
+    async fn build(&self, build: Build) {
+        let log = self.log_path(&build.id);
+        let started = std::time::Instant::now();
+        match self.try_build(&build, &log).await {
+            Ok(version) => {
+                let secs = started.elapsed().as_secs_f64();
+                append(
+                    &log,
+                    &format!(
+                        "==> build succeeded in {secs:.1} s; release v{version} is rolling out\n"
+                    ),
+                )
+                .await;
+                info!(build = %build.id, secs, "build succeeded");
+            }
+            Err(reason) => {
+                append(&log, &format!("==> build failed: {reason}\n")).await;
+                warn!(build = %build.id, "build failed: {reason}");
+                if let Err(e) = self.inner.store.fail_build(&build.id, &reason).await {
+                    warn!(build = %build.id, "recording failure: {e}");
+                }
+            }
+        }
+    }
+
+    /// The steps of a build; an error is the reason, worded for the user.
+    async fn try_build(&self, build: &Build, log: &Path) -> Result<i64, String> {
+        let inner = &self.inner;
+        let app = inner
+            .store
+            .app(&build.app_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the app was destroyed")?;
+        append(
+            log,
+            &format!(
+                "==> building {} (build {}, attempt {})\n",
+                app.name, build.id, build.attempts
+            ),
+        )
+        .await;
+
+        // Unpack into the app's stable source dir, rewriting only what changed.
+        let hex = build.source_digest.trim_start_matches("sha256:");
+        let archive_path = inner.cfg.sources_dir.join(format!("{hex}.tar.gz"));
+        let app_dir = inner.cfg.work_dir.join(&app.name);
+        let src = app_dir.join("src");
+        let limits = inner.cfg.limits;
+        let unpacked = tokio::task::spawn_blocking({
+            let (archive_path, app_dir, src) = (archive_path.clone(), app_dir.clone(), src.clone());
+            move || -> Result<sync::Changes, String> {
+                let incoming = app_dir.join("incoming");
+                let _ = std::fs::remove_dir_all(&incoming);
+                let file = std::fs::File::open(&archive_path)
+                    .map_err(|e| format!("the uploaded source is gone: {e}"))?;
+                archive::unpack_tar_gz(std::io::BufReader::new(file), &incoming, limits)
+                    .map_err(|e| e.to_string())?;
+                let changes = sync::sync_tree(&incoming, &src).map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_dir_all(&incoming);
+                Ok(changes)
+            }
+        })
+        .await
+        .map_err(|e| format!("unpacking: {e}"))??;
+        append(log, &format!("==> source unpacked: {unpacked}\n")).await;
+
+        let target_dir = inner.cfg.target_root.join(&app.name);
+        let bin = cargo::pick_binary(&inner.cfg.cargo, &src).await?;
+        append(log, &format!("==> cargo build --release --bin {bin}\n")).await;
+        let store = inner.store.clone();
+        let build_id = build.id.clone();
+        cargo::build(
+            &inner.cfg.cargo,
+            &src,
+            &target_dir,
+            &bin,
+            log,
+            inner.cfg.timeout,
+            move |pgid| {
+                let (store, build_id) = (store.clone(), build_id.clone());
+                async move {
+                    let _ = store.set_build_pgid(&build_id, pgid).await;
+                }
+            },
+        )
+        .await?;
+
+        let binary = target_dir.join("release").join(&bin);
+        let images = inner.images.clone();
+        let (app_name, bin_name) = (app.name.clone(), bin.clone());
+        let digest = tokio::task::spawn_blocking(move || {
+            images.build_from_binary(&BinaryImage {
+                binary: &binary,
+                name: &bin_name,
+                env: vec![format!("HANGAR_APP={app_name}")],
+            })
+        })
+        .await
+        .map_err(|e| format!("packaging: {e}"))?
+        .map_err(|e| format!("packaging the binary as an image: {e}"))?;
+        append(log, &format!("==> image {digest}\n")).await;
+
+        let release = inner
+            .store
+            .complete_build(&build.id, &digest)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The receiver lives as long as hangar; if it is gone we are shutting
+        // down and the pending release is resumed at the next start.
+        let _ = inner.releases.send(release.id.clone());
+        Ok(release.version)
+    }
+}
+
+/// Appends a line to a build log (best effort: a log write failing must not
+/// fail the build).
+async fn append(path: &Path, text: &str) {
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await;
+    if let Ok(mut f) = file {
+        let _ = f.write_all(text.as_bytes()).await;
+    }
+}

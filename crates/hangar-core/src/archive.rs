@@ -1,0 +1,401 @@
+//! The one place where Hangar unpacks tar archives it did not write itself:
+//! uploaded sources (`.tar.gz`) and image layers.
+//!
+//! Architecture Invariant: nothing is ever written outside `dest`. Entries with
+//! absolute paths or `..` components, links that point outside the tree,
+//! hard links, device files and FIFOs are rejected, and the unpacked size and
+//! entry count are capped, before or while anything is written.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+
+/// Caps that bound what one archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Sum of the sizes of all regular files, in bytes.
+    pub max_unpacked_bytes: u64,
+    /// Number of entries of any kind.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_unpacked_bytes: 1 << 30,
+            max_entries: 200_000,
+        }
+    }
+}
+
+/// Why an archive was refused. Every variant is the uploader's fault and
+/// maps to a 4xx, except [`ArchiveError::Io`] on the destination side.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive entry {0:?} has an absolute path; entries must be relative")]
+    AbsolutePath(String),
+    #[error("archive entry {0:?} contains '..'; entries must stay inside the archive root")]
+    ParentDir(String),
+    #[error("archive entry {path:?} is a link to {target:?}, which points outside the archive")]
+    LinkOutside { path: String, target: String },
+    #[error("archive entry {0:?} is a hard link; hard links are not accepted")]
+    HardLink(String),
+    #[error(
+        "archive entry {path:?} is a {kind}; only files, directories and symlinks are accepted"
+    )]
+    SpecialFile { path: String, kind: &'static str },
+    #[error("archive unpacks to more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("archive has more than {limit} entries")]
+    TooManyEntries { limit: u64 },
+    #[error("archive is not a valid gzip-compressed tar file: {0}")]
+    Corrupt(io::Error),
+    #[error("could not write {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl ArchiveError {
+    /// True when the archive itself is at fault (a 4xx), false when the
+    /// server failed to write (a 5xx).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, ArchiveError::Io { .. })
+    }
+
+    /// True for the size and count caps (HTTP 413 rather than 400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            ArchiveError::TooLarge { .. } | ArchiveError::TooManyEntries { .. }
+        )
+    }
+}
+
+/// Checks a `.tar.gz` without writing anything; the same checks as
+/// [`unpack_tar_gz`]. Used to answer an upload with 4xx before queueing it.
+pub fn validate_tar_gz(reader: impl Read, limits: Limits) -> Result<(), ArchiveError> {
+    walk(tar::Archive::new(GzDecoder::new(reader)), None, limits)
+}
+
+/// Unpacks a `.tar.gz` into `dest` (created if missing).
+pub fn unpack_tar_gz(reader: impl Read, dest: &Path, limits: Limits) -> Result<(), ArchiveError> {
+    unpack_tar(GzDecoder::new(reader), dest, limits)
+}
+
+/// Unpacks an uncompressed tar into `dest` (created if missing).
+pub fn unpack_tar(reader: impl Read, dest: &Path, limits: Limits) -> Result<(), ArchiveError> {
+    fs::create_dir_all(dest).map_err(|source| ArchiveError::Io {
+        path: dest.to_owned(),
+        source,
+    })?;
+    walk(tar::Archive::new(reader), Some(dest), limits)
+}
+
+fn walk<R: Read>(
+    mut archive: tar::Archive<R>,
+    dest: Option<&Path>,
+    limits: Limits,
+) -> Result<(), ArchiveError> {
+    let mut total: u64 = 0;
+    let mut count: u64 = 0;
+    let entries = archive.entries().map_err(ArchiveError::Corrupt)?;
+    for entry in entries {
+        let mut entry = entry.map_err(ArchiveError::Corrupt)?;
+        count += 1;
+        if count > limits.max_entries {
+            return Err(ArchiveError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
+        let raw = entry.path().map_err(ArchiveError::Corrupt)?.into_owned();
+        let shown = raw.display().to_string();
+        let rel = checked_relative(&raw, &shown)?;
+        let kind = entry.header().entry_type();
+        let size = entry.header().size().map_err(ArchiveError::Corrupt)?;
+        if kind.is_file() || kind.is_contiguous() {
+            total = total.saturating_add(size);
+            if total > limits.max_unpacked_bytes {
+                return Err(ArchiveError::TooLarge {
+                    limit: limits.max_unpacked_bytes,
+                });
+            }
+        }
+        let target = match kind {
+            tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::Directory
+            | tar::EntryType::GNULongName
+            | tar::EntryType::XHeader
+            | tar::EntryType::XGlobalHeader => None,
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(ArchiveError::Corrupt)?
+                    .ok_or_else(|| ArchiveError::LinkOutside {
+                        path: shown.clone(),
+                        target: String::new(),
+                    })?
+                    .into_owned();
+                check_link(&rel, &link, &shown)?;
+                Some(link)
+            }
+            tar::EntryType::Link => return Err(ArchiveError::HardLink(shown)),
+            tar::EntryType::Char => return Err(special(shown, "character device")),
+            tar::EntryType::Block => return Err(special(shown, "block device")),
+            tar::EntryType::Fifo => return Err(special(shown, "FIFO")),
+            _ => return Err(special(shown, "special entry")),
+        };
+        if rel.as_os_str().is_empty() {
+            continue; // "./" itself
+        }
+        let Some(dest) = dest else { continue };
+        let out = dest.join(&rel);
+        let io_err = |source| ArchiveError::Io {
+            path: out.clone(),
+            source,
+        };
+        // Parents are created by us, as real directories: an earlier symlink
+        // entry can never redirect a later file (we refuse to write through it).
+        if let Some(parent) = out.parent() {
+            ensure_real_dirs(dest, parent).map_err(io_err)?;
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                if !out.is_dir() {
+                    fs::create_dir(&out).map_err(io_err)?;
+                }
+            }
+            tar::EntryType::Symlink => {
+                remove_existing(&out).map_err(io_err)?;
+                let link = target.unwrap_or_default();
+                std::os::unix::fs::symlink(&link, &out).map_err(io_err)?;
+            }
+            _ => {
+                remove_existing(&out).map_err(io_err)?;
+                let mut file = fs::File::create(&out).map_err(io_err)?;
+                let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(io_err)?;
+                if copied != size {
+                    return Err(ArchiveError::Corrupt(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("entry {shown:?} is truncated"),
+                    )));
+                }
+                let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&out, fs::Permissions::from_mode(mode)).map_err(io_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn special(path: String, kind: &'static str) -> ArchiveError {
+    ArchiveError::SpecialFile { path, kind }
+}
+
+/// Normalises an entry path: drops `./`, refuses absolute paths and `..`.
+fn checked_relative(raw: &Path, shown: &str) -> Result<PathBuf, ArchiveError> {
+    let mut rel = PathBuf::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(p) => rel.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(ArchiveError::ParentDir(shown.to_owned())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(ArchiveError::AbsolutePath(shown.to_owned()));
+            }
+        }
+    }
+    Ok(rel)
+}
+
+/// A symlink at `rel` pointing at `link` must resolve inside the archive root.
+fn check_link(rel: &Path, link: &Path, shown: &str) -> Result<(), ArchiveError> {
+    let outside = || ArchiveError::LinkOutside {
+        path: shown.to_owned(),
+        target: link.display().to_string(),
+    };
+    if link.is_absolute() {
+        return Err(outside());
+    }
+    // Depth of the directory holding the link, then walk the target.
+    let mut depth: i64 = rel.components().count() as i64 - 1;
+    for c in link.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(outside());
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return Err(outside()),
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its parents below `root`, refusing to pass through a
+/// symlink (which could lead outside `root`).
+fn ensure_real_dirs(root: &Path, dir: &Path) -> io::Result<()> {
+    let rel = dir.strip_prefix(root).map_err(io::Error::other)?;
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} is not a directory", cur.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&cur)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn remove_existing(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    /// Builds a .tar.gz from raw headers, so that hostile entries (which the
+    /// tar crate's safe builder API refuses to write) can be produced.
+    fn targz(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        for (path, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            // Write the name bytes directly: set_path rejects `..` and `/`.
+            let name = &mut h.as_old_mut().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            if let Some(l) = link {
+                let ln = &mut h.as_old_mut().linkname;
+                ln[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn unpack(data: &[u8]) -> (tempfile::TempDir, Result<(), ArchiveError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        let r = unpack_tar_gz(data, &dest, Limits::default());
+        (dir, r)
+    }
+
+    use tar::EntryType as T;
+
+    #[test]
+    fn unpacks_files_dirs_and_inner_links() {
+        let data = targz(&[
+            ("src/", T::Directory, b"", None),
+            ("src/main.rs", T::Regular, b"fn main() {}", None),
+            ("link.rs", T::Symlink, b"", Some("src/main.rs")),
+        ]);
+        let (dir, r) = unpack(&data);
+        r.unwrap();
+        let out = dir.path().join("out");
+        assert_eq!(fs::read(out.join("src/main.rs")).unwrap(), b"fn main() {}");
+        assert_eq!(fs::read(out.join("link.rs")).unwrap(), b"fn main() {}");
+        validate_tar_gz(&data[..], Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn rejects_parent_dir_and_writes_nothing_outside() {
+        let data = targz(&[("../evil", T::Regular, b"x", None)]);
+        let (dir, r) = unpack(&data);
+        assert!(matches!(r, Err(ArchiveError::ParentDir(_))), "{r:?}");
+        assert!(!dir.path().join("evil").exists());
+        assert!(validate_tar_gz(&data[..], Limits::default()).is_err());
+    }
+
+    #[test]
+    fn rejects_absolute_paths() {
+        let data = targz(&[("/tmp/evil", T::Regular, b"x", None)]);
+        assert!(matches!(
+            unpack(&data).1,
+            Err(ArchiveError::AbsolutePath(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_links_pointing_outside() {
+        for target in ["/etc/passwd", "../../etc", "a/../../x"] {
+            let data = targz(&[("l", T::Symlink, b"", Some(target))]);
+            let r = unpack(&data).1;
+            assert!(
+                matches!(r, Err(ArchiveError::LinkOutside { .. })),
+                "{target}: {r:?}"
+            );
+        }
+        let data = targz(&[("h", T::Link, b"", Some("x"))]);
+        assert!(matches!(unpack(&data).1, Err(ArchiveError::HardLink(_))));
+    }
+
+    #[test]
+    fn refuses_to_write_through_a_symlinked_directory() {
+        // `d -> .` is inside, but a later `d/x` must not be written through it.
+        let data = targz(&[
+            ("d", T::Symlink, b"", Some(".")),
+            ("d/x", T::Regular, b"x", None),
+        ]);
+        assert!(matches!(unpack(&data).1, Err(ArchiveError::Io { .. })));
+    }
+
+    #[test]
+    fn rejects_devices_and_fifos() {
+        for kind in [T::Char, T::Block, T::Fifo] {
+            let data = targz(&[("dev", kind, b"", None)]);
+            assert!(matches!(
+                unpack(&data).1,
+                Err(ArchiveError::SpecialFile { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn enforces_size_and_count_caps() {
+        let big = vec![0u8; 4096];
+        let data = targz(&[("a", T::Regular, &big, None), ("b", T::Regular, &big, None)]);
+        let limits = Limits {
+            max_unpacked_bytes: 5000,
+            max_entries: 10,
+        };
+        let err = validate_tar_gz(&data[..], limits).unwrap_err();
+        assert!(err.is_too_large(), "{err}");
+        let limits = Limits {
+            max_unpacked_bytes: 1 << 20,
+            max_entries: 1,
+        };
+        assert!(matches!(
+            validate_tar_gz(&data[..], limits),
+            Err(ArchiveError::TooManyEntries { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_corrupt_not_a_panic() {
+        let r = validate_tar_gz(&b"not a tarball at all"[..], Limits::default());
+        assert!(matches!(r, Err(ArchiveError::Corrupt(_))));
+    }
+}

@@ -1,0 +1,461 @@
+//! Runtime drivers: the only code that starts or signals machine processes.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::process::Command;
+
+/// Which driver the operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// runc when it is installed and we are root, else process (loudly).
+    Auto,
+    /// runc or fail.
+    Runc,
+    /// Plain processes, no isolation.
+    Process,
+}
+
+/// cgroup limits of one machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Hard memory limit; past it the kernel OOM-kills inside the machine.
+    pub memory_mb: u64,
+    /// Maximum number of tasks (stops fork bombs).
+    pub pids: u64,
+    /// CPU quota in whole or fractional CPUs.
+    pub cpus: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 512,
+            pids: 512,
+            cpus: 1.0,
+        }
+    }
+}
+
+/// Everything a driver needs to start one machine.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    /// Machine id; also the runc container id and cgroup name.
+    pub id: String,
+    /// The app's name, used as the container's hostname.
+    pub hostname: String,
+    /// The image's unpacked root filesystem (shared, mounted read-only).
+    pub rootfs: PathBuf,
+    /// Private directory of this machine (runc bundle).
+    pub dir: PathBuf,
+    /// argv, with paths inside the image.
+    pub argv: Vec<String>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    /// Working directory inside the image.
+    pub cwd: String,
+    /// uid and gid inside the machine (no user namespace: also on the host).
+    pub user: (u32, u32),
+    /// Where stdout and stderr go (appended).
+    pub log: PathBuf,
+    /// cgroup limits.
+    pub limits: Limits,
+}
+
+/// Why a driver could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("runc is required (--driver runc) but {0}")]
+    RuncUnavailable(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("runc {action} failed: {stderr}")]
+    Runc { action: String, stderr: String },
+    #[error("the image has no command to run")]
+    NoCommand,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
+    let what = what.into();
+    move |source| DriverError::Io { what, source }
+}
+
+/// A runtime driver.
+#[derive(Debug, Clone)]
+pub enum Driver {
+    /// OCI containers via runc.
+    Runc {
+        /// The runc binary.
+        runc: PathBuf,
+        /// runc's state directory (`--root`), private to this hangar.
+        state_root: PathBuf,
+    },
+    /// Plain processes in their own process group; no isolation at all.
+    Process,
+}
+
+impl Driver {
+    /// Picks a driver. Returns a warning to print loudly when falling back.
+    pub fn choose(
+        choice: DriverChoice,
+        state_root: &Path,
+    ) -> Result<(Driver, Option<String>), DriverError> {
+        let runc = find_in_path("runc");
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let problem = match (&runc, root) {
+            (None, _) => Some("runc is not installed (apt-get install runc)".to_owned()),
+            (Some(_), false) => Some("hangar is not running as root".to_owned()),
+            _ => None,
+        };
+        match (choice, problem, runc) {
+            (DriverChoice::Process, _, _) => Ok((
+                Driver::Process,
+                Some("driver 'process' chosen: apps run as plain processes with NO isolation and NO limits".into()),
+            )),
+            (_, None, Some(runc)) => Ok((
+                Driver::Runc {
+                    runc,
+                    state_root: state_root.to_owned(),
+                },
+                None,
+            )),
+            (DriverChoice::Runc, Some(p), _) => Err(DriverError::RuncUnavailable(p)),
+            (_, p, _) => Ok((
+                Driver::Process,
+                Some(format!(
+                    "{}: falling back to the 'process' driver — apps run as plain processes with NO isolation and NO limits",
+                    p.unwrap_or_else(|| "runc was not found".into())
+                )),
+            )),
+        }
+    }
+
+    /// `runc` or `process`, as stored with each machine.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Driver::Runc { .. } => "runc",
+            Driver::Process => "process",
+        }
+    }
+
+    /// Starts the machine; returns the host pid of its main process.
+    pub async fn start(&self, spec: &MachineSpec) -> Result<u32, DriverError> {
+        fs::create_dir_all(&spec.dir).map_err(io(format!("creating {}", spec.dir.display())))?;
+        if let Some(parent) = spec.log.parent() {
+            fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .map_err(io(format!("opening {}", spec.log.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(io(format!("opening {}", spec.log.display())))?;
+        match self {
+            Driver::Runc { runc, state_root } => {
+                let config = oci_config(spec)?;
+                let path = spec.dir.join("config.json");
+                fs::write(&path, config.to_string())
+                    .map_err(io(format!("writing {}", path.display())))?;
+                let pid_file = spec.dir.join("pid");
+                let _ = fs::remove_file(&pid_file);
+                // A container of the same id left over from a crash would make
+                // `runc run` fail; it is ours, so remove it.
+                let _ = runc_cmd(runc, state_root, &["delete", "--force", &spec.id]).await;
+                // --detach: runc exits once the container runs, handing the
+                // container our log file as its stdout and stderr.
+                // runc's own errors go to a file of their own: its stderr is
+                // the container's, and the container's is the app log.
+                let runc_log = spec.dir.join("runc.log");
+                let _ = fs::remove_file(&runc_log);
+                let out = Command::new(runc)
+                    .arg("--root")
+                    .arg(state_root)
+                    .arg("--log")
+                    .arg(&runc_log)
+                    .args(["run", "--detach", "--bundle"])
+                    .arg(&spec.dir)
+                    .arg("--pid-file")
+                    .arg(&pid_file)
+                    .arg(&spec.id)
+                    .stdin(Stdio::null())
+                    .stdout(log)
+                    .stderr(log2)
+                    // status(), not output(): output() would pipe stdout and
+                    // wait for EOF, which never comes while the app runs.
+                    .status()
+                    .await
+                    .map_err(io("running runc"))?;
+                if !out.success() {
+                    let mut why = tail_of(&runc_log, 3);
+                    if why.is_empty() {
+                        why = tail_of(&spec.log, 5);
+                    }
+                    return Err(DriverError::Runc {
+                        action: "run".into(),
+                        stderr: why,
+                    });
+                }
+                let pid = fs::read_to_string(&pid_file)
+                    .map_err(io("reading runc's pid file"))?
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|e| DriverError::Runc {
+                        action: "run".into(),
+                        stderr: format!("bad pid file: {e}"),
+                    })?;
+                Ok(pid)
+            }
+            Driver::Process => {
+                let (prog, args) = spec.argv.split_first().ok_or(DriverError::NoCommand)?;
+                let prog = spec.rootfs.join(prog.trim_start_matches('/'));
+                let cwd = spec.rootfs.join(spec.cwd.trim_start_matches('/'));
+                let mut cmd = std::process::Command::new(&prog);
+                cmd.args(args)
+                    .current_dir(&cwd)
+                    .env_clear()
+                    .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))
+                    .stdin(Stdio::null())
+                    .stdout(log)
+                    .stderr(log2)
+                    // Its own process group: stopping signals the whole group,
+                    // and a Ctrl-C aimed at hangar does not reach it.
+                    .process_group(0);
+                let child = cmd
+                    .spawn()
+                    .map_err(io(format!("starting {}", prog.display())))?;
+                // Dropping a std Child neither kills nor reaps it: the agent's
+                // monitor reaps it with waitpid, like a runc container.
+                Ok(child.id())
+            }
+        }
+    }
+
+    /// Stops the machine: SIGTERM, then SIGKILL after `grace`; then removes
+    /// the container. Idempotent.
+    pub async fn stop(
+        &self,
+        id: &str,
+        pid: Option<u32>,
+        grace: Duration,
+    ) -> Result<(), DriverError> {
+        match self {
+            Driver::Runc { runc, state_root } => {
+                let _ = runc_cmd(runc, state_root, &["kill", id, "TERM"]).await;
+                if !wait_gone(pid, grace).await {
+                    let _ = runc_cmd(runc, state_root, &["kill", "--all", id, "KILL"]).await;
+                    wait_gone(pid, Duration::from_secs(5)).await;
+                }
+                let out = runc_cmd(runc, state_root, &["delete", "--force", id]).await?;
+                if !out.status.success() {
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    if !stderr.contains("does not exist") && !stderr.contains("not exist") {
+                        return Err(DriverError::Runc {
+                            action: "delete".into(),
+                            stderr: stderr.trim().to_owned(),
+                        });
+                    }
+                }
+                Ok(())
+            }
+            Driver::Process => {
+                if let Some(pid) = pid {
+                    signal_group(pid, libc::SIGTERM);
+                    if !wait_gone(Some(pid), grace).await {
+                        signal_group(pid, libc::SIGKILL);
+                        wait_gone(Some(pid), Duration::from_secs(5)).await;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn runc_cmd(
+    runc: &Path,
+    state_root: &Path,
+    args: &[&str],
+) -> Result<std::process::Output, DriverError> {
+    Command::new(runc)
+        .arg("--root")
+        .arg(state_root)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io(format!("running runc {}", args.join(" "))))
+}
+
+fn signal_group(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions; a stale pid is an
+    // ESRCH error, which we ignore.
+    unsafe {
+        libc::kill(-(pid as i32), sig);
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// What a machine's main process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    Running,
+    /// Exited; the status is known when we reaped it ourselves.
+    Exited(Option<i64>),
+}
+
+/// Checks (and reaps, when it is our child) the process `pid`.
+pub fn probe(pid: u32) -> ProcState {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes only to `status`, a valid local.
+    let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    if r == pid as i32 {
+        let code = if libc::WIFEXITED(status) {
+            i64::from(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            128 + i64::from(libc::WTERMSIG(status))
+        } else {
+            -1
+        };
+        return ProcState::Exited(Some(code));
+    }
+    if r == 0 {
+        return ProcState::Running;
+    }
+    // Not our child (e.g. adopted after a restart of hangar): look in /proc.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state letter follows the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            if matches!(state, Some('Z') | Some('X')) {
+                ProcState::Exited(None)
+            } else {
+                ProcState::Running
+            }
+        }
+        Err(_) => ProcState::Exited(None),
+    }
+}
+
+/// Waits until `pid` is gone, up to `timeout`. True when it is gone.
+async fn wait_gone(pid: Option<u32>, timeout: Duration) -> bool {
+    let Some(pid) = pid else { return true };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let ProcState::Exited(_) = probe(pid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Makes this process the reaper of orphaned descendants, so containers whose
+/// runc has exited stay our children: we get their exit status.
+pub fn become_subreaper() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The last `n` lines of a file, for error messages.
+pub fn tail_of(path: &Path, n: usize) -> String {
+    let text = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The OCI runtime spec (config.json) of a machine.
+fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
+    if spec.argv.is_empty() {
+        return Err(DriverError::NoCommand);
+    }
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "nodev", "mode=1777", "size=262144k"]}),
+    ];
+    if Path::new("/etc/resolv.conf").exists() {
+        mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind",
+            "source": "/etc/resolv.conf", "options": ["rbind", "ro"]}));
+    }
+    // As many open files as hangar itself may have (a container cannot be
+    // given more than its creator's hard limit), capped at 65536.
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only to `rl`, a valid local.
+    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_max.min(65536)
+    } else {
+        1024
+    };
+    let quota_period: u64 = 100_000;
+    let quota = (spec.limits.cpus * quota_period as f64).round().max(1000.0) as i64;
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": spec.user.0, "gid": spec.user.1},
+            "args": spec.argv,
+            "env": spec.env,
+            "cwd": spec.cwd,
+            "noNewPrivileges": true,
+            "capabilities": {"bounding": [], "effective": [], "permitted": [], "ambient": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
+        },
+        "root": {"path": spec.rootfs, "readonly": true},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            // No network namespace: the machine shares the host's network so
+            // the proxy reaches it on 127.0.0.1:$PORT.
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}],
+            "cgroupsPath": format!("/hangar/{}", spec.id),
+            "resources": {
+                "memory": {"limit": spec.limits.memory_mb * 1024 * 1024,
+                           "swap": spec.limits.memory_mb * 1024 * 1024},
+                "pids": {"limit": spec.limits.pids},
+                "cpu": {"quota": quota, "period": quota_period},
+                "devices": [{"allow": false, "access": "rwm"}]
+            },
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/sys/firmware"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
+                "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    }))
+}

@@ -1,0 +1,104 @@
+//! The proxy's typed errors. Most of them are answers, not failures: each
+//! routing error maps to one HTTP status, and its `Display` text (plus a
+//! newline) is the text/plain body the client sees.
+
+use http::StatusCode;
+
+/// Everything that can go wrong in the proxy, from routing a request to
+/// running the listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request carried neither a Host header nor an absolute URI.
+    #[error("the request names no host: Hangar serves apps at <app>.{domain}")]
+    MissingHost {
+        /// The domain Hangar serves, so the client learns what to ask for.
+        domain: String,
+    },
+    /// The Host header is not visible ASCII, so it cannot name an app.
+    #[error("the Host header is not a valid host name: Hangar serves apps at <app>.{domain}")]
+    InvalidHost {
+        /// The domain Hangar serves, so the client learns what to ask for.
+        domain: String,
+    },
+    /// The host is not of the form `<app>.<domain>`.
+    #[error("no app is deployed at host '{host}': Hangar serves apps at <app>.{domain}")]
+    ForeignHost {
+        /// The normalised host the client asked for.
+        host: String,
+        /// The domain Hangar serves.
+        domain: String,
+    },
+    /// The host has the right shape, but no app of that name exists.
+    #[error("no app is deployed at host '{host}'")]
+    UnknownApp {
+        /// The normalised host the client asked for.
+        host: String,
+    },
+    /// A CONNECT request: Hangar is a reverse proxy and tunnels nothing.
+    #[error("CONNECT is not supported: Hangar is a reverse proxy, not a tunnel")]
+    ConnectNotSupported,
+    /// The app exists but has no upstream right now (deploying, crashed,
+    /// scaled to zero).
+    #[error("app '{app}' has no running machine")]
+    NoMachine {
+        /// The app that was asked for.
+        app: String,
+    },
+    /// The upstream could not be reached or failed before sending a response.
+    #[error("app '{app}' is not answering: {reason}")]
+    Upstream {
+        /// The app that was asked for.
+        app: String,
+        /// A one-line description of the cause, safe to show to the client.
+        reason: String,
+        /// The underlying client error, kept for logs.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The listening socket failed in a way that stops the proxy.
+    #[error("proxy listener failed: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+impl ProxyError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost { .. }
+            | ProxyError::InvalidHost { .. }
+            | ProxyError::ForeignHost { .. }
+            | ProxyError::UnknownApp { .. } => StatusCode::NOT_FOUND,
+            ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoMachine { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Listener(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Builds the error for a failed upstream exchange, condensing the
+    /// client error's source chain into one line (the legacy client's own
+    /// `Display` only says "client error (Connect)").
+    pub(crate) fn upstream(app: &str, source: hyper_util::client::legacy::Error) -> Self {
+        let mut reason = String::new();
+        let mut cause = std::error::Error::source(&source);
+        while let Some(err) = cause {
+            if !reason.is_empty() {
+                reason.push_str(": ");
+            }
+            reason.push_str(&err.to_string());
+            cause = err.source();
+        }
+        if reason.is_empty() {
+            reason = if source.is_connect() {
+                "cannot connect".to_owned()
+            } else {
+                "the connection failed".to_owned()
+            };
+        }
+        ProxyError::Upstream {
+            app: app.to_owned(),
+            reason,
+            source,
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! One request's trip through the proxy: resolve the app, pick an upstream,
+//! rewrite the request, send it over the shared pooled client, and clean the
+//! response on the way back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::error::ProxyError;
+use crate::table::RouteTable;
+
+/// The body the proxy answers with: the upstream's, streamed through
+/// untouched, or a small generated one for errors. An `Either` rather than a
+/// boxed body so the hot path does not allocate.
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The pooled upstream client. The request body type is `Incoming`, so the
+/// client's request body is streamed straight from the client connection.
+pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// How long an unused upstream connection stays in the pool.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream; generous so a benchmark's burst of
+/// concurrent requests finds warm connections on its next round.
+const POOL_MAX_IDLE_PER_HOST: usize = 1024;
+/// Bound on establishing an upstream TCP connection, so a blackholed machine
+/// yields a 502 instead of hanging the client.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones): they describe
+/// one connection, so they are never forwarded to the next.
+fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+}
+
+/// Builds the one upstream client shared by every connection.
+pub(crate) fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// What every request handler needs; one per proxy, shared by `Arc`.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Where requests go.
+    pub(crate) routes: Arc<RouteTable>,
+    /// The pooled upstream client; one for all connections so upstream
+    /// keep-alive connections are reused across clients.
+    pub(crate) client: UpstreamClient,
+}
+
+/// Per client connection state: cloned into each request's future as one
+/// `Arc`, i.e. one atomic increment per request.
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    /// The proxy-wide state.
+    pub(crate) shared: Arc<Shared>,
+    /// The client's IP rendered once per connection for `X-Forwarded-For`.
+    pub(crate) client_ip: HeaderValue,
+}
+
+/// The service function: never fails at the hyper level; every error becomes
+/// a response.
+pub(crate) async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(match forward(&ctx, req).await {
+        Ok(resp) => resp.map(Either::Left),
+        Err(err) => {
+            match &err {
+                ProxyError::Upstream { source, .. } => {
+                    tracing::warn!(error = %err, cause = ?source, "upstream failed");
+                }
+                _ => tracing::debug!(error = %err, "request not routed"),
+            }
+            error_response(&err)
+        }
+    })
+}
+
+/// The text/plain answer for an error the proxy generates itself.
+pub(crate) fn error_response(err: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!("{err}\n")))));
+    *resp.status_mut() = err.status();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if matches!(err, ProxyError::NoMachine { .. }) {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
+}
+
+/// Routes one request and relays it; `Err` is an answer the proxy generates
+/// itself (404/405/502/503), `Ok` the upstream's response, body unread.
+async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    let shared = &ctx.shared;
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::ConnectNotSupported);
+    }
+    let (mut parts, body) = req.into_parts();
+
+    // The host as the client sent it: Host header first, else the authority
+    // of an absolute-form request URI.
+    let original_host: HeaderValue = match parts.headers.get(header::HOST) {
+        Some(host) => host.clone(),
+        None => match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str())
+                .map_err(|_| shared.routes.invalid_host())?,
+            None => return Err(shared.routes.missing_host()),
+        },
+    };
+    let host_str = original_host
+        .to_str()
+        .map_err(|_| shared.routes.invalid_host())?;
+
+    let route = shared.routes.resolve(host_str)?;
+    let upstream = route.pick().ok_or_else(|| ProxyError::NoMachine {
+        app: route.name.to_string(),
+    })?;
+
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(Scheme::HTTP);
+    uri_parts.authority = Some(upstream.authority.clone());
+    uri_parts.path_and_query = Some(path_and_query);
+    // Cannot fail (scheme, authority and path are all present and valid);
+    // the mapping only keeps a panic off the request path.
+    parts.uri = Uri::from_parts(uri_parts).map_err(|_| shared.routes.invalid_host())?;
+    // Upstream connections are always HTTP/1.1 so they can be kept alive,
+    // whatever version the client spoke.
+    parts.version = Version::HTTP_11;
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    append_forwarded_for(headers, &ctx.client_ip);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_HOST, original_host.clone());
+    if !headers.contains_key(header::HOST) {
+        // Absolute-form request without Host: name the app's host, not the
+        // upstream's address the client would otherwise fill in.
+        headers.insert(header::HOST, original_host);
+    }
+
+    let req = Request::from_parts(parts, body);
+    let mut resp = shared
+        .client
+        .request(req)
+        .await
+        .map_err(|err| ProxyError::upstream(&route.name, err))?;
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        // Rare path (HTTP/1.1 clients seldom send Connection): collect the
+        // named headers before removing anything.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+}
+
+/// Sets `X-Forwarded-For` to the client IP, appended with ", " to whatever
+/// chain the client already sent (several header lines are folded into one).
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(&X_FORWARDED_FOR, client_ip.clone());
+        return;
+    }
+    let mut chain = Vec::with_capacity(64);
+    for value in existing {
+        if !chain.is_empty() {
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(value.as_bytes());
+    }
+    chain.extend_from_slice(b", ");
+    chain.extend_from_slice(client_ip.as_bytes());
+    // The parts are valid header values and ", " is too, so this holds; on
+    // the impossible failure the client's chain is dropped, not the request.
+    let value =
+        HeaderValue::from_maybe_shared(Bytes::from(chain)).unwrap_or_else(|_| client_ip.clone());
+    headers.insert(&X_FORWARDED_FOR, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret , close"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(header::TRAILER, HeaderValue::from_static("x-t"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-kept"), Some(&HeaderValue::from_static("yes")));
+    }
+
+    #[test]
+    fn forwarded_for_is_set_or_appended() {
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &ip);
+        assert_eq!(h.get("x-forwarded-for"), Some(&ip));
+
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        append_forwarded_for(&mut h, &ip);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, vec!["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"]);
+    }
+
+    #[test]
+    fn error_responses_are_plain_text() {
+        let resp = error_response(&ProxyError::NoMachine {
+            app: "hello".into(),
+        });
+        assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The route table: app name → upstream set, read lock-free on every request
+//! and replaced wholesale (copy-on-write) by the rare [`RouteSink`] updates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use hangar_core::route::RouteSink;
+use http::uri::Authority;
+
+use crate::error::ProxyError;
+
+/// One machine serving an app.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    /// Where the machine listens; kept for logs and tests.
+    pub(crate) addr: SocketAddr,
+    /// `addr` rendered once as a URI authority when the route is set, so the
+    /// hot path rewrites the request URI without formatting a string.
+    pub(crate) authority: Authority,
+}
+
+/// The current upstream set of one app.
+#[derive(Debug)]
+pub(crate) struct AppRoute {
+    /// The app's name, for the 502/503 bodies and logs.
+    pub(crate) name: Box<str>,
+    /// The machines, in the order the node agent published them; a slice
+    /// because it is never mutated (an update builds a new `AppRoute`).
+    pub(crate) upstreams: Box<[Upstream]>,
+    /// Round-robin cursor; atomic so concurrent requests pick without a lock.
+    next: AtomicUsize,
+}
+
+impl AppRoute {
+    /// Chooses the upstream for one request, `None` when the app has no
+    /// machine. The single place the balancing policy lives (round-robin
+    /// today, least-in-flight later).
+    pub(crate) fn pick(&self) -> Option<&Upstream> {
+        let n = self.upstreams.len();
+        if n == 0 {
+            return None;
+        }
+        // Relaxed: the cursor only spreads load, it orders no other memory.
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        self.upstreams.get(i)
+    }
+}
+
+/// The edge proxy's routing state: which app answers for which host, and
+/// where its machines are.
+///
+/// Reads (one per request) are a lock-free [`ArcSwap`] load and one hash
+/// lookup. Writes copy the map and swap it in; they happen only when the node
+/// agent starts or stops a machine, so their cost does not matter.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// The domain apps are served under, lowercase without a trailing dot;
+    /// kept for the 404 bodies that tell the client what Hangar serves.
+    domain: Box<str>,
+    /// `.` + `domain`, precomputed so the per-request suffix match allocates
+    /// nothing.
+    dot_domain: Box<str>,
+    /// App name → route. An `ArcSwap` so the hot path never takes a lock and
+    /// a reader never sees a half-applied update.
+    routes: ArcSwap<HashMap<Box<str>, Arc<AppRoute>>>,
+}
+
+impl RouteTable {
+    /// An empty table serving apps at `<app>.<domain>`.
+    pub fn new(domain: &str) -> Self {
+        let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let dot_domain = format!(".{domain}");
+        RouteTable {
+            domain: domain.into_boxed_str(),
+            dot_domain: dot_domain.into_boxed_str(),
+            routes: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// The domain apps are served under (normalised: lowercase, no trailing dot).
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The upstreams currently published for `app`, `None` if the app is
+    /// unknown. For diagnostics and tests; the request path does not use it.
+    pub fn upstreams(&self, app: &str) -> Option<Vec<SocketAddr>> {
+        let routes = self.routes.load();
+        routes
+            .get(app)
+            .map(|r| r.upstreams.iter().map(|u| u.addr).collect())
+    }
+
+    /// Maps a raw Host value (or URI authority) to the app that serves it.
+    ///
+    /// The host is normalised (port and one trailing dot stripped,
+    /// lowercased); it must be exactly one label followed by the domain.
+    pub(crate) fn resolve(&self, raw_host: &str) -> Result<Arc<AppRoute>, ProxyError> {
+        let host = strip_port(raw_host.trim());
+        let host = host.strip_suffix('.').unwrap_or(host);
+        // Lowercasing allocates only for the rare client that sends capitals.
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let app = match host.strip_suffix(&*self.dot_domain) {
+            Some(label) if !label.is_empty() && !label.contains('.') => label,
+            _ => {
+                return Err(ProxyError::ForeignHost {
+                    host: host.to_owned(),
+                    domain: self.domain.to_string(),
+                });
+            }
+        };
+        match self.routes.load().get(app) {
+            Some(route) => Ok(Arc::clone(route)),
+            None => Err(ProxyError::UnknownApp {
+                host: host.to_owned(),
+            }),
+        }
+    }
+
+    /// The error for a request that names no usable host.
+    pub(crate) fn missing_host(&self) -> ProxyError {
+        ProxyError::MissingHost {
+            domain: self.domain.to_string(),
+        }
+    }
+
+    /// The error for a Host header that is not visible ASCII.
+    pub(crate) fn invalid_host(&self) -> ProxyError {
+        ProxyError::InvalidHost {
+            domain: self.domain.to_string(),
+        }
+    }
+}
+
+/// Strips a `:port` suffix, keeping bracketed IPv6 literals whole.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.find(':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+impl RouteSink for RouteTable {
+    fn set_route(&self, app: &str, upstreams: Vec<SocketAddr>) {
+        let name: Box<str> = app.to_ascii_lowercase().into_boxed_str();
+        let upstreams: Box<[Upstream]> = upstreams
+            .into_iter()
+            .filter_map(|addr| match Authority::try_from(addr.to_string()) {
+                Ok(authority) => Some(Upstream { addr, authority }),
+                // A SocketAddr always renders as a valid authority; this arm
+                // only keeps a malformed one from reaching the hot path.
+                Err(err) => {
+                    tracing::error!(%app, %addr, %err, "upstream address is not a valid authority");
+                    None
+                }
+            })
+            .collect();
+        tracing::info!(app = %name, upstreams = upstreams.len(), "route set");
+        let route = Arc::new(AppRoute {
+            name: name.clone(),
+            upstreams,
+            next: AtomicUsize::new(0),
+        });
+        self.routes.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.insert(name.clone(), Arc::clone(&route));
+            next
+        });
+    }
+
+    fn remove_app(&self, app: &str) {
+        let name = app.to_ascii_lowercase();
+        tracing::info!(app = %name, "route removed");
+        self.routes.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.remove(name.as_str());
+            next
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let t = RouteTable::new("Localhost.");
+        t.set_route("hello", vec!["127.0.0.1:1".parse().expect("addr")]);
+        t
+    }
+
+    #[test]
+    fn domain_is_normalised() {
+        assert_eq!(table().domain(), "localhost");
+    }
+
+    #[test]
+    fn host_forms_that_reach_the_app() {
+        let t = table();
+        for host in [
+            "hello.localhost",
+            "hello.localhost:8080",
+            "HELLO.LocalHost",
+            "hello.localhost.",
+            "hello.localhost.:80",
+        ] {
+            let route = t.resolve(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+            assert_eq!(&*route.name, "hello");
+        }
+    }
+
+    #[test]
+    fn hosts_outside_the_domain_are_foreign() {
+        let t = table();
+        for host in [
+            "localhost",
+            "a.hello.localhost",
+            ".localhost",
+            "hello.example.com",
+            "[::1]:80",
+            "",
+            "hellolocalhost",
+        ] {
+            match t.resolve(host) {
+                Err(ProxyError::ForeignHost { domain, .. }) => assert_eq!(domain, "localhost"),
+                other => panic!("{host}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_app_names_the_host() {
+        match table().resolve("Nope.localhost:99") {
+            Err(e @ ProxyError::UnknownApp { .. }) => {
+                assert_eq!(e.to_string(), "no app is deployed at host 'nope.localhost'");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_through_upstreams() {
+        let t = RouteTable::new("localhost");
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        t.set_route("hello", vec![a, b]);
+        let route = t.resolve("hello.localhost").expect("route");
+        let picks: Vec<SocketAddr> = (0..4)
+            .map(|_| route.pick().expect("upstream").addr)
+            .collect();
+        assert_eq!(picks, vec![a, b, a, b]);
+        assert_eq!(
+            route.pick().expect("upstream").authority.as_str(),
+            "127.0.0.1:1"
+        );
+    }
+
+    #[test]
+    fn remove_and_replace() {
+        let t = table();
+        assert!(
+            t.resolve("hello.localhost")
+                .expect("route")
+                .pick()
+                .is_some()
+        );
+        t.set_route("hello", vec![]);
+        assert!(
+            t.resolve("hello.localhost")
+                .expect("route")
+                .pick()
+                .is_none()
+        );
+        assert_eq!(t.upstreams("hello"), Some(vec![]));
+        t.remove_app("hello");
+        assert!(matches!(
+            t.resolve("hello.localhost"),
+            Err(ProxyError::UnknownApp { .. })
+        ));
+        assert_eq!(t.upstreams("hello"), None);
+    }
+
+    #[test]
+    fn ipv6_upstream_authority() {
+        let t = RouteTable::new("localhost");
+        t.set_route("v6", vec!["[::1]:8080".parse().expect("addr")]);
+        let route = t.resolve("v6.localhost").expect("route");
+        assert_eq!(
+            route.pick().expect("upstream").authority.as_str(),
+            "[::1]:8080"
+        );
+    }
+}

@@ -1,0 +1,669 @@
+//! Black-box tests of the edge proxy: a real proxy on 127.0.0.1:0 in front
+//! of tiny hyper upstreams that echo what they received.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hangar_core::route::RouteSink;
+use hangar_proxy::{ProxyError, RouteTable, serve};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+type TestBody = BoxBody<Bytes, Infallible>;
+type TestClient = Client<HttpConnector, TestBody>;
+
+/// A test upstream: answers every request, echoing what it saw in
+/// `x-echo-*` response headers, and counts the TCP connections it accepted.
+struct Upstream {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn start_upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(move |req| echo(name, req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, accepted }
+}
+
+async fn echo(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody<Bytes, hyper::Error>>, Infallible> {
+    let mut resp = Response::builder()
+        .header("x-upstream", name)
+        .header("x-echo-uri", req.uri().to_string())
+        .header("x-echo-version", format!("{:?}", req.version()));
+    for (echoed, received) in [
+        ("x-echo-host", "host"),
+        ("x-echo-xff", "x-forwarded-for"),
+        ("x-echo-xfp", "x-forwarded-proto"),
+        ("x-echo-xfh", "x-forwarded-host"),
+        ("x-echo-secret", "x-secret"),
+        ("x-echo-te", "te"),
+        ("x-echo-upgrade", "upgrade"),
+    ] {
+        for value in req.headers().get_all(received) {
+            resp = resp.header(echoed, value.clone());
+        }
+    }
+    match req.uri().path() {
+        "/slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+        "/hop" => {
+            // Hop-by-hop headers the proxy must not pass back to the client.
+            resp = resp
+                .header("connection", "x-hop")
+                .header("x-hop", "1")
+                .header("keep-alive", "timeout=5");
+        }
+        _ => {}
+    }
+    let body = if req.method() == Method::POST {
+        // Stream the request body straight back.
+        req.into_body().boxed()
+    } else {
+        Full::new(Bytes::from(format!("hello from {name}")))
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    Ok(resp.body(body).expect("response"))
+}
+
+/// A running proxy with its table, and the switch that shuts it down.
+struct Proxy {
+    addr: SocketAddr,
+    routes: Arc<RouteTable>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ProxyError>>,
+}
+
+async fn start_proxy() -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let routes = Arc::new(RouteTable::new("localhost"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, Arc::clone(&routes), async move {
+        let _ = stopped.await;
+    }));
+    Proxy {
+        addr,
+        routes,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Proxy {
+    /// Requests `path` from the proxy with the given Host header.
+    async fn request(
+        &self,
+        client: &TestClient,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: TestBody,
+    ) -> Response<Incoming> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("host", host);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(body).expect("request");
+        tokio::time::timeout(TIMEOUT, client.request(req))
+            .await
+            .expect("proxy answered in time")
+            .expect("proxy answered")
+    }
+
+    async fn get(&self, client: &TestClient, host: &str, path: &str) -> Answer {
+        let resp = self
+            .request(client, Method::GET, host, path, &[], empty())
+            .await;
+        Answer::read(resp).await
+    }
+
+    fn host(&self, app: &str) -> String {
+        format!("{app}.localhost:{}", self.addr.port())
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(TIMEOUT, self.task)
+            .await
+            .expect("proxy stopped in time")
+            .expect("proxy task")
+            .expect("proxy returned Ok");
+    }
+}
+
+/// A fully read response.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    async fn read(resp: Response<Incoming>) -> Answer {
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(TIMEOUT, body.collect())
+            .await
+            .expect("body in time")
+            .expect("body")
+            .to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8(body.to_vec()).expect("utf-8 body"),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii header"))
+    }
+}
+
+fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn empty() -> TestBody {
+    Full::new(Bytes::new()).boxed()
+}
+
+/// A request body fed chunk by chunk from the test.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+#[tokio::test]
+async fn forwards_to_the_app_with_forwarded_headers() {
+    let up = start_upstream("a").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+    let host = proxy.host("hello");
+
+    let answer = proxy.get(&client(), &host, "/some/path?x=1&y=%20z").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body, "hello from a");
+    assert_eq!(answer.header("x-echo-uri"), Some("/some/path?x=1&y=%20z"));
+    assert_eq!(answer.header("x-echo-host"), Some(host.as_str()));
+    assert_eq!(answer.header("x-echo-xfh"), Some(host.as_str()));
+    assert_eq!(answer.header("x-echo-xfp"), Some("http"));
+    assert_eq!(answer.header("x-echo-xff"), Some("127.0.0.1"));
+    assert_eq!(answer.header("x-echo-version"), Some("HTTP/1.1"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn host_is_matched_case_insensitively_with_trailing_dot() {
+    let up = start_upstream("a").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+
+    let host = format!("HeLLo.LOCALHOST.:{}", proxy.addr.port());
+    let answer = proxy.get(&client(), &host, "/").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    // The Host header reaches the app exactly as the client sent it.
+    assert_eq!(answer.header("x-echo-host"), Some(host.as_str()));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarded_for_is_appended_and_hop_by_hop_headers_are_dropped() {
+    let up = start_upstream("a").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+
+    let resp = proxy
+        .request(
+            &client(),
+            Method::GET,
+            &proxy.host("hello"),
+            "/hop",
+            &[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("connection", "x-secret"),
+                ("x-secret", "do not forward"),
+                ("te", "trailers"),
+                ("upgrade", "websocket"),
+            ],
+            empty(),
+        )
+        .await;
+    let answer = Answer::read(resp).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.header("x-echo-xff"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(answer.header("x-echo-secret"), None);
+    assert_eq!(answer.header("x-echo-te"), None);
+    assert_eq!(answer.header("x-echo-upgrade"), None);
+    // The upstream's hop-by-hop response headers stop at the proxy.
+    assert_eq!(answer.header("x-hop"), None);
+    assert_eq!(answer.header("keep-alive"), None);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_connection_is_kept_alive() {
+    let up = start_upstream("a").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+    let host = proxy.host("hello");
+
+    for _ in 0..3 {
+        // A fresh client each time: the reuse is the proxy's, not ours.
+        let answer = proxy.get(&client(), &host, "/").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        // Let the proxy put the finished upstream connection back in its pool.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_host_is_404_naming_the_host() {
+    let proxy = start_proxy().await;
+    let client = client();
+
+    let answer = proxy.get(&client, &proxy.host("nope"), "/").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.body, "no app is deployed at host 'nope.localhost'\n");
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+
+    let answer = proxy.get(&client, "example.com", "/").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        answer.body,
+        "no app is deployed at host 'example.com': Hangar serves apps at <app>.localhost\n"
+    );
+
+    let answer = proxy.get(&client, "a.b.localhost", "/").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(answer.body.contains("'a.b.localhost'"), "{}", answer.body);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn app_without_machines_is_503_with_retry_after() {
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![]);
+
+    let answer = proxy.get(&client(), &proxy.host("hello"), "/").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.header("retry-after"), Some("5"));
+    assert_eq!(answer.body, "app 'hello' has no running machine\n");
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_upstream_is_502() {
+    // Bind then drop: nothing listens on this address any more.
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![dead]);
+
+    let answer = proxy.get(&client(), &proxy.host("hello"), "/").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        answer.body.starts_with("app 'hello' is not answering: "),
+        "{}",
+        answer.body
+    );
+    assert!(answer.body.ends_with('\n'));
+    assert!(!answer.body.contains("client error"), "{}", answer.body);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn removed_app_is_404() {
+    let up = start_upstream("a").await;
+    let proxy = start_proxy().await;
+    let client = client();
+    proxy.routes.set_route("hello", vec![up.addr]);
+    let host = proxy.host("hello");
+    assert_eq!(proxy.get(&client, &host, "/").await.status, StatusCode::OK);
+
+    proxy.routes.remove_app("hello");
+    let answer = proxy.get(&client, &host, "/").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        answer.body,
+        "no app is deployed at host 'hello.localhost'\n"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn set_route_switches_traffic() {
+    let a = start_upstream("a").await;
+    let b = start_upstream("b").await;
+    let proxy = start_proxy().await;
+    let client = client();
+    let host = proxy.host("hello");
+
+    proxy.routes.set_route("hello", vec![a.addr]);
+    for _ in 0..3 {
+        assert_eq!(proxy.get(&client, &host, "/").await.body, "hello from a");
+    }
+    proxy.routes.set_route("hello", vec![b.addr]);
+    for _ in 0..3 {
+        assert_eq!(proxy.get(&client, &host, "/").await.body, "hello from b");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_are_spread_round_robin() {
+    let a = start_upstream("a").await;
+    let b = start_upstream("b").await;
+    let proxy = start_proxy().await;
+    let client = client();
+    let host = proxy.host("hello");
+    proxy.routes.set_route("hello", vec![a.addr, b.addr]);
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(proxy.get(&client, &host, "/").await.body);
+    }
+    assert_eq!(
+        seen,
+        [
+            "hello from a",
+            "hello from b",
+            "hello from a",
+            "hello from b"
+        ]
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_body_arrives_intact() {
+    let up = start_upstream("a").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+
+    // 1 MiB of a non-repeating-ish pattern, so a dropped or reordered chunk shows.
+    let payload: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let resp = proxy
+        .request(
+            &client(),
+            Method::POST,
+            &proxy.host("hello"),
+            "/upload",
+            &[],
+            Full::new(Bytes::from(payload.clone())).boxed(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echoed = tokio::time::timeout(TIMEOUT, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "echoed body differs");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_stream_without_buffering() {
+    let up = start_upstream("a").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+
+    // The upstream echoes the body as it arrives; each chunk must come back
+    // before the next one is sent, which only works if neither direction is
+    // buffered to the end.
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let body = BoxBody::new(ChannelBody(rx));
+    let client = client();
+    let host = proxy.host("hello");
+    let send = proxy.request(&client, Method::POST, &host, "/stream", &[], body);
+    tx.send(Bytes::from_static(b"chunk-0;"))
+        .await
+        .expect("send");
+    let resp = send.await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    for i in 0..5 {
+        if i > 0 {
+            tx.send(Bytes::from(format!("chunk-{i};")))
+                .await
+                .expect("send");
+        }
+        let mut got = Vec::new();
+        let want = format!("chunk-{i};");
+        while got.len() < want.len() {
+            let frame = tokio::time::timeout(TIMEOUT, body.frame())
+                .await
+                .expect("chunk echoed while the request is still open")
+                .expect("body not finished")
+                .expect("frame");
+            if let Ok(data) = frame.into_data() {
+                got.extend_from_slice(&data);
+            }
+        }
+        assert_eq!(String::from_utf8(got).expect("utf-8"), want);
+    }
+    drop(tx);
+    let rest = tokio::time::timeout(TIMEOUT, body.collect())
+        .await
+        .expect("end in time")
+        .expect("end")
+        .to_bytes();
+    assert!(rest.is_empty());
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let up = start_upstream("a").await;
+    let mut proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+    let host = proxy.host("hello");
+    let addr = proxy.addr;
+
+    let client = client();
+    let in_flight = {
+        let req = Request::builder()
+            .uri(format!("http://{addr}/slow"))
+            .header("host", host.as_str())
+            .body(empty())
+            .expect("request");
+        let client = client.clone();
+        tokio::spawn(async move { client.request(req).await })
+    };
+    // Let the request reach the upstream, then ask the proxy to stop.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = proxy.stop.take().expect("stop switch");
+    let _ = stop.send(());
+
+    let resp = tokio::time::timeout(TIMEOUT, in_flight)
+        .await
+        .expect("in time")
+        .expect("task")
+        .expect("in-flight request answered");
+    let answer = Answer::read(resp).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "hello from a");
+
+    tokio::time::timeout(TIMEOUT, proxy.task)
+        .await
+        .expect("proxy stopped in time")
+        .expect("proxy task")
+        .expect("proxy returned Ok");
+    // The listener is gone: new connections are refused.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn garbage_input_does_not_take_the_proxy_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = start_upstream("a").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+
+    for junk in [
+        &b"\x00\xff\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: \xffbad\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET http://hello.localhost/abs HTTP/1.1\r\nHost: [::1\r\n\r\n",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        stream.write_all(junk).await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let _ = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await;
+    }
+
+    // CONNECT is refused: nothing is tunnelled to the app.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"CONNECT hello.localhost:443 HTTP/1.1\r\nHost: hello.localhost:443\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+
+    // HTTP/1.0 without Host, absolute URI: routed by the URI authority.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET http://hello.localhost/abs?q=1 HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .expect("in time")
+        .expect("read");
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.0 200"), "{raw}");
+    assert!(raw.contains("x-echo-uri: /abs?q=1"), "{raw}");
+    assert!(raw.contains("x-echo-host: hello.localhost"), "{raw}");
+    assert!(raw.ends_with("hello from a"), "{raw}");
+
+    // Still serving.
+    let answer = proxy.get(&client(), &proxy.host("hello"), "/").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_all_answered() {
+    let a = start_upstream("a").await;
+    let b = start_upstream("b").await;
+    let proxy = Arc::new(start_proxy().await);
+    proxy.routes.set_route("hello", vec![a.addr, b.addr]);
+    let client = client();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let proxy = Arc::clone(&proxy);
+        let client = client.clone();
+        tasks.spawn(async move {
+            let answer = proxy
+                .get(&client, &proxy.host("hello"), &format!("/n/{i}"))
+                .await;
+            assert_eq!(answer.status, StatusCode::OK);
+            assert_eq!(
+                answer.header("x-echo-uri"),
+                Some(format!("/n/{i}").as_str())
+            );
+            answer.body
+        });
+    }
+    let mut from_a = 0;
+    while let Some(body) = tasks.join_next().await {
+        if body.expect("task") == "hello from a" {
+            from_a += 1;
+        }
+    }
+    assert_eq!(from_a, 32, "round-robin splits evenly");
+    let Ok(proxy) = Arc::try_unwrap(proxy) else {
+        panic!("proxy still shared");
+    };
+    proxy.shutdown().await;
+}

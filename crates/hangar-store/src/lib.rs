@@ -1,0 +1,36 @@
+//! The state store: everything Hangar must remember across restarts.
+//!
+//! Layout:
+//! - [`Store`]: the handle; each method is one short transaction.
+//! - [`model`]: the rows (orgs, tokens, apps, builds, releases, machines).
+//! - `schema.sql`: the schema, applied by numbered migrations on open.
+//!
+//! The embedded default is SQLite in WAL mode under the data dir. Calls run on
+//! tokio's blocking pool so a slow disk never stalls the reactor.
+//!
+//! Architecture Invariant: only this crate writes SQL. Other crates speak in
+//! the methods below, so a Postgres implementation can replace SQLite behind
+//! the same signatures.
+
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::Store;
+
+/// Errors from the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state store holds an unexpected value: {0}")]
+    Corrupt(String),
+    #[error("state store task failed: {0}")]
+    Join(String),
+    #[error("app name {0:?} is taken by another organisation")]
+    NameTaken(String),
+    #[error("state store schema version {found} is newer than this hangar ({supported})")]
+    TooNew { found: i64, supported: i64 },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,99 @@
+//! Rows as the rest of Hangar sees them.
+
+use hangar_core::status::{BuildStatus, MachineState, ReleaseStatus};
+use serde::Serialize;
+
+/// An organisation: the unit of ownership and of API scoping.
+#[derive(Debug, Clone, Serialize)]
+pub struct Org {
+    /// Random id, `org_…`.
+    pub id: String,
+    /// Human name, unique.
+    pub name: String,
+}
+
+/// An app, owned by one org. Its name is global because it is its hostname.
+#[derive(Debug, Clone, Serialize)]
+pub struct App {
+    /// Random id, `app_…`; survives a rename, unlike the name.
+    pub id: String,
+    /// The owning org; every API call is scoped to it.
+    pub org_id: String,
+    /// DNS label, unique across the platform.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// One build in the durable queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct Build {
+    /// Random id, `bld_…`.
+    pub id: String,
+    /// The app being built.
+    pub app_id: String,
+    /// Where the build is in the queue.
+    pub status: BuildStatus,
+    /// `sha256:…` of the uploaded source archive; names its file in the data dir.
+    pub source_digest: String,
+    /// The image the build produced, once succeeded.
+    pub image_digest: Option<String>,
+    /// Why the build failed, in words for the user.
+    pub error: Option<String>,
+    /// How many times the builder has claimed it; caps retries after crashes.
+    pub attempts: i64,
+    /// Process group of the cargo run, so a restarted hangar can kill an orphan.
+    pub builder_pgid: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds when last claimed.
+    pub started_at: Option<i64>,
+    /// Unix seconds when it reached a terminal state.
+    pub finished_at: Option<i64>,
+}
+
+/// An image plus a version number for an app: what a rollout applies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    /// Random id, `rel_…`.
+    pub id: String,
+    /// The app released.
+    pub app_id: String,
+    /// 1, 2, 3… per app; what users name in rollbacks.
+    pub version: i64,
+    /// The build that produced the image.
+    pub build_id: String,
+    /// Manifest digest in the image store.
+    pub image_digest: String,
+    /// Where the rollout is.
+    pub status: ReleaseStatus,
+    /// Why the rollout failed.
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// One instance of a release on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Random id, `mch_…`; also the runc container id.
+    pub id: String,
+    /// The app it serves.
+    pub app_id: String,
+    /// The release it runs.
+    pub release_id: String,
+    /// Fly-style state.
+    pub state: MachineState,
+    /// `runc` or `process`: how it was started, so it is stopped the same way.
+    pub driver: String,
+    /// Host port the app listens on (`$PORT`).
+    pub port: i64,
+    /// Host pid of the app's init process while started.
+    pub pid: Option<i64>,
+    /// Exit status once it ended on its own.
+    pub exit_code: Option<i64>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last state change.
+    pub updated_at: i64,
+}

@@ -1,0 +1,791 @@
+//! SQLite implementation of the state store.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use hangar_core::id::new_id;
+use hangar_core::now_unix;
+use hangar_core::status::{BuildStatus, MachineState, ReleaseStatus};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::{App, Build, Machine, Org, Release, Result, StoreError};
+
+/// Migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+/// Handle to the state store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// One connection serialised by a mutex: SQLite has one writer anyway, and
+    /// every method is a short transaction.
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory store, for tests.
+    pub fn open_in_memory() -> Result<Store> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store> {
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(StoreError::TooNew { found, supported });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite inconsistent
+            // (the transaction rolls back), so a poisoned lock is still usable.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    // ---- orgs and tokens ----
+
+    /// True once any org exists (the first start creates the admin org).
+    pub async fn has_orgs(&self) -> Result<bool> {
+        self.call(|c| Ok(c.query_row("SELECT EXISTS(SELECT 1 FROM orgs)", [], |r| r.get(0))?))
+            .await
+    }
+
+    /// Creates an org with one token (given as its hash) in one transaction.
+    pub async fn create_org_with_token(
+        &self,
+        name: &str,
+        token_name: &str,
+        token_hash: &str,
+    ) -> Result<Org> {
+        let (name, token_name, token_hash) = (
+            name.to_owned(),
+            token_name.to_owned(),
+            token_hash.to_owned(),
+        );
+        self.call(move |c| {
+            let org = Org {
+                id: new_id("org"),
+                name,
+            };
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO orgs (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![org.id, org.name, now_unix()],
+            )?;
+            tx.execute(
+                "INSERT INTO tokens (hash, org_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash, org.id, token_name, now_unix()],
+            )?;
+            tx.commit()?;
+            Ok(org)
+        })
+        .await
+    }
+
+    /// The org a token (given as its hash) belongs to.
+    pub async fn org_for_token(&self, token_hash: &str) -> Result<Option<Org>> {
+        let hash = token_hash.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT o.id, o.name FROM tokens t JOIN orgs o ON o.id = t.org_id WHERE t.hash = ?1",
+                [hash],
+                |r| {
+                    Ok(Org {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    // ---- apps ----
+
+    /// The app with this name, whichever org owns it.
+    pub async fn app_by_name(&self, name: &str) -> Result<Option<App>> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, org_id, name, created_at FROM apps WHERE name = ?1",
+                [name],
+                app_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The app by id.
+    pub async fn app(&self, id: &str) -> Result<Option<App>> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, org_id, name, created_at FROM apps WHERE id = ?1",
+                [id],
+                app_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The org's app named `name`, created if no app has that name yet.
+    pub async fn get_or_create_app(&self, org_id: &str, name: &str) -> Result<App> {
+        let (org_id, name) = (org_id.to_owned(), name.to_owned());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let existing = tx
+                .query_row(
+                    "SELECT id, org_id, name, created_at FROM apps WHERE name = ?1",
+                    [&name],
+                    app_row,
+                )
+                .optional()?;
+            let app = match existing {
+                Some(app) if app.org_id == org_id => app,
+                Some(_) => return Err(StoreError::NameTaken(name)),
+                None => {
+                    let app = App {
+                        id: new_id("app"),
+                        org_id,
+                        name,
+                        created_at: now_unix(),
+                    };
+                    tx.execute(
+                        "INSERT INTO apps (id, org_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![app.id, app.org_id, app.name, app.created_at],
+                    )?;
+                    app
+                }
+            };
+            tx.commit()?;
+            Ok(app)
+        })
+        .await
+    }
+
+    /// The org's apps, by name.
+    pub async fn apps(&self, org_id: &str) -> Result<Vec<App>> {
+        let org_id = org_id.to_owned();
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT id, org_id, name, created_at FROM apps WHERE org_id = ?1 ORDER BY name",
+            )?;
+            let rows = st.query_map([org_id], app_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Every app on the platform (for the node's reconcile at start).
+    pub async fn all_apps(&self) -> Result<Vec<App>> {
+        self.call(|c| {
+            let mut st =
+                c.prepare("SELECT id, org_id, name, created_at FROM apps ORDER BY name")?;
+            let rows = st.query_map([], app_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Deletes the app and, by cascade, its builds, releases and machine rows.
+    pub async fn delete_app(&self, app_id: &str) -> Result<()> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            c.execute("DELETE FROM apps WHERE id = ?1", [app_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- builds: the durable queue ----
+
+    /// Enqueues a build of an uploaded source.
+    pub async fn enqueue_build(&self, app_id: &str, source_digest: &str) -> Result<Build> {
+        let (app_id, source_digest) = (app_id.to_owned(), source_digest.to_owned());
+        self.call(move |c| {
+            let id = new_id("bld");
+            c.execute(
+                "INSERT INTO builds (id, app_id, status, source_digest, created_at)
+                 VALUES (?1, ?2, 'queued', ?3, ?4)",
+                params![id, app_id, source_digest, now_unix()],
+            )?;
+            get_build(c, &id)?.ok_or_else(|| StoreError::Corrupt("inserted build vanished".into()))
+        })
+        .await
+    }
+
+    /// The build by id.
+    pub async fn build(&self, id: &str) -> Result<Option<Build>> {
+        let id = id.to_owned();
+        self.call(move |c| get_build(c, &id)).await
+    }
+
+    /// The app's most recent builds, newest first.
+    pub async fn builds_for_app(&self, app_id: &str, limit: i64) -> Result<Vec<Build>> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {BUILD_COLS} FROM builds WHERE app_id = ?1
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
+            ))?;
+            let rows = st.query_map(params![app_id, limit], build_row)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    /// Atomically claims the oldest queued build (queued → building).
+    pub async fn claim_next_build(&self) -> Result<Option<Build>> {
+        self.call(|c| {
+            let id: Option<String> = c
+                .query_row(
+                    "UPDATE builds SET status = 'building', started_at = ?1, attempts = attempts + 1
+                     WHERE id = (SELECT id FROM builds WHERE status = 'queued'
+                                 ORDER BY created_at, rowid LIMIT 1)
+                     RETURNING id",
+                    [now_unix()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match id {
+                Some(id) => get_build(c, &id),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Records the process group of a running build's cargo.
+    pub async fn set_build_pgid(&self, id: &str, pgid: Option<i64>) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE builds SET builder_pgid = ?2 WHERE id = ?1",
+                params![id, pgid],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks a build failed with a reason for the user.
+    pub async fn fail_build(&self, id: &str, error: &str) -> Result<()> {
+        let (id, error) = (id.to_owned(), error.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE builds SET status = 'failed', error = ?2, finished_at = ?3,
+                 builder_pgid = NULL WHERE id = ?1",
+                params![id, error, now_unix()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks a build succeeded and creates its release (the next version,
+    /// pending) in one transaction: a crash leaves both or neither.
+    pub async fn complete_build(&self, build_id: &str, image_digest: &str) -> Result<Release> {
+        let (build_id, image_digest) = (build_id.to_owned(), image_digest.to_owned());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let build = get_build(&tx, &build_id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("build {build_id} vanished")))?;
+            tx.execute(
+                "UPDATE builds SET status = 'succeeded', image_digest = ?2, finished_at = ?3,
+                 builder_pgid = NULL WHERE id = ?1",
+                params![build_id, image_digest, now_unix()],
+            )?;
+            let version: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE app_id = ?1",
+                [&build.app_id],
+                |r| r.get(0),
+            )?;
+            let release = Release {
+                id: new_id("rel"),
+                app_id: build.app_id,
+                version,
+                build_id,
+                image_digest,
+                status: ReleaseStatus::Pending,
+                error: None,
+                created_at: now_unix(),
+            };
+            tx.execute(
+                "INSERT INTO releases (id, app_id, version, build_id, image_digest, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                params![
+                    release.id,
+                    release.app_id,
+                    release.version,
+                    release.build_id,
+                    release.image_digest,
+                    release.created_at
+                ],
+            )?;
+            tx.commit()?;
+            Ok(release)
+        })
+        .await
+    }
+
+    /// After a crash: builds left `building` are re-queued, or failed once
+    /// they have been claimed `max_attempts` times. Returns the builds that
+    /// were recovered (with their state before recovery, so a caller can
+    /// kill an orphaned cargo by its process group).
+    pub async fn recover_builds(&self, max_attempts: i64) -> Result<Vec<Build>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let stuck = {
+                let mut st = tx.prepare(&format!(
+                    "SELECT {BUILD_COLS} FROM builds WHERE status = 'building'"
+                ))?;
+                let rows = st.query_map([], build_row)?;
+                collect(rows)?
+            };
+            for b in &stuck {
+                if b.attempts >= max_attempts {
+                    tx.execute(
+                        "UPDATE builds SET status = 'failed', finished_at = ?2, builder_pgid = NULL,
+                         error = ?3 WHERE id = ?1",
+                        params![
+                            b.id,
+                            now_unix(),
+                            format!(
+                                "hangar stopped during this build {} times; giving up",
+                                b.attempts
+                            )
+                        ],
+                    )?;
+                } else {
+                    tx.execute(
+                        "UPDATE builds SET status = 'queued', builder_pgid = NULL WHERE id = ?1",
+                        [&b.id],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(stuck)
+        })
+        .await
+    }
+
+    // ---- releases ----
+
+    /// The release by id.
+    pub async fn release(&self, id: &str) -> Result<Option<Release>> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {RELEASE_COLS} FROM releases WHERE id = ?1"),
+                [id],
+                release_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The release a build produced, if any.
+    pub async fn release_for_build(&self, build_id: &str) -> Result<Option<Release>> {
+        let build_id = build_id.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {RELEASE_COLS} FROM releases WHERE build_id = ?1"),
+                [build_id],
+                release_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The app's releases, newest first.
+    pub async fn releases_for_app(&self, app_id: &str) -> Result<Vec<Release>> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {RELEASE_COLS} FROM releases WHERE app_id = ?1 ORDER BY version DESC"
+            ))?;
+            let rows = st.query_map([app_id], release_row)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    /// Releases whose rollout has not finished (after a crash, to resume).
+    pub async fn unfinished_releases(&self) -> Result<Vec<Release>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {RELEASE_COLS} FROM releases WHERE status IN ('pending', 'deploying')
+                 ORDER BY created_at, version"
+            ))?;
+            let rows = st.query_map([], release_row)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    /// Sets a release's status (and the reason, for failures).
+    pub async fn set_release_status(
+        &self,
+        id: &str,
+        status: ReleaseStatus,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let (id, error) = (id.to_owned(), error.map(str::to_owned));
+        self.call(move |c| {
+            c.execute(
+                "UPDATE releases SET status = ?2, error = ?3 WHERE id = ?1",
+                params![id, status.as_str(), error],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Makes `release_id` the app's active release; the previous one becomes
+    /// superseded, in the same transaction.
+    pub async fn activate_release(&self, app_id: &str, release_id: &str) -> Result<()> {
+        let (app_id, release_id) = (app_id.to_owned(), release_id.to_owned());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE releases SET status = 'superseded' WHERE app_id = ?1 AND status = 'active'",
+                [&app_id],
+            )?;
+            tx.execute(
+                "UPDATE releases SET status = 'active', error = NULL WHERE id = ?1",
+                [&release_id],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- machines ----
+
+    /// Records a new machine in state `created`.
+    pub async fn create_machine(
+        &self,
+        app_id: &str,
+        release_id: &str,
+        driver: &str,
+        port: u16,
+    ) -> Result<Machine> {
+        let now = now_unix();
+        let m = Machine {
+            id: new_id("mch"),
+            app_id: app_id.to_owned(),
+            release_id: release_id.to_owned(),
+            state: MachineState::Created,
+            driver: driver.to_owned(),
+            port: i64::from(port),
+            pid: None,
+            exit_code: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let row = m.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO machines (id, app_id, release_id, state, driver, port, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'created', ?4, ?5, ?6, ?6)",
+                params![row.id, row.app_id, row.release_id, row.driver, row.port, row.created_at],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(m)
+    }
+
+    /// Records a machine's new state, pid and exit code.
+    pub async fn set_machine_state(
+        &self,
+        id: &str,
+        state: MachineState,
+        pid: Option<i64>,
+        exit_code: Option<i64>,
+    ) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE machines SET state = ?2, pid = ?3, exit_code = ?4, updated_at = ?5
+                 WHERE id = ?1",
+                params![id, state.as_str(), pid, exit_code, now_unix()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The app's machines that are not destroyed, newest first.
+    pub async fn machines_for_app(&self, app_id: &str) -> Result<Vec<Machine>> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {MACHINE_COLS} FROM machines WHERE app_id = ?1 AND state != 'destroyed'
+                 ORDER BY created_at DESC, rowid DESC"
+            ))?;
+            let rows = st.query_map([app_id], machine_row)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    /// Every machine that should be running (starting or started).
+    pub async fn live_machines(&self) -> Result<Vec<Machine>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {MACHINE_COLS} FROM machines WHERE state IN ('starting', 'started')"
+            ))?;
+            let rows = st.query_map([], machine_row)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    /// The machine by id.
+    pub async fn machine(&self, id: &str) -> Result<Option<Machine>> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {MACHINE_COLS} FROM machines WHERE id = ?1"),
+                [id],
+                machine_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+}
+
+const BUILD_COLS: &str = "id, app_id, status, source_digest, image_digest, error, attempts, \
+                          builder_pgid, created_at, started_at, finished_at";
+const RELEASE_COLS: &str = "id, app_id, version, build_id, image_digest, status, error, created_at";
+const MACHINE_COLS: &str =
+    "id, app_id, release_id, state, driver, port, pid, exit_code, created_at, updated_at";
+
+fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Result<Vec<T>> {
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Parses a stored state string, turning an unknown one into a column error.
+fn state<T: std::str::FromStr>(r: &Row, idx: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let s: String = r.get(idx)?;
+    s.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn app_row(r: &Row) -> rusqlite::Result<App> {
+    Ok(App {
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        name: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+fn get_build(c: &Connection, id: &str) -> Result<Option<Build>> {
+    Ok(c.query_row(
+        &format!("SELECT {BUILD_COLS} FROM builds WHERE id = ?1"),
+        [id],
+        build_row,
+    )
+    .optional()?)
+}
+
+fn build_row(r: &Row) -> rusqlite::Result<Build> {
+    Ok(Build {
+        id: r.get(0)?,
+        app_id: r.get(1)?,
+        status: state::<BuildStatus>(r, 2)?,
+        source_digest: r.get(3)?,
+        image_digest: r.get(4)?,
+        error: r.get(5)?,
+        attempts: r.get(6)?,
+        builder_pgid: r.get(7)?,
+        created_at: r.get(8)?,
+        started_at: r.get(9)?,
+        finished_at: r.get(10)?,
+    })
+}
+
+fn release_row(r: &Row) -> rusqlite::Result<Release> {
+    Ok(Release {
+        id: r.get(0)?,
+        app_id: r.get(1)?,
+        version: r.get(2)?,
+        build_id: r.get(3)?,
+        image_digest: r.get(4)?,
+        status: state::<ReleaseStatus>(r, 5)?,
+        error: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+fn machine_row(r: &Row) -> rusqlite::Result<Machine> {
+    Ok(Machine {
+        id: r.get(0)?,
+        app_id: r.get(1)?,
+        release_id: r.get(2)?,
+        state: state::<MachineState>(r, 3)?,
+        driver: r.get(4)?,
+        port: r.get(5)?,
+        pid: r.get(6)?,
+        exit_code: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with_app() -> (Store, App) {
+        let s = Store::open_in_memory().unwrap();
+        let org = s
+            .create_org_with_token("default", "admin", "h1")
+            .await
+            .unwrap();
+        let app = s.get_or_create_app(&org.id, "hello").await.unwrap();
+        (s, app)
+    }
+
+    #[tokio::test]
+    async fn tokens_resolve_to_their_org_only() {
+        let (s, _) = store_with_app().await;
+        assert_eq!(
+            s.org_for_token("h1").await.unwrap().unwrap().name,
+            "default"
+        );
+        assert!(s.org_for_token("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn app_names_are_owned_by_one_org() {
+        let (s, app) = store_with_app().await;
+        let other = s.create_org_with_token("other", "t", "h2").await.unwrap();
+        let again = s.get_or_create_app(&app.org_id, "hello").await.unwrap();
+        assert_eq!(again.id, app.id);
+        let err = s.get_or_create_app(&other.id, "hello").await.unwrap_err();
+        assert!(matches!(err, StoreError::NameTaken(_)));
+        assert!(s.apps(&other.id).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn queue_claims_in_order_once() {
+        let (s, app) = store_with_app().await;
+        let a = s.enqueue_build(&app.id, "sha256:a").await.unwrap();
+        let b = s.enqueue_build(&app.id, "sha256:b").await.unwrap();
+        let first = s.claim_next_build().await.unwrap().unwrap();
+        assert_eq!(
+            (first.id.as_str(), first.status, first.attempts),
+            (a.id.as_str(), BuildStatus::Building, 1)
+        );
+        assert_eq!(s.claim_next_build().await.unwrap().unwrap().id, b.id);
+        assert!(s.claim_next_build().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn crashed_builds_are_requeued_then_failed() {
+        let (s, app) = store_with_app().await;
+        let b = s.enqueue_build(&app.id, "sha256:a").await.unwrap();
+        for attempt in 1..=2 {
+            s.claim_next_build().await.unwrap().unwrap();
+            let stuck = s.recover_builds(2).await.unwrap();
+            assert_eq!(stuck.len(), 1);
+            let now = s.build(&b.id).await.unwrap().unwrap();
+            if attempt < 2 {
+                assert_eq!(now.status, BuildStatus::Queued);
+            } else {
+                assert_eq!(now.status, BuildStatus::Failed);
+                assert!(now.error.unwrap().contains("giving up"));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn completing_builds_numbers_releases_and_activation_supersedes() {
+        let (s, app) = store_with_app().await;
+        let mut releases = vec![];
+        for d in ["sha256:1", "sha256:2"] {
+            let b = s.enqueue_build(&app.id, d).await.unwrap();
+            s.claim_next_build().await.unwrap();
+            releases.push(s.complete_build(&b.id, "sha256:img").await.unwrap());
+        }
+        assert_eq!((releases[0].version, releases[1].version), (1, 2));
+        assert_eq!(s.unfinished_releases().await.unwrap().len(), 2);
+        s.activate_release(&app.id, &releases[0].id).await.unwrap();
+        s.activate_release(&app.id, &releases[1].id).await.unwrap();
+        let all = s.releases_for_app(&app.id).await.unwrap();
+        assert_eq!(all[0].status, ReleaseStatus::Active);
+        assert_eq!(all[1].status, ReleaseStatus::Superseded);
+    }
+
+    #[tokio::test]
+    async fn machines_and_cascade_delete() {
+        let (s, app) = store_with_app().await;
+        let m = s
+            .create_machine(&app.id, "rel_x", "process", 4000)
+            .await
+            .unwrap();
+        s.set_machine_state(&m.id, MachineState::Started, Some(42), None)
+            .await
+            .unwrap();
+        assert_eq!(s.live_machines().await.unwrap()[0].pid, Some(42));
+        s.delete_app(&app.id).await.unwrap();
+        assert!(s.machine(&m.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.create_org_with_token("default", "admin", "h")
+                .await
+                .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(s.has_orgs().await.unwrap());
+    }
+}

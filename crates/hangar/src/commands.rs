@@ -1,0 +1,296 @@
+//! The CLI's subcommands other than `up`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+
+use crate::client::{Api, get_url};
+use crate::config::CliConfig;
+use crate::pack::{self, human_bytes};
+
+/// The API client from the config file and environment.
+pub fn api() -> Result<Api> {
+    let (url, token) = CliConfig::load()?.resolve()?;
+    Ok(Api::new(&url, &token))
+}
+
+/// `hangar login --token T [--api URL]`.
+pub fn login(token: &str, api_url: Option<&str>) -> Result<()> {
+    let mut cfg = CliConfig::load().unwrap_or_default();
+    cfg.token = Some(token.trim().to_owned());
+    if let Some(url) = api_url {
+        cfg.api_url = Some(url.trim_end_matches('/').to_owned());
+    }
+    let path = cfg.save()?;
+    println!("Logged in; token stored in {}", path.display());
+    Ok(())
+}
+
+/// The app name for `dir`: `--app`, else `[package] name` of its Cargo.toml.
+fn app_name(dir: &Path, explicit: Option<&str>) -> Result<String> {
+    if let Some(name) = explicit {
+        return Ok(name.to_owned());
+    }
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).with_context(|| {
+        format!(
+            "{} has no Cargo.toml: run `hangar deploy` in a cargo project",
+            dir.display()
+        )
+    })?;
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", manifest.display()))?;
+    let name = doc
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .context("Cargo.toml has no [package] name; pass --app NAME")?;
+    let app = hangar_core::name::AppName::from_package(name).with_context(|| {
+        format!("the package name {name:?} does not make an app name; pass --app NAME")
+    })?;
+    Ok(app.to_string())
+}
+
+/// `hangar deploy [DIR] [--app NAME]`.
+pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
+    let api = api()?;
+    let name = app_name(dir, app)?;
+    let started = Instant::now();
+    println!("==> Packing {} as app {name}", dir.display());
+    let dir = dir.to_owned();
+    let packed =
+        tokio::task::spawn_blocking(move || pack::pack(&dir, pack::DEFAULT_MAX_BYTES)).await??;
+    println!(
+        "==> Uploading {} ({} files) to {}",
+        human_bytes(packed.data.len() as u64),
+        packed.files,
+        api.base()
+    );
+    let answer = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/apps/{name}/deploys"),
+            Bytes::from(packed.data),
+            "application/gzip",
+        )
+        .await?;
+    let build_id = answer["build"]["id"]
+        .as_str()
+        .context("the API returned no build id")?
+        .to_owned();
+    let url = answer["url"].as_str().unwrap_or_default().to_owned();
+    println!("==> Build {build_id} queued");
+    if !wait {
+        println!("    follow it with `hangar status {name}`");
+        return Ok(());
+    }
+    let mut out = std::io::stdout();
+    api.stream(
+        &format!("/api/v1/builds/{build_id}/log?follow=true"),
+        |chunk| {
+            let _ = out.write_all(chunk);
+            let _ = out.flush();
+        },
+    )
+    .await?;
+
+    // The build is over; follow the release it created, if any.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut announced = false;
+    let version = loop {
+        let status = api.get(&format!("/api/v1/builds/{build_id}")).await?;
+        match status["build"]["status"].as_str() {
+            Some("failed") => bail!(
+                "build failed: {}",
+                status["build"]["error"]
+                    .as_str()
+                    .unwrap_or("see the log above")
+            ),
+            Some("succeeded") => {}
+            // The log stream ended early (e.g. the server restarted): wait.
+            _ => {}
+        }
+        let release = &status["release"];
+        let version = release["version"].as_i64().unwrap_or_default();
+        match release["status"].as_str() {
+            Some("active") | Some("superseded") => break version,
+            Some("failed") => bail!(
+                "release v{version} failed, the previous release keeps serving:\n{}",
+                release["error"].as_str().unwrap_or("no reason recorded")
+            ),
+            Some(_) if !announced => {
+                println!("==> Rolling out v{version}");
+                announced = true;
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting for the rollout; see `hangar status {name}`");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Live: wait until the URL answers through the proxy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match get_url(&url).await {
+            Ok((s, _)) if !s.is_server_error() => break,
+            Ok((s, _)) if Instant::now() > deadline => {
+                bail!("v{version} is live but {url} answers {s}")
+            }
+            Err(e) if Instant::now() > deadline => {
+                bail!("v{version} is live but {url} does not answer: {e}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    println!(
+        "==> v{version} of {name} is live at {url} ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn ago(unix: i64) -> String {
+    let secs = (hangar_core::now_unix() - unix).max(0);
+    match secs {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
+    }
+}
+
+/// `hangar apps`.
+pub async fn apps() -> Result<()> {
+    let answer = api()?.get("/api/v1/apps").await?;
+    let apps = answer["apps"].as_array().cloned().unwrap_or_default();
+    if apps.is_empty() {
+        println!("No apps yet: `hangar deploy` one.");
+        return Ok(());
+    }
+    println!("{:<24} {:<13} {:<8} URL", "NAME", "STATUS", "RELEASE");
+    for a in apps {
+        let release = a["active_release"]["version"]
+            .as_i64()
+            .map(|v| format!("v{v}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<13} {:<8} {}",
+            a["name"].as_str().unwrap_or_default(),
+            a["status"].as_str().unwrap_or_default(),
+            release,
+            a["url"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `hangar status APP`.
+pub async fn status(app: &str) -> Result<()> {
+    let a = api()?.get(&format!("/api/v1/apps/{app}")).await?;
+    println!("App:     {}", a["name"].as_str().unwrap_or_default());
+    println!("URL:     {}", a["url"].as_str().unwrap_or_default());
+    println!("Status:  {}", a["status"].as_str().unwrap_or_default());
+    println!("Driver:  {}", a["driver"].as_str().unwrap_or_default());
+    print_rows("Machines", &a["machines"], |m| {
+        format!(
+            "  {}  {:<9} port {:<5} pid {:<7} {}",
+            m["id"].as_str().unwrap_or_default(),
+            m["state"].as_str().unwrap_or_default(),
+            m["port"].as_i64().unwrap_or_default(),
+            m["pid"]
+                .as_i64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            m["exit_code"]
+                .as_i64()
+                .map(|c| format!("exit {c}"))
+                .unwrap_or_default()
+        )
+    });
+    print_rows("Releases", &a["releases"], |r| {
+        let mut line = format!(
+            "  v{:<4} {:<11} {}  {}",
+            r["version"].as_i64().unwrap_or_default(),
+            r["status"].as_str().unwrap_or_default(),
+            ago(r["created_at"].as_i64().unwrap_or_default()),
+            r["image_digest"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..19)
+                .unwrap_or_default(),
+        );
+        if let Some(e) = r["error"].as_str() {
+            line.push_str(&format!(
+                "\n         reason: {}",
+                e.lines().next().unwrap_or_default()
+            ));
+        }
+        line
+    });
+    print_rows("Builds", &a["builds"], |b| {
+        let mut line = format!(
+            "  {}  {:<10} {}",
+            b["id"].as_str().unwrap_or_default(),
+            b["status"].as_str().unwrap_or_default(),
+            ago(b["created_at"].as_i64().unwrap_or_default())
+        );
+        if let Some(e) = b["error"].as_str() {
+            line.push_str(&format!("  ({e})"));
+        }
+        line
+    });
+    Ok(())
+}
+
+fn print_rows(title: &str, rows: &Value, line: impl Fn(&Value) -> String) {
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    println!("{title}:{}", if rows.is_empty() { " none" } else { "" });
+    for r in &rows {
+        println!("{}", line(r));
+    }
+}
+
+/// `hangar logs APP [-f]`.
+pub async fn logs(app: &str, follow: bool) -> Result<()> {
+    let mut out = std::io::stdout();
+    api()?
+        .stream(
+            &format!("/api/v1/apps/{app}/logs?follow={follow}"),
+            |chunk| {
+                let _ = out.write_all(chunk);
+                let _ = out.flush();
+            },
+        )
+        .await
+}
+
+/// `hangar destroy APP [--yes]`.
+pub async fn destroy(app: &str, yes: bool) -> Result<()> {
+    let api = api()?;
+    if !yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "destroying {app} deletes its machines, releases and logs; pass --yes to confirm"
+            );
+        }
+        print!("Destroy {app}, its machines, releases and logs? Type the app name to confirm: ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != app {
+            bail!("not confirmed; nothing was destroyed");
+        }
+    }
+    api.delete(&format!("/api/v1/apps/{app}")).await?;
+    println!("Destroyed {app}");
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The `hangar` binary's library: everything the CLI and the `up` role do,
+//! kept out of `main.rs` so integration tests can drive the same client.
+//!
+//! Layout:
+//! - [`config`]: the CLI's config file (API URL and token).
+//! - [`client`]: a small HTTP client for Hangar's API.
+//! - [`pack`]: packing a cargo project into a `.tar.gz` (respects .gitignore).
+//! - [`up`]: `hangar up`, which wires every role into one process.
+//! - [`commands`]: the other subcommands.
+//!
+//! This crate is thin: it parses arguments and wires the library crates.
+
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod pack;
+pub mod up;

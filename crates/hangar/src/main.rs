@@ -1,0 +1,150 @@
+//! `hangar`: the one binary. `hangar up` runs the platform; every other
+//! subcommand is the CLI talking to its API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use hangar::{commands, up};
+
+#[derive(Parser)]
+#[command(
+    name = "hangar",
+    version,
+    about = "Deploy cargo projects as running services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DriverArg {
+    Auto,
+    Runc,
+    Process,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole platform (API, builder, node agent, proxy) in this process.
+    Up {
+        /// Where state, images, build caches and logs live.
+        #[arg(long, env = "HANGAR_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// API listen address.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        api_listen: SocketAddr,
+        /// Edge proxy listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        proxy_listen: SocketAddr,
+        /// Apps are served at <app>.<domain>.
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// Runtime driver: runc (isolated), process (no isolation), auto.
+        #[arg(long, value_enum, default_value = "auto")]
+        driver: DriverArg,
+        /// Largest accepted source upload, in bytes.
+        #[arg(long, default_value_t = 100 * 1024 * 1024)]
+        max_upload_bytes: u64,
+        /// Per-app cargo target dirs (default: <data-dir>/targets).
+        #[arg(long, env = "HANGAR_BUILD_TARGET_ROOT")]
+        build_target_root: Option<PathBuf>,
+        /// Memory limit of each machine, in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory_mb: u64,
+    },
+    /// Store a token (and API URL) for this CLI.
+    Login {
+        #[arg(long)]
+        token: String,
+        /// The API's URL, e.g. http://10.0.0.5:7070.
+        #[arg(long)]
+        api: Option<String>,
+    },
+    /// Build and deploy the cargo project in DIR (default: the current dir).
+    Deploy {
+        dir: Option<PathBuf>,
+        /// App name (default: the package name).
+        #[arg(long)]
+        app: Option<String>,
+        /// Return once the build is queued.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List your apps.
+    Apps,
+    /// Show an app's machines, releases and builds.
+    Status { app: String },
+    /// Print an app's output.
+    Logs {
+        app: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Delete an app, its machines, releases and logs.
+    Destroy {
+        app: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up {
+            data_dir,
+            api_listen,
+            proxy_listen,
+            domain,
+            driver,
+            max_upload_bytes,
+            build_target_root,
+            memory_mb,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            up::run(up::UpOptions {
+                data_dir: data_dir.unwrap_or_else(up::default_data_dir),
+                api_listen,
+                proxy_listen,
+                domain,
+                driver: match driver {
+                    DriverArg::Auto => hangar_node::DriverChoice::Auto,
+                    DriverArg::Runc => hangar_node::DriverChoice::Runc,
+                    DriverArg::Process => hangar_node::DriverChoice::Process,
+                },
+                max_upload_bytes,
+                build_target_root,
+                memory_mb,
+            })
+            .await
+        }
+        Command::Login { token, api } => commands::login(&token, api.as_deref()),
+        Command::Deploy { dir, app, no_wait } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            commands::deploy(&dir, app.as_deref(), !no_wait).await
+        }
+        Command::Apps => commands::apps().await,
+        Command::Status { app } => commands::status(&app).await,
+        Command::Logs { app, follow } => commands::logs(&app, follow).await,
+        Command::Destroy { app, yes } => commands::destroy(&app, yes).await,
+    }
+}

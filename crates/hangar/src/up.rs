@@ -1,0 +1,292 @@
+//! `hangar up`: every role (API, builder, node agent, edge proxy) in one
+//! process, on the embedded defaults (SQLite, local image store).
+//!
+//! Start-up order matters for crash safety: listeners are bound first (so a
+//! port clash fails fast, before touching state), then interrupted builds
+//! are recovered and machines reconciled, and only then are the queue and
+//! the servers started.
+//!
+//! Shutdown: Ctrl-C or SIGTERM flips one `watch` channel that every task
+//! listens on. Machines are left running on purpose: the next `hangar up`
+//! re-adopts them, as a node agent restart should.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hangar_api::{ApiConfig, ApiState};
+use hangar_build::{BuildConfig, Builder};
+use hangar_core::archive::Limits as ArchiveLimits;
+use hangar_image::ImageStore;
+use hangar_node::{Agent, Driver, DriverChoice, Limits, NodeConfig};
+use hangar_proxy::RouteTable;
+use hangar_store::Store;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::CliConfig;
+
+/// Options of `hangar up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Where state, images, sources, build caches and logs live.
+    pub data_dir: PathBuf,
+    /// API listen address.
+    pub api_listen: SocketAddr,
+    /// Edge proxy listen address.
+    pub proxy_listen: SocketAddr,
+    /// Apps are served at `<app>.<domain>`.
+    pub domain: String,
+    /// Runtime driver preference.
+    pub driver: DriverChoice,
+    /// Largest accepted upload.
+    pub max_upload_bytes: u64,
+    /// Per-app cargo target dirs (default: under the data dir).
+    pub build_target_root: Option<PathBuf>,
+    /// Machine memory limit.
+    pub memory_mb: u64,
+}
+
+/// The default data dir: `/var/lib/hangar` for root, else under the user's
+/// data home.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/hangar");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("hangar")
+}
+
+/// Runs until Ctrl-C / SIGTERM.
+pub async fn run(opts: UpOptions) -> Result<()> {
+    let data = &opts.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let data = data.canonicalize()?;
+    let store = Store::open(&data.join("state.db")).context("opening the state store")?;
+    let images = ImageStore::open(&data.join("images")).context("opening the image store")?;
+
+    // Bind first: a port already in use is reported before anything else.
+    let api_listener = tokio::net::TcpListener::bind(opts.api_listen)
+        .await
+        .with_context(|| format!("binding the API to {}", opts.api_listen))?;
+    let proxy_listener = tokio::net::TcpListener::bind(opts.proxy_listen)
+        .await
+        .with_context(|| format!("binding the proxy to {}", opts.proxy_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let proxy_addr = proxy_listener.local_addr()?;
+
+    let token = admin_token(&store, &data).await?;
+    let api_url = format!("http://{api_addr}");
+    remember_for_cli(&api_url, &token);
+
+    let (driver, warning) = Driver::choose(opts.driver, &data.join("runc"))?;
+    if let Some(w) = warning {
+        eprintln!("\n!!! WARNING: {w}\n");
+        warn!("{w}");
+    }
+    let routes = Arc::new(RouteTable::new(&opts.domain));
+    let agent = Agent::new(
+        store.clone(),
+        images.clone(),
+        driver.clone(),
+        routes.clone(),
+        NodeConfig {
+            machines_dir: data.join("machines"),
+            logs_dir: data.join("logs"),
+            limits: Limits {
+                memory_mb: opts.memory_mb,
+                ..Limits::default()
+            },
+            ready_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+            drain: Duration::from_millis(500),
+        },
+    );
+    let (release_tx, mut release_rx) = mpsc::unbounded_channel::<String>();
+    let builder = Builder::new(
+        store.clone(),
+        images.clone(),
+        BuildConfig {
+            sources_dir: data.join("sources"),
+            work_dir: data.join("builds"),
+            target_root: opts
+                .build_target_root
+                .clone()
+                .unwrap_or_else(|| data.join("targets")),
+            logs_dir: data.join("build-logs"),
+            cargo: PathBuf::from(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
+            max_attempts: 3,
+            timeout: Duration::from_secs(30 * 60),
+            limits: ArchiveLimits::default(),
+        },
+        release_tx.clone(),
+    )?;
+    let uploads = data.join("uploads");
+    // Half-received uploads from a previous run are garbage.
+    let _ = std::fs::remove_dir_all(&uploads);
+    std::fs::create_dir_all(&uploads)?;
+
+    // Crash recovery, before anything new starts.
+    builder.recover().await.context("recovering builds")?;
+    for release in agent.reconcile().await.context("reconciling machines")? {
+        info!(release = %release.id, "resuming an interrupted rollout");
+        let _ = release_tx.send(release.id);
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(builder.clone().run(shutdown_rx.clone()));
+    {
+        let agent = agent.clone();
+        let mut stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    id = release_rx.recv() => {
+                        let Some(id) = id else { return };
+                        let agent = agent.clone();
+                        // Different apps roll out concurrently; one app's
+                        // rollouts are serialised by the agent.
+                        tokio::spawn(async move {
+                            if let Err(e) = agent.rollout(&id).await {
+                                warn!("{e}");
+                            }
+                        });
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+    tasks.spawn({
+        let stop = signal(shutdown_rx.clone());
+        async move {
+            if let Err(e) = hangar_proxy::serve(proxy_listener, routes, stop).await {
+                warn!("proxy: {e}");
+            }
+        }
+    });
+    let state = ApiState {
+        store,
+        builder,
+        agent,
+        cfg: Arc::new(ApiConfig {
+            max_upload_bytes: opts.max_upload_bytes,
+            uploads_dir: uploads,
+            domain: opts.domain.clone(),
+            proxy_port: proxy_addr.port(),
+        }),
+    };
+    tasks.spawn({
+        let stop = signal(shutdown_rx.clone());
+        async move {
+            if let Err(e) = hangar_api::serve(api_listener, state, stop).await {
+                warn!("api: {e}");
+            }
+        }
+    });
+
+    println!("hangar: data dir {}", data.display());
+    println!("hangar: runtime driver {}", driver.name());
+    println!("hangar: API listening on {api_url}");
+    println!(
+        "hangar: proxy listening on http://{proxy_addr} (apps at http://<app>.{}:{}/)",
+        opts.domain,
+        proxy_addr.port()
+    );
+    println!("hangar: ready");
+
+    wait_for_signal().await;
+    println!("hangar: shutting down (machines keep running; the next `hangar up` re-adopts them)");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// A future that resolves when the shutdown flag turns true.
+async fn signal(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The admin token: created with the first org on first start, kept in
+/// `<data>/admin-token` (mode 0600); the store holds only its hash.
+async fn admin_token(store: &Store, data: &std::path::Path) -> Result<String> {
+    let path = data.join("admin-token");
+    if store.has_orgs().await? {
+        return Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned());
+    }
+    let token = hangar_core::id::new_token();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(f, "{token}")?;
+        f.sync_all()?;
+    }
+    store
+        .create_org_with_token("default", "admin", &hangar_core::id::hash_token(&token))
+        .await?;
+    println!(
+        "hangar: created the admin token, stored in {}",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// Points the CLI on this machine at this server, unless its config is
+/// already set up for another server.
+fn remember_for_cli(api_url: &str, token: &str) {
+    let existing = CliConfig::load().unwrap_or_default();
+    let ours = existing.token.as_deref().is_none_or(|t| t == token);
+    if !ours {
+        println!(
+            "hangar: the CLI config ({}) points at another server; left as is",
+            crate::config::config_path().display()
+        );
+        return;
+    }
+    let cfg = CliConfig {
+        api_url: Some(api_url.to_owned()),
+        token: Some(token.to_owned()),
+    };
+    match cfg.save() {
+        Ok(path) => println!("hangar: CLI configured in {}", path.display()),
+        Err(e) => eprintln!("hangar: could not write the CLI config: {e:#}"),
+    }
+}
