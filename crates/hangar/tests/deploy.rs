@@ -191,7 +191,7 @@ fn kill9_mid_build_resumes_the_build() {
     p.kill9();
 
     p.restart();
-    let build = wait_for(180, "the resumed build to finish", || {
+    let build = wait_for(400, "the resumed build to finish", || {
         let b = p.api_get(&format!("/api/v1/builds/{build_id}"));
         let s = b["build"]["status"].as_str().unwrap().to_owned();
         (s == "succeeded" || s == "failed").then_some(b)
