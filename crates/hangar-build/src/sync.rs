@@ -148,7 +148,7 @@ mod tests {
             .modified()
             .unwrap();
         assert_eq!(mtime, old, "an unchanged file keeps its mtime");
-        assert!(!b.join("src").exists());
+        assert!(!b.join("src/main.rs").exists());
         assert_eq!(fs::read_to_string(b.join("lib.rs")).unwrap(), "// new");
     }
 }

@@ -1,6 +1,6 @@
 //! Machine lifecycle and rollouts on this node.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -70,8 +70,6 @@ struct Inner {
     cfg: NodeConfig,
     /// One rollout (or destroy) per app at a time.
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Machines being stopped on purpose: their exit is not a crash.
-    stopping: Mutex<HashSet<String>>,
     /// Serialises route publication so a slower, older computation never
     /// overwrites a newer one.
     publish: tokio::sync::Mutex<()>,
@@ -95,7 +93,6 @@ impl Agent {
                 routes,
                 cfg,
                 app_locks: Mutex::new(HashMap::new()),
-                stopping: Mutex::new(HashSet::new()),
                 publish: tokio::sync::Mutex::new(()),
             }),
         }
@@ -355,17 +352,15 @@ impl Agent {
                     break code;
                 }
             };
-            let on_purpose = agent
-                .inner
-                .stopping
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&m.id);
-            if on_purpose {
-                return;
+            // A stop on purpose sets `stopping` before signalling, so an exit
+            // seen while the machine is still `started` is one nobody asked for.
+            let store = &agent.inner.store;
+            match store.machine(&m.id).await {
+                Ok(Some(cur))
+                    if matches!(cur.state, MachineState::Started | MachineState::Starting) => {}
+                _ => return,
             }
             warn!(machine = %m.id, ?code, "machine exited");
-            let store = &agent.inner.store;
             if let Err(e) = store
                 .set_machine_state(&m.id, MachineState::Stopped, None, code)
                 .await
@@ -382,43 +377,30 @@ impl Agent {
     /// private directory (its log is kept).
     async fn stop_machine(&self, m: &Machine, destroy: bool) -> Result<(), NodeError> {
         let inner = &self.inner;
+        // Recorded before any signal: the monitor then knows the exit is ours.
         inner
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(m.id.clone());
-        let result = async {
-            inner
-                .store
-                .set_machine_state(&m.id, MachineState::Stopping, m.pid, None)
-                .await?;
-            let driver = if m.driver == inner.driver.name() {
-                inner.driver.clone()
-            } else {
-                Driver::Process
-            };
-            driver
-                .stop(&m.id, m.pid.map(|p| p as u32), inner.cfg.stop_grace)
-                .await?;
-            let state = if destroy {
-                let _ = std::fs::remove_dir_all(inner.cfg.machines_dir.join(&m.id));
-                MachineState::Destroyed
-            } else {
-                MachineState::Stopped
-            };
-            inner
-                .store
-                .set_machine_state(&m.id, state, None, None)
-                .await?;
-            Ok::<_, NodeError>(())
-        }
-        .await;
+            .store
+            .set_machine_state(&m.id, MachineState::Stopping, m.pid, None)
+            .await?;
+        let driver = if m.driver == inner.driver.name() {
+            inner.driver.clone()
+        } else {
+            Driver::Process
+        };
+        driver
+            .stop(&m.id, m.pid.map(|p| p as u32), inner.cfg.stop_grace)
+            .await?;
+        let state = if destroy {
+            let _ = std::fs::remove_dir_all(inner.cfg.machines_dir.join(&m.id));
+            MachineState::Destroyed
+        } else {
+            MachineState::Stopped
+        };
         inner
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&m.id);
-        result
+            .store
+            .set_machine_state(&m.id, state, None, None)
+            .await?;
+        Ok(())
     }
 
     /// Publishes the app's started machines of its active release.
