@@ -64,7 +64,9 @@ async fn save_upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > cap) {
+        drain(&mut stream).await;
         return Err(too_large());
     }
     let path = state
@@ -74,7 +76,6 @@ async fn save_upload(
     let mut file = tokio::fs::File::create(&path)
         .await
         .map_err(ApiError::internal)?;
-    let mut stream = body.into_data_stream();
     let mut total: u64 = 0;
     let result = async {
         while let Some(chunk) = stream.next().await {
@@ -82,6 +83,7 @@ async fn save_upload(
                 chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
             total += chunk.len() as u64;
             if total > cap {
+                drain(&mut stream).await;
                 return Err(too_large());
             }
             file.write_all(&chunk).await.map_err(ApiError::internal)?;
@@ -101,6 +103,22 @@ async fn save_upload(
         ));
     }
     Ok(path)
+}
+
+/// Reads and discards the rest of a refused upload (bounded in bytes and
+/// time) before answering: a server that answers and closes while the
+/// client is still sending makes most clients see a broken pipe instead of
+/// the 413 that explains it.
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    const LIMIT: u64 = 256 * 1024 * 1024;
+    let mut drained: u64 = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while drained < LIMIT {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
+            _ => return,
+        }
+    }
 }
 
 async fn deploy(

@@ -268,22 +268,23 @@ fn remove_existing(path: &Path) -> io::Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Test support: archives with hostile entries, which the tar crate's safe
+/// builder API refuses to write. Used by this crate's tests and, through the
+/// `testing` feature, by the end-to-end tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use flate2::Compression;
     use flate2::write::GzEncoder;
 
-    /// Builds a .tar.gz from raw headers, so that hostile entries (which the
-    /// tar crate's safe builder API refuses to write) can be produced.
-    fn targz(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    /// A `.tar.gz` of `(path, kind, data, link target)` entries, names
+    /// written verbatim (`..` and absolute paths included).
+    pub fn raw_targz(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
         for (path, kind, data, link) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*kind);
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
-            // Write the name bytes directly: set_path rejects `..` and `/`.
             let name = &mut h.as_old_mut().name;
             name[..path.len()].copy_from_slice(path.as_bytes());
             if let Some(l) = link {
@@ -291,10 +292,18 @@ mod tests {
                 ln[..l.len()].copy_from_slice(l.as_bytes());
             }
             h.set_cksum();
-            b.append(&h, *data).unwrap();
+            b.append(&h, *data).expect("appending to an in-memory tar");
         }
-        b.into_inner().unwrap().finish().unwrap()
+        b.into_inner()
+            .and_then(|gz| gz.finish())
+            .expect("finishing an in-memory tar.gz")
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::raw_targz as targz;
+    use super::*;
 
     fn unpack(data: &[u8]) -> (tempfile::TempDir, Result<(), ArchiveError>) {
         let dir = tempfile::tempdir().unwrap();

@@ -37,6 +37,17 @@ impl std::fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
+impl ApiFailure {
+    /// From an error answer: its `{"error": "..."}` message, else its body.
+    fn from_answer(status: StatusCode, body: &[u8]) -> ApiFailure {
+        let message = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
+        ApiFailure { status, message }
+    }
+}
+
 impl Api {
     pub fn new(base: &str, token: &str) -> Api {
         Api {
@@ -87,11 +98,7 @@ impl Api {
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            let message = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
-            return Err(ApiFailure { status, message }.into());
+            return Err(ApiFailure::from_answer(status, &bytes).into());
         }
         serde_json::from_slice(&bytes).context("the API answered with invalid JSON")
     }
@@ -115,11 +122,7 @@ impl Api {
         let mut body = resp.into_body();
         if !status.is_success() {
             let bytes = body.collect().await?.to_bytes();
-            let message = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
-            bail!(ApiFailure { status, message });
+            bail!(ApiFailure::from_answer(status, &bytes));
         }
         while let Some(frame) = body.frame().await {
             let frame = frame.context("the stream broke")?;

@@ -325,26 +325,8 @@ impl Drop for TestPlatform {
     }
 }
 
-/// A `.tar.gz` with raw entry names (hostile ones included), for upload tests.
-pub fn raw_targz(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
-    use flate2::write::GzEncoder;
-    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (path, kind, data, link) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(*kind);
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        let name = &mut h.as_old_mut().name;
-        name[..path.len()].copy_from_slice(path.as_bytes());
-        if let Some(l) = link {
-            let ln = &mut h.as_old_mut().linkname;
-            ln[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        h.set_cksum();
-        b.append(&h, *data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
+#[allow(unused_imports)]
+pub use hangar_core::archive::testing::raw_targz;
 
 /// Polls `f` every 100 ms until it returns Some, or panics after `secs`.
 pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
