@@ -5,6 +5,7 @@
 //! - [`id`]: random identifiers and bearer tokens (stored hashed).
 //! - [`archive`]: the one safe tar unpacker, used for uploaded sources and image layers.
 //! - [`route`]: the [`route::RouteSink`] seam between the node agent and the edge proxy.
+//! - [`machine`]: a machine's configuration (Fly Machines API shape) and its validation.
 //! - [`status`]: the lifecycle states of builds, releases and machines.
 //!
 //! This crate does no I/O of its own except in [`archive`], and knows nothing of
@@ -12,6 +13,7 @@
 
 pub mod archive;
 pub mod id;
+pub mod machine;
 pub mod name;
 pub mod route;
 pub mod status;

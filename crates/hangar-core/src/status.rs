@@ -72,6 +72,9 @@ string_enum!(
         Started => "started",
         Stopping => "stopping",
         Stopped => "stopped",
+        Suspending => "suspending",
+        Suspended => "suspended",
+        Destroying => "destroying",
         Destroyed => "destroyed",
         Failed => "failed",
     }

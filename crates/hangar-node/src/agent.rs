@@ -1,4 +1,7 @@
 //! Machine lifecycle and rollouts on this node.
+//!
+//! Every state change goes through the store first, then the driver: a
+//! crash in between leaves a state `reconcile` knows how to finish.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -6,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hangar_core::machine::{Guest, MachineConfig, RestartPolicy};
 use hangar_core::route::RouteSink;
 use hangar_core::status::{MachineState, ReleaseStatus};
 use hangar_image::{ImageError, ImageStore};
-use hangar_store::{App, Machine, Release, Store, StoreError};
+use hangar_store::{App, Machine, NewMachine, Release, Store, StoreError};
 use tracing::{info, warn};
 
 use crate::driver::{self, Driver, DriverError, Limits, MachineSpec, ProcState};
@@ -21,15 +25,18 @@ pub struct NodeConfig {
     pub machines_dir: PathBuf,
     /// Machine output, `<app>/<machine>.log`; outlives the machines.
     pub logs_dir: PathBuf,
-    /// cgroup limits given to every machine.
+    /// Limits of machines made by deploys (Machines API machines bring
+    /// their own `guest`); `pids` applies to every machine.
     pub limits: Limits,
-    /// How long a new machine may take to accept TCP on `$PORT`.
+    /// How long a new deploy machine may take to accept TCP on `$PORT`.
     pub ready_timeout: Duration,
-    /// SIGTERM → SIGKILL grace when stopping a machine.
+    /// SIGTERM → SIGKILL grace when stopping a deploy machine.
     pub stop_grace: Duration,
     /// How long old machines keep running after the route switched away
     /// from them, so requests already sent to them finish.
     pub drain: Duration,
+    /// The region label of this node.
+    pub region: String,
 }
 
 /// Errors of the node agent.
@@ -49,6 +56,17 @@ pub enum NodeError {
         version: i64,
         reason: String,
     },
+    /// The machine is in a state the action does not apply to.
+    #[error("machine {id} is {state}; cannot {action} it{hint}")]
+    InvalidState {
+        id: String,
+        state: MachineState,
+        action: &'static str,
+        hint: &'static str,
+    },
+    /// The machine asks for GPUs this node does not have.
+    #[error("config.guest.gpus: {wanted} GPU(s) requested but this node has {available}")]
+    NoGpu { wanted: u32, available: u32 },
 }
 
 /// The node agent; cheap to clone.
@@ -60,7 +78,7 @@ pub struct Agent {
 struct Inner {
     /// Desired and observed state.
     store: Store,
-    /// Where release images and their root filesystems come from.
+    /// Where images and their root filesystems come from.
     images: ImageStore,
     /// How machine processes are started and stopped.
     driver: Driver,
@@ -68,8 +86,11 @@ struct Inner {
     routes: Arc<dyn RouteSink>,
     /// Settings.
     cfg: NodeConfig,
-    /// One rollout (or destroy) per app at a time.
-    app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// NVIDIA GPUs on this node, detected at start.
+    gpus: u32,
+    /// One operation at a time per app (`app:<id>`: rollouts, destroy) and
+    /// per machine (`mch:<id>`: start, stop, suspend, destroy).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises route publication so a slower, older computation never
     /// overwrites a newer one.
     publish: tokio::sync::Mutex<()>,
@@ -92,7 +113,8 @@ impl Agent {
                 driver,
                 routes,
                 cfg,
-                app_locks: Mutex::new(HashMap::new()),
+                gpus: driver::detect_gpus(),
+                locks: Mutex::new(HashMap::new()),
                 publish: tokio::sync::Mutex::new(()),
             }),
         }
@@ -103,46 +125,71 @@ impl Agent {
         &self.inner.driver
     }
 
-    fn app_lock(&self, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .inner
-            .app_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        locks.entry(app_id.to_owned()).or_default().clone()
+    /// NVIDIA GPUs this node advertises.
+    pub fn gpus(&self) -> u32 {
+        self.inner.gpus
+    }
+
+    /// The region label of this node.
+    pub fn region(&self) -> &str {
+        &self.inner.cfg.region
+    }
+
+    fn lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(key).or_default().clone()
     }
 
     /// After a (re)start of hangar: re-adopts machines that kept running,
-    /// records the ones that died, restarts what the active releases need,
-    /// and publishes every app's routes. Returns releases whose rollout was
-    /// interrupted, for the caller to resume.
+    /// records the ones that died (applying their restart policy), restarts
+    /// what the active releases need, and publishes every app's routes.
+    /// Returns releases whose rollout was interrupted, for the caller to resume.
     pub async fn reconcile(&self) -> Result<Vec<Release>, NodeError> {
         let store = &self.inner.store;
         for m in store.live_machines().await? {
             let alive = m.pid.is_some_and(|pid| self.is_ours(&m, pid as u32));
             if alive && m.driver == self.inner.driver.name() {
-                info!(machine = %m.id, "re-adopted running machine");
+                info!(machine = %m.id, state = %m.state, "re-adopted running machine");
+                // An interrupted transition is finished in the direction it was going.
+                match m.state {
+                    MachineState::Stopping | MachineState::Destroying => {
+                        let destroy = m.state == MachineState::Destroying;
+                        self.stop_machine(&m, destroy, None).await?;
+                        continue;
+                    }
+                    MachineState::Suspending => {
+                        store
+                            .set_machine_state(&m.id, MachineState::Suspended, m.pid, None)
+                            .await?;
+                    }
+                    MachineState::Starting => {
+                        store
+                            .set_machine_state(&m.id, MachineState::Started, m.pid, None)
+                            .await?;
+                    }
+                    _ => {}
+                }
                 self.spawn_monitor(m.clone(), m.pid.unwrap_or_default() as u32);
             } else {
                 warn!(machine = %m.id, "machine died while hangar was down");
-                let _ = self.inner.driver.stop(&m.id, None, Duration::ZERO).await;
-                store
-                    .set_machine_state(&m.id, MachineState::Stopped, None, None)
-                    .await?;
+                let oom = self.inner.driver.reap(&m.id).await;
+                let final_state = m.state;
+                store.record_exit(&m.id, None, oom).await?;
+                if final_state == MachineState::Destroying {
+                    store
+                        .set_machine_state(&m.id, MachineState::Destroyed, None, None)
+                        .await?;
+                } else if m.release_id.is_none() && final_state == MachineState::Started {
+                    self.after_exit(m, None, oom).await;
+                }
             }
         }
         for app in store.all_apps().await? {
-            let active = store
-                .releases_for_app(&app.id)
-                .await?
-                .into_iter()
-                .find(|r| r.status == ReleaseStatus::Active);
-            if let Some(release) = active {
-                let running = store
-                    .machines_for_app(&app.id)
-                    .await?
-                    .iter()
-                    .any(|m| m.release_id == release.id && m.state == MachineState::Started);
+            if let Some(release) = self.active_release(&app.id).await? {
+                let running = store.machines_for_app(&app.id).await?.iter().any(|m| {
+                    m.release_id.as_deref() == Some(&release.id)
+                        && matches!(m.state, MachineState::Started | MachineState::Suspended)
+                });
                 if !running {
                     info!(app = %app.name, version = release.version, "restarting the active release");
                     if let Err(e) = self.start_checked(&app, &release).await {
@@ -155,6 +202,16 @@ impl Agent {
         Ok(store.unfinished_releases().await?)
     }
 
+    async fn active_release(&self, app_id: &str) -> Result<Option<Release>, NodeError> {
+        Ok(self
+            .inner
+            .store
+            .releases_for_app(app_id)
+            .await?
+            .into_iter()
+            .find(|r| r.status == ReleaseStatus::Active))
+    }
+
     /// True when `pid` is alive and is this machine's process (not a reused pid).
     fn is_ours(&self, m: &Machine, pid: u32) -> bool {
         if driver::probe(pid) != ProcState::Running {
@@ -165,10 +222,12 @@ impl Agent {
                 .map(|c| c.contains(&m.id))
                 .unwrap_or(false),
             _ => std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|exe| exe.starts_with(self.inner.images_root_hint()))
+                .map(|exe| exe.starts_with(self.inner.images.rootfs_root()))
                 .unwrap_or(false),
         }
     }
+
+    // ---- rollouts (deploys) ----
 
     /// Rolls out a release: start a machine, wait until it accepts
     /// connections, switch the route, drain and stop the old machines. On any
@@ -186,7 +245,7 @@ impl Agent {
         let Some(app) = store.app(&release.app_id).await? else {
             return Err(NodeError::NotFound(format!("app of release {release_id}")));
         };
-        let lock = self.app_lock(&app.id);
+        let lock = self.lock(format!("app:{}", app.id));
         let _guard = lock.lock().await;
         store
             .set_release_status(&release.id, ReleaseStatus::Deploying, None)
@@ -209,17 +268,18 @@ impl Agent {
         store.activate_release(&app.id, &release.id).await?;
         self.publish_routes(&app.id).await?;
         info!(app = %app.name, version = release.version, machine = %new.id, "release is live");
+        // Machines of older releases go; Machines API machines are not ours to touch.
         let old: Vec<Machine> = store
             .machines_for_app(&app.id)
             .await?
             .into_iter()
-            .filter(|m| m.id != new.id)
+            .filter(|m| m.id != new.id && m.release_id.is_some())
             .collect();
         if !old.is_empty() {
             tokio::time::sleep(self.inner.cfg.drain).await;
         }
         for m in old {
-            if let Err(e) = self.stop_machine(&m, true).await {
+            if let Err(e) = self.stop_locked(&m, true).await {
                 warn!(machine = %m.id, "stopping old machine: {e}");
             }
         }
@@ -230,8 +290,25 @@ impl Agent {
     /// on its port. On failure the machine is destroyed and the reason,
     /// worded for the user, returned.
     async fn start_checked(&self, app: &App, release: &Release) -> Result<Machine, String> {
+        let limits = self.inner.cfg.limits;
+        let config = MachineConfig {
+            image: release.image_digest.clone(),
+            guest: Some(Guest {
+                memory_mb: limits.memory_mb,
+                cpus: limits.cpus.ceil().max(1.0) as u32,
+                ..Guest::default()
+            }),
+            ..MachineConfig::default()
+        };
         let m = self
-            .start_machine(app, release)
+            .create(
+                app,
+                Some(release.id.clone()),
+                None,
+                config,
+                release.image_digest.clone(),
+                false,
+            )
             .await
             .map_err(|e| e.to_string())?;
         let pid = m.pid.unwrap_or_default() as u32;
@@ -252,7 +329,7 @@ impl Agent {
                 .filter(|s| s.state != MachineState::Started)
                 .map(|s| s.exit_code));
             if let Some(code) = exited {
-                let _ = self.stop_machine(&m, true).await;
+                let _ = self.stop_locked(&m, true).await;
                 let status = code.map_or("an unknown status".to_owned(), |c| format!("status {c}"));
                 return Err(format!(
                     "the app exited with {status} before listening on $PORT ({}); last output:\n{}",
@@ -261,7 +338,7 @@ impl Agent {
                 ));
             }
             if tokio::time::Instant::now() >= deadline {
-                let _ = self.stop_machine(&m, true).await;
+                let _ = self.stop_locked(&m, true).await;
                 return Err(format!(
                     "the app did not listen on $PORT ({}) within {} s; last output:\n{}",
                     m.port,
@@ -273,46 +350,95 @@ impl Agent {
         }
     }
 
-    /// Creates and starts one machine of `release`.
-    async fn start_machine(&self, app: &App, release: &Release) -> Result<Machine, NodeError> {
-        let inner = &self.inner;
-        let images = inner.images.clone();
-        let digest = release.image_digest.clone();
-        let (rootfs, config) = tokio::task::spawn_blocking(move || {
-            Ok::<_, ImageError>((images.rootfs(&digest)?, images.config(&digest)?))
-        })
-        .await
-        .map_err(|e| NodeError::NotFound(format!("image task: {e}")))??;
+    // ---- machines ----
+
+    /// Creates a machine (and launches it unless `skip_launch`).
+    pub async fn create(
+        &self,
+        app: &App,
+        release_id: Option<String>,
+        name: Option<String>,
+        config: MachineConfig,
+        image_digest: String,
+        skip_launch: bool,
+    ) -> Result<Machine, NodeError> {
+        let wanted = config.guest().gpus;
+        if wanted > self.inner.gpus {
+            return Err(NodeError::NoGpu {
+                wanted,
+                available: self.inner.gpus,
+            });
+        }
         let port = free_port().map_err(|source| DriverError::Io {
             what: "finding a free port".into(),
             source,
         })?;
-        let m = inner
+        let m = self
+            .inner
             .store
-            .create_machine(&app.id, &release.id, inner.driver.name(), port)
+            .create_machine(NewMachine {
+                app_id: app.id.clone(),
+                release_id,
+                name,
+                region: self.inner.cfg.region.clone(),
+                config,
+                image_digest,
+                driver: self.inner.driver.name().to_owned(),
+                port,
+            })
             .await?;
-        let mut env = config.config.env.clone().unwrap_or_default();
+        if skip_launch {
+            return Ok(m);
+        }
+        let lock = self.lock(format!("mch:{}", m.id));
+        let _guard = lock.lock().await;
+        self.launch(&m, &app.name).await
+    }
+
+    /// Starts the machine's process (from created or stopped).
+    async fn launch(&self, m: &Machine, app_name: &str) -> Result<Machine, NodeError> {
+        let inner = &self.inner;
+        let images = inner.images.clone();
+        let digest = m.image_digest.clone();
+        let (rootfs, image) = tokio::task::spawn_blocking(move || {
+            Ok::<_, ImageError>((images.rootfs(&digest)?, images.config(&digest)?))
+        })
+        .await
+        .map_err(|e| NodeError::NotFound(format!("image task: {e}")))??;
+        let mut env = image.config.env.clone().unwrap_or_default();
+        env.extend(m.config.env.iter().map(|(k, v)| format!("{k}={v}")));
         env.extend([
-            format!("PORT={port}"),
-            format!("HANGAR_APP={}", app.name),
+            format!("PORT={}", m.port),
+            format!("HANGAR_APP={app_name}"),
             format!("HANGAR_MACHINE_ID={}", m.id),
-            format!("HANGAR_RELEASE_VERSION={}", release.version),
+            format!("FLY_MACHINE_ID={}", m.id),
+            format!("FLY_APP_NAME={app_name}"),
+            format!("FLY_REGION={}", m.region),
         ]);
+        let guest = m.config.guest();
+        let argv = m.config.argv(
+            image.config.entrypoint.as_deref().unwrap_or_default(),
+            image.config.cmd.as_deref().unwrap_or_default(),
+        );
         let spec = MachineSpec {
             id: m.id.clone(),
-            hostname: app.name.clone(),
+            hostname: app_name.to_owned(),
             rootfs,
             dir: inner.cfg.machines_dir.join(&m.id),
-            argv: config.argv(),
+            argv,
             env,
-            cwd: config
+            cwd: image
                 .config
                 .working_dir
                 .clone()
                 .unwrap_or_else(|| "/".into()),
-            user: parse_user(config.config.user.as_deref()),
-            log: self.log_path(&app.name, &m.id),
-            limits: inner.cfg.limits,
+            user: parse_user(image.config.user.as_deref()),
+            log: self.log_path(app_name, &m.id),
+            limits: Limits {
+                memory_mb: guest.memory_mb,
+                cpus: f64::from(guest.cpus),
+                pids: inner.cfg.limits.pids,
+            },
         };
         inner
             .store
@@ -335,61 +461,282 @@ impl Agent {
         let m = Machine {
             state: MachineState::Started,
             pid: Some(i64::from(pid)),
-            ..m
+            exit_code: None,
+            oom_killed: false,
+            ..m.clone()
         };
         self.spawn_monitor(m.clone(), pid);
+        if m.release_id.is_none() {
+            self.publish_routes(&m.app_id).await?;
+        }
         Ok(m)
     }
 
-    /// Watches a machine's process; records an exit that nobody asked for
-    /// and takes the machine out of its app's routes.
+    async fn load(&self, id: &str) -> Result<(Machine, App), NodeError> {
+        let store = &self.inner.store;
+        let m = store
+            .machine(id)
+            .await?
+            .filter(|m| m.state != MachineState::Destroyed)
+            .ok_or_else(|| NodeError::NotFound(format!("machine {id}")))?;
+        let app = store
+            .app(&m.app_id)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(format!("app of machine {id}")))?;
+        Ok((m, app))
+    }
+
+    /// Starts a created or stopped machine, or resumes a suspended one.
+    /// Starting a started machine is a no-op.
+    pub async fn start(&self, id: &str) -> Result<Machine, NodeError> {
+        let lock = self.lock(format!("mch:{id}"));
+        let _guard = lock.lock().await;
+        let (m, app) = self.load(id).await?;
+        match m.state {
+            MachineState::Started => Ok(m),
+            MachineState::Suspended => {
+                self.inner.driver.resume(&m.id, pid_of(&m)).await?;
+                self.inner
+                    .store
+                    .set_machine_state(&m.id, MachineState::Started, m.pid, None)
+                    .await?;
+                self.publish_routes(&m.app_id).await?;
+                Ok(Machine {
+                    state: MachineState::Started,
+                    ..m
+                })
+            }
+            MachineState::Created | MachineState::Stopped | MachineState::Failed => {
+                self.inner.store.set_machine_restarts(&m.id, 0).await?;
+                self.launch(&m, &app.name).await
+            }
+            state => Err(NodeError::InvalidState {
+                id: m.id,
+                state,
+                action: "start",
+                hint: "; wait for it to settle",
+            }),
+        }
+    }
+
+    /// Stops a machine with its stop_config (or the given signal/grace).
+    /// Stopping a stopped machine is a no-op.
+    pub async fn stop(
+        &self,
+        id: &str,
+        signal: Option<i32>,
+        grace: Option<Duration>,
+    ) -> Result<Machine, NodeError> {
+        let lock = self.lock(format!("mch:{id}"));
+        let _guard = lock.lock().await;
+        let (m, _) = self.load(id).await?;
+        match m.state {
+            MachineState::Started | MachineState::Suspended | MachineState::Starting => {
+                let (sig, g) = m.config.stop();
+                self.stop_with(&m, false, signal.unwrap_or(sig), grace.unwrap_or(g))
+                    .await?;
+            }
+            MachineState::Created | MachineState::Stopped | MachineState::Failed => {}
+            state => {
+                return Err(NodeError::InvalidState {
+                    id: m.id,
+                    state,
+                    action: "stop",
+                    hint: "",
+                });
+            }
+        }
+        Ok(self.load(id).await?.0)
+    }
+
+    /// Freezes a started machine (cgroup freezer); memory is kept and
+    /// `start` resumes it.
+    pub async fn suspend(&self, id: &str) -> Result<Machine, NodeError> {
+        let lock = self.lock(format!("mch:{id}"));
+        let _guard = lock.lock().await;
+        let (m, _) = self.load(id).await?;
+        match m.state {
+            MachineState::Suspended => return Ok(m),
+            MachineState::Started => {}
+            state => {
+                return Err(NodeError::InvalidState {
+                    id: m.id,
+                    state,
+                    action: "suspend",
+                    hint: "; only a started machine can be suspended",
+                });
+            }
+        }
+        let store = &self.inner.store;
+        store
+            .set_machine_state(&m.id, MachineState::Suspending, m.pid, None)
+            .await?;
+        if let Err(e) = self.inner.driver.pause(&m.id, pid_of(&m)).await {
+            store
+                .set_machine_state(&m.id, MachineState::Started, m.pid, None)
+                .await?;
+            return Err(e.into());
+        }
+        store
+            .set_machine_state(&m.id, MachineState::Suspended, m.pid, None)
+            .await?;
+        self.publish_routes(&m.app_id).await?;
+        Ok(self.load(id).await?.0)
+    }
+
+    /// Destroys a machine. A started or suspended one only with `force`.
+    pub async fn destroy(&self, id: &str, force: bool) -> Result<(), NodeError> {
+        let lock = self.lock(format!("mch:{id}"));
+        let _guard = lock.lock().await;
+        let (m, _) = self.load(id).await?;
+        let running = matches!(
+            m.state,
+            MachineState::Started | MachineState::Suspended | MachineState::Starting
+        );
+        if running && !force {
+            return Err(NodeError::InvalidState {
+                id: m.id,
+                state: m.state,
+                action: "destroy",
+                hint: "; stop it first or pass force=true",
+            });
+        }
+        self.stop_machine(
+            &m,
+            true,
+            Some(Duration::from_secs(if force { 2 } else { 10 })),
+        )
+        .await
+    }
+
+    /// Watches a machine's process; handles an exit that nobody asked for.
     fn spawn_monitor(&self, m: Machine, pid: u32) {
         let agent = self.clone();
         tokio::spawn(async move {
             let code = loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 if let ProcState::Exited(code) = driver::probe(pid) {
                     break code;
                 }
             };
-            // A stop on purpose sets `stopping` before signalling, so an exit
-            // seen while the machine is still `started` is one nobody asked for.
+            // A stop on purpose records `stopping` before signalling, so an
+            // exit seen while the machine is still `started` (or frozen) is
+            // one nobody asked for.
             let store = &agent.inner.store;
             match store.machine(&m.id).await {
                 Ok(Some(cur))
-                    if matches!(cur.state, MachineState::Started | MachineState::Starting) => {}
+                    if matches!(cur.state, MachineState::Started | MachineState::Suspended)
+                        && cur.pid == Some(i64::from(pid)) => {}
                 _ => return,
             }
-            warn!(machine = %m.id, ?code, "machine exited");
-            if let Err(e) = store
-                .set_machine_state(&m.id, MachineState::Stopped, None, code)
-                .await
-            {
+            let oom = agent.inner.driver.reap(&m.id).await;
+            warn!(machine = %m.id, ?code, oom, "machine exited");
+            if let Err(e) = store.record_exit(&m.id, code, oom).await {
                 warn!(machine = %m.id, "recording exit: {e}");
             }
             if let Err(e) = agent.publish_routes(&m.app_id).await {
                 warn!(machine = %m.id, "publishing routes: {e}");
             }
+            agent.after_exit(m, code, oom).await;
         });
     }
 
-    /// Stops a machine (SIGTERM, grace, SIGKILL); `destroy` also removes its
-    /// private directory (its log is kept).
-    async fn stop_machine(&self, m: &Machine, destroy: bool) -> Result<(), NodeError> {
+    /// Applies the restart policy (with exponential backoff) or auto_destroy
+    /// to a machine whose process exited on its own.
+    async fn after_exit(&self, m: Machine, code: Option<i64>, oom: bool) {
+        let (policy, max_retries) = m.config.restart();
+        let failed = oom || code != Some(0);
+        let restart = match policy {
+            RestartPolicy::No => false,
+            RestartPolicy::OnFailure => failed,
+            RestartPolicy::Always => true,
+        } && m.restarts < i64::from(max_retries);
+        if restart {
+            let backoff = Duration::from_millis(250 << m.restarts.clamp(0, 7) as u32);
+            tokio::time::sleep(backoff.min(Duration::from_secs(30))).await;
+            let lock = self.lock(format!("mch:{}", m.id));
+            let _guard = lock.lock().await;
+            // Only if nobody touched it meanwhile.
+            let Ok((cur, app)) = self.load(&m.id).await else {
+                return;
+            };
+            if cur.state != MachineState::Stopped || cur.instance_id != m.instance_id {
+                return;
+            }
+            let _ = self
+                .inner
+                .store
+                .set_machine_restarts(&m.id, m.restarts + 1)
+                .await;
+            info!(machine = %m.id, attempt = m.restarts + 1, "restarting after exit");
+            if let Err(e) = self.launch(&cur, &app.name).await {
+                warn!(machine = %m.id, "restart failed: {e}");
+            }
+        } else if m.config.auto_destroy {
+            let lock = self.lock(format!("mch:{}", m.id));
+            let _guard = lock.lock().await;
+            if let Ok((cur, _)) = self.load(&m.id).await
+                && let Err(e) = self.stop_machine(&cur, true, None).await
+            {
+                warn!(machine = %m.id, "auto_destroy: {e}");
+            }
+        }
+    }
+
+    /// [`Agent::stop_machine`] under the machine's lock, on its current row.
+    async fn stop_locked(&self, m: &Machine, destroy: bool) -> Result<(), NodeError> {
+        let lock = self.lock(format!("mch:{}", m.id));
+        let _guard = lock.lock().await;
+        let current = self.inner.store.machine(&m.id).await?;
+        match current {
+            Some(cur) if cur.state != MachineState::Destroyed => {
+                self.stop_machine(&cur, destroy, None).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops a machine with its configured signal and grace.
+    async fn stop_machine(
+        &self,
+        m: &Machine,
+        destroy: bool,
+        grace: Option<Duration>,
+    ) -> Result<(), NodeError> {
+        let (sig, g) = if m.release_id.is_some() {
+            (libc::SIGTERM, self.inner.cfg.stop_grace)
+        } else {
+            m.config.stop()
+        };
+        self.stop_with(m, destroy, sig, grace.unwrap_or(g)).await
+    }
+
+    /// `signal`, grace, SIGKILL; `destroy` also removes its private
+    /// directory (its log is kept).
+    async fn stop_with(
+        &self,
+        m: &Machine,
+        destroy: bool,
+        signal: i32,
+        grace: Duration,
+    ) -> Result<(), NodeError> {
         let inner = &self.inner;
         // Recorded before any signal: the monitor then knows the exit is ours.
+        let transitional = if destroy {
+            MachineState::Destroying
+        } else {
+            MachineState::Stopping
+        };
         inner
             .store
-            .set_machine_state(&m.id, MachineState::Stopping, m.pid, None)
+            .set_machine_state(&m.id, transitional, m.pid, None)
             .await?;
         let driver = if m.driver == inner.driver.name() {
             inner.driver.clone()
         } else {
             Driver::Process
         };
-        driver
-            .stop(&m.id, m.pid.map(|p| p as u32), inner.cfg.stop_grace)
-            .await?;
+        driver.stop(&m.id, pid_of(m), signal, grace).await?;
         let state = if destroy {
             let _ = std::fs::remove_dir_all(inner.cfg.machines_dir.join(&m.id));
             MachineState::Destroyed
@@ -400,31 +747,30 @@ impl Agent {
             .store
             .set_machine_state(&m.id, state, None, None)
             .await?;
+        self.publish_routes(&m.app_id).await?;
         Ok(())
     }
 
-    /// Publishes the app's started machines of its active release.
+    /// Publishes the app's routable machines: started, not cordoned, and
+    /// either of the active release or (Machines API) with a service.
     pub async fn publish_routes(&self, app_id: &str) -> Result<(), NodeError> {
         let _serial = self.inner.publish.lock().await;
         let store = &self.inner.store;
         let Some(app) = store.app(app_id).await? else {
             return Ok(());
         };
-        let active = store
-            .releases_for_app(app_id)
+        let active = self.active_release(app_id).await?.map(|r| r.id);
+        let upstreams = store
+            .machines_for_app(app_id)
             .await?
             .into_iter()
-            .find(|r| r.status == ReleaseStatus::Active);
-        let upstreams = match active {
-            Some(release) => store
-                .machines_for_app(app_id)
-                .await?
-                .into_iter()
-                .filter(|m| m.release_id == release.id && m.state == MachineState::Started)
-                .map(|m| SocketAddr::from(([127, 0, 0, 1], m.port as u16)))
-                .collect(),
-            None => Vec::new(),
-        };
+            .filter(|m| m.state == MachineState::Started && !m.cordoned)
+            .filter(|m| match &m.release_id {
+                Some(r) => Some(r) == active.as_ref(),
+                None => !m.config.services.is_empty(),
+            })
+            .map(|m| SocketAddr::from(([127, 0, 0, 1], m.port as u16)))
+            .collect();
         self.inner.routes.set_route(&app.name, upstreams);
         Ok(())
     }
@@ -432,10 +778,10 @@ impl Agent {
     /// Stops and destroys all of the app's machines and removes its route.
     /// The caller deletes the app's rows afterwards.
     pub async fn destroy_app(&self, app: &App) -> Result<(), NodeError> {
-        let lock = self.app_lock(&app.id);
+        let lock = self.lock(format!("app:{}", app.id));
         let _guard = lock.lock().await;
         for m in self.inner.store.machines_for_app(&app.id).await? {
-            self.stop_machine(&m, true).await?;
+            self.stop_locked(&m, true).await?;
         }
         self.inner.routes.remove_app(&app.name);
         let _ = std::fs::remove_dir_all(self.inner.cfg.logs_dir.join(&app.name));
@@ -452,12 +798,8 @@ impl Agent {
     }
 }
 
-impl Inner {
-    /// Process-driver machines run binaries from the image store's rootfs
-    /// tree; this is how an adopted pid is recognised as ours.
-    fn images_root_hint(&self) -> PathBuf {
-        self.images.rootfs_root()
-    }
+fn pid_of(m: &Machine) -> Option<u32> {
+    m.pid.map(|p| p as u32)
 }
 
 /// uid:gid from an image's `User` (numeric only); `nobody` otherwise.

@@ -240,17 +240,20 @@ impl Driver {
         }
     }
 
-    /// Stops the machine: SIGTERM, then SIGKILL after `grace`; then removes
+    /// Stops the machine: `signal`, then SIGKILL after `grace`; then removes
     /// the container. Idempotent.
     pub async fn stop(
         &self,
         id: &str,
         pid: Option<u32>,
+        signal: i32,
         grace: Duration,
     ) -> Result<(), DriverError> {
         match self {
             Driver::Runc { runc, state_root } => {
-                let _ = runc_cmd(runc, state_root, &["kill", id, "TERM"]).await;
+                // A frozen container cannot act on a signal: thaw it first.
+                let _ = runc_cmd(runc, state_root, &["resume", id]).await;
+                let _ = runc_cmd(runc, state_root, &["kill", id, &signal.to_string()]).await;
                 if !wait_gone(pid, grace).await {
                     let _ = runc_cmd(runc, state_root, &["kill", "--all", id, "KILL"]).await;
                     wait_gone(pid, Duration::from_secs(5)).await;
@@ -269,7 +272,8 @@ impl Driver {
             }
             Driver::Process => {
                 if let Some(pid) = pid {
-                    signal_group(pid, libc::SIGTERM);
+                    signal_group(pid, libc::SIGCONT);
+                    signal_group(pid, signal);
                     if !wait_gone(Some(pid), grace).await {
                         signal_group(pid, libc::SIGKILL);
                         wait_gone(Some(pid), Duration::from_secs(5)).await;
@@ -278,6 +282,79 @@ impl Driver {
                 Ok(())
             }
         }
+    }
+
+    /// Freezes every process of the machine, memory kept (cgroup freezer).
+    pub async fn pause(&self, id: &str, pid: Option<u32>) -> Result<(), DriverError> {
+        match self {
+            Driver::Runc { runc, state_root } => runc_ok(runc, state_root, &["pause", id]).await,
+            Driver::Process => {
+                if let Some(pid) = pid {
+                    signal_group(pid, libc::SIGSTOP);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Thaws a paused machine.
+    pub async fn resume(&self, id: &str, pid: Option<u32>) -> Result<(), DriverError> {
+        match self {
+            Driver::Runc { runc, state_root } => runc_ok(runc, state_root, &["resume", id]).await,
+            Driver::Process => {
+                if let Some(pid) = pid {
+                    signal_group(pid, libc::SIGCONT);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// After the machine's process exited on its own: whether the kernel's
+    /// OOM killer did it (read from its memory cgroup, which still exists
+    /// until the container is deleted), then removal of the container.
+    pub async fn reap(&self, id: &str) -> bool {
+        match self {
+            Driver::Runc { runc, state_root } => {
+                let oom = oom_kills(id) > 0;
+                let _ = runc_cmd(runc, state_root, &["delete", "--force", id]).await;
+                oom
+            }
+            Driver::Process => false,
+        }
+    }
+}
+
+/// OOM kills recorded in a machine's memory cgroup (v1 `memory.oom_control`
+/// or v2 `memory.events`).
+fn oom_kills(id: &str) -> u64 {
+    let v1 = format!("/sys/fs/cgroup/memory/hangar/{id}/memory.oom_control");
+    let v2 = format!("/sys/fs/cgroup/hangar/{id}/memory.events");
+    let text = fs::read_to_string(v1)
+        .or_else(|_| fs::read_to_string(v2))
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// NVIDIA GPUs on this host (`/dev/nvidia0`, `/dev/nvidia1`, …).
+pub fn detect_gpus() -> u32 {
+    (0..64)
+        .take_while(|i| Path::new(&format!("/dev/nvidia{i}")).exists())
+        .count() as u32
+}
+
+async fn runc_ok(runc: &Path, state_root: &Path, args: &[&str]) -> Result<(), DriverError> {
+    let out = runc_cmd(runc, state_root, args).await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DriverError::Runc {
+            action: args.first().copied().unwrap_or_default().to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 

@@ -1,5 +1,6 @@
 //! Rows as the rest of Hangar sees them.
 
+use hangar_core::machine::MachineConfig;
 use hangar_core::status::{BuildStatus, MachineState, ReleaseStatus};
 use serde::Serialize;
 
@@ -73,27 +74,94 @@ pub struct Release {
     pub created_at: i64,
 }
 
-/// One instance of a release on this node.
+/// A machine on this node: an instance of a release (deploys) or a machine
+/// created through the Machines API.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     /// Random id, `mch_…`; also the runc container id.
     pub id: String,
-    /// The app it serves.
+    /// The app it belongs to.
     pub app_id: String,
-    /// The release it runs.
-    pub release_id: String,
+    /// The release it runs; None for machines made with the Machines API.
+    pub release_id: Option<String>,
+    /// Unique-ish human name (defaults to the id).
+    pub name: String,
+    /// Region label of this node.
+    pub region: String,
+    /// Changes with every config change (Fly's instance_id).
+    pub instance_id: String,
+    /// The configuration it runs with.
+    pub config: MachineConfig,
+    /// The resolved manifest digest of `config.image`.
+    pub image_digest: String,
     /// Fly-style state.
     pub state: MachineState,
     /// `runc` or `process`: how it was started, so it is stopped the same way.
     pub driver: String,
     /// Host port the app listens on (`$PORT`).
     pub port: i64,
-    /// Host pid of the app's init process while started.
+    /// Host pid of the app's init process while it exists.
     pub pid: Option<i64>,
     /// Exit status once it ended on its own.
     pub exit_code: Option<i64>,
+    /// Whether that exit was the kernel's OOM killer.
+    pub oom_killed: bool,
+    /// Consecutive restarts done by the restart policy.
+    pub restarts: i64,
+    /// Cordoned machines get no traffic from the proxy.
+    pub cordoned: bool,
+    /// The lease held on it, if any.
+    pub lease: Option<Lease>,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds of the last state change.
     pub updated_at: i64,
+}
+
+/// What a new machine starts from.
+#[derive(Debug, Clone)]
+pub struct NewMachine {
+    /// The owning app.
+    pub app_id: String,
+    /// The release, for deploy-made machines.
+    pub release_id: Option<String>,
+    /// A name, or None for the id.
+    pub name: Option<String>,
+    /// Region label.
+    pub region: String,
+    /// Its configuration (validated by the caller).
+    pub config: MachineConfig,
+    /// The resolved image.
+    pub image_digest: String,
+    /// The driver that will run it.
+    pub driver: String,
+    /// Its host port.
+    pub port: u16,
+}
+
+/// A lease on a machine (Fly's mutual exclusion for orchestrators).
+#[derive(Debug, Clone, Serialize)]
+pub struct Lease {
+    /// Secret the holder passes in `fly-machine-lease-nonce`.
+    pub nonce: String,
+    /// Who holds it.
+    pub owner: String,
+    /// Why.
+    pub description: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// One entry of a machine's event log.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineEvent {
+    /// `launch`, `start`, `stop`, `exit`, `suspend`, `destroy`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The state it led to.
+    pub status: String,
+    /// `user` or `hangar`.
+    pub source: String,
+    /// Unix milliseconds.
+    pub timestamp: i64,
 }

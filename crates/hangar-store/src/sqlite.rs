@@ -8,10 +8,12 @@ use hangar_core::now_unix;
 use hangar_core::status::{BuildStatus, MachineState, ReleaseStatus};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{App, Build, Machine, Org, Release, Result, StoreError};
+use crate::{
+    App, Build, Lease, Machine, MachineEvent, NewMachine, Org, Release, Result, StoreError,
+};
 
 /// Migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema2.sql")];
 
 /// Handle to the state store; cheap to clone.
 #[derive(Clone)]
@@ -354,6 +356,20 @@ impl Store {
                     release.created_at
                 ],
             )?;
+            // The image gets names its org can use in the Machines API.
+            let (org_id, app_name): (String, String) = tx.query_row(
+                "SELECT org_id, name FROM apps WHERE id = ?1",
+                [&release.app_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            for name in [format!("{app_name}:v{version}"), format!("{app_name}:latest")] {
+                tx.execute(
+                    "INSERT INTO image_refs (org_id, name, digest, created_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (org_id, name) DO UPDATE SET digest = excluded.digest,
+                     created_at = excluded.created_at",
+                    params![org_id, name, release.image_digest, release.created_at],
+                )?;
+            }
             tx.commit()?;
             Ok(release)
         })
@@ -498,40 +514,60 @@ impl Store {
     // ---- machines ----
 
     /// Records a new machine in state `created`.
-    pub async fn create_machine(
-        &self,
-        app_id: &str,
-        release_id: &str,
-        driver: &str,
-        port: u16,
-    ) -> Result<Machine> {
+    pub async fn create_machine(&self, new: NewMachine) -> Result<Machine> {
         let now = now_unix();
+        let id = new_id("mch");
         let m = Machine {
-            id: new_id("mch"),
-            app_id: app_id.to_owned(),
-            release_id: release_id.to_owned(),
+            name: new.name.unwrap_or_else(|| id.clone()),
+            id,
+            app_id: new.app_id,
+            release_id: new.release_id,
+            region: new.region,
+            instance_id: new_instance_id(),
+            config: new.config,
+            image_digest: new.image_digest,
             state: MachineState::Created,
-            driver: driver.to_owned(),
-            port: i64::from(port),
+            driver: new.driver,
+            port: i64::from(new.port),
             pid: None,
             exit_code: None,
+            oom_killed: false,
+            restarts: 0,
+            cordoned: false,
+            lease: None,
             created_at: now,
             updated_at: now,
         };
         let row = m.clone();
+        let config = serde_json::to_string(&row.config)
+            .map_err(|e| StoreError::Corrupt(format!("machine config: {e}")))?;
         self.call(move |c| {
             c.execute(
-                "INSERT INTO machines (id, app_id, release_id, state, driver, port, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'created', ?4, ?5, ?6, ?6)",
-                params![row.id, row.app_id, row.release_id, row.driver, row.port, row.created_at],
+                "INSERT INTO machines (id, app_id, release_id, name, region, instance_id, config,
+                     image_digest, state, driver, port, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'created', ?9, ?10, ?11, ?11)",
+                params![
+                    row.id,
+                    row.app_id,
+                    row.release_id,
+                    row.name,
+                    row.region,
+                    row.instance_id,
+                    config,
+                    row.image_digest,
+                    row.driver,
+                    row.port,
+                    row.created_at
+                ],
             )?;
+            insert_event(c, &row.id, "launch", "created", "user")?;
             Ok(())
         })
         .await?;
         Ok(m)
     }
 
-    /// Records a machine's new state, pid and exit code.
+    /// Records a machine's new state, pid and exit code, and an event.
     pub async fn set_machine_state(
         &self,
         id: &str,
@@ -546,30 +582,74 @@ impl Store {
                  WHERE id = ?1",
                 params![id, state.as_str(), pid, exit_code, now_unix()],
             )?;
+            insert_event(c, &id, event_type(state), state.as_str(), "hangar")?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Records that a machine's process exited on its own.
+    pub async fn record_exit(
+        &self,
+        id: &str,
+        exit_code: Option<i64>,
+        oom_killed: bool,
+    ) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE machines SET state = 'stopped', pid = NULL, exit_code = ?2,
+                 oom_killed = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, exit_code, oom_killed, now_unix()],
+            )?;
+            insert_event(c, &id, "exit", "stopped", "hangar")?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets the count of consecutive restarts done by the restart policy.
+    pub async fn set_machine_restarts(&self, id: &str, restarts: i64) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE machines SET restarts = ?2 WHERE id = ?1",
+                params![id, restarts],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The app's machines, newest first; destroyed ones only when asked.
+    pub async fn machines_for_app_all(
+        &self,
+        app_id: &str,
+        include_destroyed: bool,
+    ) -> Result<Vec<Machine>> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {MACHINE_COLS} FROM machines WHERE app_id = ?1
+                 AND (?2 OR state != 'destroyed') ORDER BY created_at DESC, rowid DESC"
+            ))?;
+            let rows = st.query_map(params![app_id, include_destroyed], machine_row)?;
+            collect(rows)
         })
         .await
     }
 
     /// The app's machines that are not destroyed, newest first.
     pub async fn machines_for_app(&self, app_id: &str) -> Result<Vec<Machine>> {
-        let app_id = app_id.to_owned();
-        self.call(move |c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {MACHINE_COLS} FROM machines WHERE app_id = ?1 AND state != 'destroyed'
-                 ORDER BY created_at DESC, rowid DESC"
-            ))?;
-            let rows = st.query_map([app_id], machine_row)?;
-            collect(rows)
-        })
-        .await
+        self.machines_for_app_all(app_id, false).await
     }
 
-    /// Every machine that should be running (starting or started).
+    /// Every machine whose process should exist (to re-adopt after a restart).
     pub async fn live_machines(&self) -> Result<Vec<Machine>> {
         self.call(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {MACHINE_COLS} FROM machines WHERE state IN ('starting', 'started')"
+                "SELECT {MACHINE_COLS} FROM machines WHERE state IN
+                 ('starting', 'started', 'stopping', 'suspending', 'suspended', 'destroying')"
             ))?;
             let rows = st.query_map([], machine_row)?;
             collect(rows)
@@ -590,13 +670,115 @@ impl Store {
         })
         .await
     }
+
+    /// The machine's most recent events, newest first.
+    pub async fn machine_events(&self, id: &str, limit: i64) -> Result<Vec<MachineEvent>> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT type, status, source, at_ms FROM machine_events WHERE machine_id = ?1
+                 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![id, limit], |r| {
+                Ok(MachineEvent {
+                    kind: r.get(0)?,
+                    status: r.get(1)?,
+                    source: r.get(2)?,
+                    timestamp: r.get(3)?,
+                })
+            })?;
+            collect(rows)
+        })
+        .await
+    }
+
+    // ---- image references ----
+
+    /// Names an image for an org (replacing what the name pointed at).
+    pub async fn set_image_ref(&self, org_id: &str, name: &str, digest: &str) -> Result<()> {
+        let (org_id, name, digest) = (org_id.to_owned(), name.to_owned(), digest.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO image_refs (org_id, name, digest, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (org_id, name) DO UPDATE SET digest = excluded.digest,
+                 created_at = excluded.created_at",
+                params![org_id, name, digest, now_unix()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Resolves an image reference for an org: a name it gave (`name:tag`,
+    /// `name` meaning `name:latest`), or a digest it has a name for.
+    pub async fn resolve_image(&self, org_id: &str, reference: &str) -> Result<Option<String>> {
+        let (org_id, reference) = (org_id.to_owned(), reference.to_owned());
+        self.call(move |c| {
+            if reference.starts_with("sha256:") {
+                return Ok(c
+                    .query_row(
+                        "SELECT digest FROM image_refs WHERE org_id = ?1 AND digest = ?2 LIMIT 1",
+                        params![org_id, reference],
+                        |r| r.get(0),
+                    )
+                    .optional()?);
+            }
+            let name = if reference.contains(':') {
+                reference
+            } else {
+                format!("{reference}:latest")
+            };
+            Ok(c.query_row(
+                "SELECT digest FROM image_refs WHERE org_id = ?1 AND name = ?2",
+                params![org_id, name],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+}
+
+/// A Fly-style instance id: changes whenever a machine's config changes.
+fn new_instance_id() -> String {
+    new_id("inst").to_uppercase().replace("INST_", "01")
+}
+
+fn event_type(state: MachineState) -> &'static str {
+    match state {
+        MachineState::Created => "launch",
+        MachineState::Starting | MachineState::Started => "start",
+        MachineState::Stopping | MachineState::Stopped => "stop",
+        MachineState::Suspending | MachineState::Suspended => "suspend",
+        MachineState::Destroying | MachineState::Destroyed => "destroy",
+        MachineState::Failed => "exit",
+    }
+}
+
+fn insert_event(
+    c: &Connection,
+    machine_id: &str,
+    kind: &str,
+    status: &str,
+    source: &str,
+) -> Result<()> {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    c.execute(
+        "INSERT INTO machine_events (machine_id, type, status, source, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![machine_id, kind, status, source, at_ms],
+    )?;
+    Ok(())
 }
 
 const BUILD_COLS: &str = "id, app_id, status, source_digest, image_digest, error, attempts, \
                           builder_pgid, created_at, started_at, finished_at";
 const RELEASE_COLS: &str = "id, app_id, version, build_id, image_digest, status, error, created_at";
-const MACHINE_COLS: &str =
-    "id, app_id, release_id, state, driver, port, pid, exit_code, created_at, updated_at";
+const MACHINE_COLS: &str = "id, app_id, release_id, name, region, instance_id, config, \
+    image_digest, state, driver, port, pid, exit_code, oom_killed, restarts, cordoned, lease_nonce, \
+    lease_owner, lease_description, lease_expires_at, created_at, updated_at";
 
 fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Result<Vec<T>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -661,17 +843,39 @@ fn release_row(r: &Row) -> rusqlite::Result<Release> {
 }
 
 fn machine_row(r: &Row) -> rusqlite::Result<Machine> {
+    let config: String = r.get(6)?;
+    let config = serde_json::from_str(&config).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let nonce: Option<String> = r.get(16)?;
     Ok(Machine {
         id: r.get(0)?,
         app_id: r.get(1)?,
         release_id: r.get(2)?,
-        state: state::<MachineState>(r, 3)?,
-        driver: r.get(4)?,
-        port: r.get(5)?,
-        pid: r.get(6)?,
-        exit_code: r.get(7)?,
-        created_at: r.get(8)?,
-        updated_at: r.get(9)?,
+        name: r.get(3)?,
+        region: r.get(4)?,
+        instance_id: r.get(5)?,
+        config,
+        image_digest: r.get(7)?,
+        state: state::<MachineState>(r, 8)?,
+        driver: r.get(9)?,
+        port: r.get(10)?,
+        pid: r.get(11)?,
+        exit_code: r.get(12)?,
+        oom_killed: r.get(13)?,
+        restarts: r.get(14)?,
+        cordoned: r.get(15)?,
+        lease: match nonce {
+            Some(nonce) => Some(Lease {
+                nonce,
+                owner: r.get::<_, Option<String>>(17)?.unwrap_or_default(),
+                description: r.get::<_, Option<String>>(18)?.unwrap_or_default(),
+                expires_at: r.get::<_, Option<i64>>(19)?.unwrap_or_default(),
+            }),
+            None => None,
+        },
+        created_at: r.get(20)?,
+        updated_at: r.get(21)?,
     })
 }
 
@@ -752,6 +956,14 @@ mod tests {
             releases.push(s.complete_build(&b.id, "sha256:img").await.unwrap());
         }
         assert_eq!((releases[0].version, releases[1].version), (1, 2));
+        let img = s.resolve_image(&app.org_id, "hello:v2").await.unwrap();
+        assert_eq!(img.as_deref(), Some("sha256:img"));
+        assert!(
+            s.resolve_image(&app.org_id, "hello")
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(s.unfinished_releases().await.unwrap().len(), 2);
         s.activate_release(&app.id, &releases[0].id).await.unwrap();
         s.activate_release(&app.id, &releases[1].id).await.unwrap();
@@ -763,16 +975,112 @@ mod tests {
     #[tokio::test]
     async fn machines_and_cascade_delete() {
         let (s, app) = store_with_app().await;
+        let config: hangar_core::machine::MachineConfig =
+            serde_json::from_str(r#"{"image": "hello:v1", "guest": {"memory_mb": 128}}"#).unwrap();
         let m = s
-            .create_machine(&app.id, "rel_x", "process", 4000)
+            .create_machine(NewMachine {
+                app_id: app.id.clone(),
+                release_id: None,
+                name: Some("worker".into()),
+                region: "local".into(),
+                config: config.clone(),
+                image_digest: "sha256:x".into(),
+                driver: "process".into(),
+                port: 4000,
+            })
             .await
             .unwrap();
         s.set_machine_state(&m.id, MachineState::Started, Some(42), None)
             .await
             .unwrap();
-        assert_eq!(s.live_machines().await.unwrap()[0].pid, Some(42));
+        let live = s.live_machines().await.unwrap();
+        assert_eq!((live[0].pid, live[0].name.as_str()), (Some(42), "worker"));
+        assert_eq!(live[0].config, config);
+        s.record_exit(&m.id, Some(137), true).await.unwrap();
+        let after = s.machine(&m.id).await.unwrap().unwrap();
+        assert_eq!(
+            (after.state, after.exit_code, after.oom_killed),
+            (MachineState::Stopped, Some(137), true)
+        );
+        let events = s.machine_events(&m.id, 10).await.unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["exit", "start", "launch"]);
         s.delete_app(&app.id).await.unwrap();
         assert!(s.machine(&m.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn image_refs_are_per_org() {
+        let (s, app) = store_with_app().await;
+        let other = s.create_org_with_token("other", "t", "h2").await.unwrap();
+        s.set_image_ref(&app.org_id, "hello:v1", "sha256:aa")
+            .await
+            .unwrap();
+        s.set_image_ref(&app.org_id, "tool:latest", "sha256:bb")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.resolve_image(&app.org_id, "hello:v1")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("sha256:aa")
+        );
+        assert_eq!(
+            s.resolve_image(&app.org_id, "tool")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("sha256:bb")
+        );
+        assert_eq!(
+            s.resolve_image(&app.org_id, "sha256:aa")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("sha256:aa")
+        );
+        assert!(
+            s.resolve_image(&other.id, "hello:v1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.resolve_image(&other.id, "sha256:aa")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn migration_2_keeps_deployed_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO orgs VALUES ('org_1', 'default', 0);
+                 INSERT INTO apps VALUES ('app_1', 'org_1', 'hello', 0);
+                 INSERT INTO releases VALUES ('rel_1', 'app_1', 1, 'bld_1', 'sha256:img', 'active', NULL, 0);
+                 INSERT INTO machines VALUES ('mch_1', 'app_1', 'rel_1', 'started', 'runc', 4000, 42, NULL, 0, 0);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let m = s.machine("mch_1").await.unwrap().unwrap();
+        assert_eq!(m.release_id.as_deref(), Some("rel_1"));
+        assert_eq!(
+            (m.config.image.as_str(), m.image_digest.as_str()),
+            ("sha256:img", "sha256:img")
+        );
+        assert_eq!(
+            (m.state, m.pid, m.port),
+            (MachineState::Started, Some(42), 4000)
+        );
     }
 
     #[tokio::test]

@@ -106,6 +106,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             ready_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
             drain: Duration::from_millis(500),
+            region: "local".to_owned(),
         },
     );
     let (release_tx, mut release_rx) = mpsc::unbounded_channel::<String>();

@@ -1,0 +1,555 @@
+//! A machine's configuration, in the shape and with the field names of Fly's
+//! Machines API (`config` of a machine), so tools written for Fly work
+//! against Hangar unchanged. Unknown fields are ignored, as Fly does.
+//!
+//! This is the runtime contract between the API (which parses and
+//! validates it) and the node agent (which runs it).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A machine's configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineConfig {
+    /// Image reference in Hangar's image store: `name:tag`, `name` or a
+    /// manifest digest `sha256:…`.
+    #[serde(default)]
+    pub image: String,
+    /// Environment variables, added to the image's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// CPU, memory and GPU size; enforced with cgroups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<Guest>,
+    /// Network services (used by the proxy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    /// Machine-level health checks (monitoring only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, Check>,
+    /// What happens when the main process exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Restart>,
+    /// Destroy the machine once its process exits (and is not restarted).
+    #[serde(default)]
+    pub auto_destroy: bool,
+    /// Free-form key/value pairs, filterable in list calls.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Overrides of the image's entrypoint and command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Init>,
+    /// Processes; the first one's command is the machine's main process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<Process>,
+    /// How the machine is asked to stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_config: Option<StopConfig>,
+}
+
+/// CPU, memory and GPU size of a machine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Guest {
+    /// `shared` or `performance` (both are a CPU quota here).
+    #[serde(default = "default_cpu_kind")]
+    pub cpu_kind: String,
+    /// Whole CPUs of quota.
+    #[serde(default = "one")]
+    pub cpus: u32,
+    /// Memory limit in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mb: u64,
+    /// Number of GPUs passed in.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+    /// GPU model wanted (e.g. `a100-pcie-40gb`); informational here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_kind: Option<String>,
+}
+
+impl Default for Guest {
+    fn default() -> Self {
+        Guest {
+            cpu_kind: default_cpu_kind(),
+            cpus: 1,
+            memory_mb: default_memory(),
+            gpus: 0,
+            gpu_kind: None,
+        }
+    }
+}
+
+fn default_cpu_kind() -> String {
+    "shared".into()
+}
+fn one() -> u32 {
+    1
+}
+fn default_memory() -> u64 {
+    256
+}
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A network service of a machine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Service {
+    /// `tcp` (HTTP is a handler on a tcp service, as in Fly).
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    /// The port the app listens on inside the machine.
+    pub internal_port: u16,
+    /// Public ports and their handlers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    /// Start the machine when a request arrives and none runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostart: Option<bool>,
+    /// Stop or suspend the machine when idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostop: Option<Autostop>,
+    /// Machines autostop leaves running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_machines_running: Option<u32>,
+    /// Concurrency limits for load balancing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+/// A public port of a service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Port {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handlers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_https: Option<bool>,
+}
+
+/// Concurrency limits of a service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Concurrency {
+    /// `connections` or `requests`.
+    #[serde(rename = "type", default = "requests")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_limit: Option<u32>,
+}
+
+fn requests() -> String {
+    "requests".into()
+}
+
+/// What to do with an idle machine. Fly accepts `true`/`false` or
+/// `"off"`/`"stop"`/`"suspend"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Autostop {
+    Off,
+    Stop,
+    Suspend,
+}
+
+impl Serialize for Autostop {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Autostop::Off => "off",
+            Autostop::Stop => "stop",
+            Autostop::Suspend => "suspend",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Autostop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Autostop::Stop),
+            Raw::Bool(false) => Ok(Autostop::Off),
+            Raw::Str(s) => match s.as_str() {
+                "off" => Ok(Autostop::Off),
+                "stop" => Ok(Autostop::Stop),
+                "suspend" => Ok(Autostop::Suspend),
+                other => Err(serde::de::Error::custom(format!(
+                    "autostop must be true, false, \"off\", \"stop\" or \"suspend\", not {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
+/// A health check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    /// `http` or `tcp`.
+    #[serde(rename = "type", default = "tcp")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Restart policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Restart {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    /// Consecutive restarts tried before giving up (on-failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// When a machine whose process exited is started again.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Never.
+    #[serde(rename = "no")]
+    No,
+    /// When it exited with a non-zero status (or was killed), up to max_retries.
+    #[default]
+    #[serde(rename = "on-failure")]
+    OnFailure,
+    /// Whatever the exit status.
+    #[serde(rename = "always")]
+    Always,
+}
+
+/// Overrides of the image's entrypoint and command.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Init {
+    /// Replaces entrypoint and cmd entirely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub tty: bool,
+}
+
+/// A process of the machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// How a machine is asked to stop.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StopConfig {
+    /// Grace before SIGKILL, e.g. `"10s"` (a number is seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<serde_json::Value>,
+    /// `SIGTERM` (default), `SIGINT`, `SIGQUIT`, `SIGUSR1`, `SIGUSR2`, `SIGHUP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+/// A configuration value that is out of range; names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct InvalidConfig {
+    /// The JSON path of the field, e.g. `config.guest.cpus`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> InvalidConfig {
+    InvalidConfig {
+        field: format!("config.{field}"),
+        message: message.into(),
+    }
+}
+
+/// Signals a stop_config may name.
+pub const STOP_SIGNALS: &[(&str, i32)] = &[
+    ("SIGTERM", 15),
+    ("SIGINT", 2),
+    ("SIGQUIT", 3),
+    ("SIGHUP", 1),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+    ("SIGKILL", 9),
+];
+
+impl MachineConfig {
+    /// Checks the ranges serde cannot express.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.image.trim().is_empty() {
+            return Err(invalid(
+                "image",
+                "is required: name an image in Hangar's store (`hangar image import`, or an app's release image)",
+            ));
+        }
+        if let Some(g) = &self.guest {
+            if !(1..=64).contains(&g.cpus) {
+                return Err(invalid(
+                    "guest.cpus",
+                    format!("must be 1 to 64, not {}", g.cpus),
+                ));
+            }
+            if !(16..=1024 * 1024).contains(&g.memory_mb) {
+                return Err(invalid(
+                    "guest.memory_mb",
+                    format!("must be 16 to 1048576 MiB, not {}", g.memory_mb),
+                ));
+            }
+            if !matches!(g.cpu_kind.as_str(), "shared" | "performance") {
+                return Err(invalid(
+                    "guest.cpu_kind",
+                    format!(
+                        "must be \"shared\" or \"performance\", not {:?}",
+                        g.cpu_kind
+                    ),
+                ));
+            }
+        }
+        for key in self.env.keys() {
+            let ok = !key.is_empty()
+                && !key.as_bytes()[0].is_ascii_digit()
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(invalid(
+                    &format!("env.{key}"),
+                    "environment variable names are letters, digits and '_', not starting with a digit",
+                ));
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.internal_port == 0 {
+                return Err(invalid(
+                    &format!("services[{i}].internal_port"),
+                    "must be 1 to 65535",
+                ));
+            }
+            if !matches!(s.protocol.as_str(), "tcp" | "udp") {
+                return Err(invalid(
+                    &format!("services[{i}].protocol"),
+                    "must be \"tcp\" or \"udp\"",
+                ));
+            }
+        }
+        if let Some(stop) = &self.stop_config {
+            if let Some(sig) = &stop.signal
+                && !STOP_SIGNALS.iter().any(|(n, _)| n == sig)
+            {
+                return Err(invalid(
+                    "stop_config.signal",
+                    format!(
+                        "{sig:?} is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL"
+                    ),
+                ));
+            }
+            if let Some(t) = &stop.timeout
+                && parse_duration_value(t).is_none()
+            {
+                return Err(invalid(
+                    "stop_config.timeout",
+                    "must be a duration such as \"10s\" or a number of seconds",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest, with defaults.
+    pub fn guest(&self) -> Guest {
+        self.guest.clone().unwrap_or_default()
+    }
+
+    /// The restart policy and max retries, with Fly's defaults.
+    pub fn restart(&self) -> (RestartPolicy, u32) {
+        let r = self.restart.clone().unwrap_or(Restart {
+            policy: RestartPolicy::OnFailure,
+            max_retries: None,
+        });
+        (r.policy, r.max_retries.unwrap_or(10))
+    }
+
+    /// The stop signal number and grace period.
+    pub fn stop(&self) -> (i32, Duration) {
+        let stop = self.stop_config.clone().unwrap_or_default();
+        let sig = stop
+            .signal
+            .and_then(|s| STOP_SIGNALS.iter().find(|(n, _)| *n == s).map(|(_, v)| *v))
+            .unwrap_or(15);
+        let grace = stop
+            .timeout
+            .as_ref()
+            .and_then(parse_duration_value)
+            .unwrap_or(Duration::from_secs(10));
+        (sig, grace)
+    }
+
+    /// argv for the machine: init.exec, else (init or first process)
+    /// entrypoint/cmd over the image's.
+    pub fn argv(&self, image_entrypoint: &[String], image_cmd: &[String]) -> Vec<String> {
+        let init = self.init.clone().unwrap_or_default();
+        let process = self.processes.first().cloned().unwrap_or_default();
+        if let Some(exec) = init.exec.or(process.exec) {
+            return exec;
+        }
+        let entrypoint = init
+            .entrypoint
+            .or(process.entrypoint)
+            .unwrap_or_else(|| image_entrypoint.to_vec());
+        let cmd = init
+            .cmd
+            .or(process.cmd)
+            .unwrap_or_else(|| image_cmd.to_vec());
+        entrypoint.into_iter().chain(cmd).collect()
+    }
+}
+
+/// Parses Go-style durations as Fly uses them: `"10s"`, `"1m30s"`,
+/// `"500ms"`, `"2h"`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += Duration::from_secs_f64(n * unit);
+    }
+    Some(total)
+}
+
+fn parse_duration_value(v: &serde_json::Value) -> Option<Duration> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .filter(|f| *f >= 0.0)
+            .map(Duration::from_secs_f64),
+        serde_json::Value::String(s) => parse_duration(s),
+        // Fly also sends {"Duration": nanoseconds}.
+        serde_json::Value::Object(o) => o
+            .get("Duration")
+            .and_then(|d| d.as_u64())
+            .map(Duration::from_nanos),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fly_json_and_ignores_unknown_fields() {
+        let json = r#"{
+            "image": "hello:v1", "env": {"A": "1"}, "unknown_field": 7,
+            "guest": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 512},
+            "services": [{"protocol": "tcp", "internal_port": 8080, "autostop": "suspend",
+                          "ports": [{"port": 80, "handlers": ["http"]}]}],
+            "restart": {"policy": "on-failure", "max_retries": 3},
+            "stop_config": {"timeout": "5s", "signal": "SIGINT"},
+            "init": {"cmd": ["serve", "--fast"]}
+        }"#;
+        let c: MachineConfig = serde_json::from_str(json).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.guest().cpus, 2);
+        assert_eq!(c.services[0].autostop, Some(Autostop::Suspend));
+        assert_eq!(c.restart(), (RestartPolicy::OnFailure, 3));
+        assert_eq!(c.stop(), (2, Duration::from_secs(5)));
+        let ep = vec!["/app/hello".to_string()];
+        assert_eq!(c.argv(&ep, &[]), ["/app/hello", "serve", "--fast"]);
+        let s: MachineConfig = serde_json::from_str(
+            r#"{"image":"x","services":[{"internal_port":1,"autostop":true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.services[0].autostop, Some(Autostop::Stop));
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let bad = |json: &str| {
+            let c: MachineConfig = serde_json::from_str(json).unwrap();
+            c.validate().unwrap_err().field
+        };
+        assert_eq!(bad(r#"{"image": ""}"#), "config.image");
+        assert_eq!(
+            bad(r#"{"image": "x", "guest": {"cpus": 0}}"#),
+            "config.guest.cpus"
+        );
+        assert_eq!(
+            bad(r#"{"image": "x", "guest": {"memory_mb": 1}}"#),
+            "config.guest.memory_mb"
+        );
+        assert_eq!(
+            bad(r#"{"image": "x", "env": {"1A": "x"}}"#),
+            "config.env.1A"
+        );
+        assert_eq!(
+            bad(r#"{"image": "x", "stop_config": {"signal": "SIGFOO"}}"#),
+            "config.stop_config.signal"
+        );
+        let err = serde_json::from_str::<MachineConfig>(r#"{"restart": {"policy": "sometimes"}}"#);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("ten"), None);
+        assert_eq!(parse_duration("5y"), None);
+    }
+}
