@@ -56,6 +56,10 @@ impl From<StoreError> for ApiError {
                     "the app name {name:?} is taken by another organisation; choose another with --app"
                 ),
             ),
+            StoreError::OrgExists(name) => ApiError::new(
+                StatusCode::CONFLICT,
+                format!("an organisation named {name:?} exists already"),
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -63,6 +67,16 @@ impl From<StoreError> for ApiError {
 
 impl From<hangar_node::NodeError> for ApiError {
     fn from(e: hangar_node::NodeError) -> ApiError {
-        ApiError::internal(e)
+        use hangar_node::NodeError as N;
+        match e {
+            N::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            e @ N::InvalidState { .. } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("failed_precondition: {e}"),
+            ),
+            e @ N::NoGpu { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            N::Store(e) => e.into(),
+            other => ApiError::internal(other),
+        }
     }
 }

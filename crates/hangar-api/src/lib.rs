@@ -15,9 +15,12 @@
 //! - `GET /api/v1/builds/{id}`, `GET /api/v1/builds/{id}/log?follow=true`
 //! - `GET /api/v1/apps`, `GET /api/v1/apps/{app}`, `DELETE /api/v1/apps/{app}`
 //! - `GET /api/v1/apps/{app}/logs?follow=true`
+//! - `POST /api/v1/orgs` — admin org only: a new org and its first token
+//! - `/v1/apps…` — the Fly-compatible Machines API (see [`fly`])
 
 mod auth;
 mod error;
+mod fly;
 mod routes;
 mod tail;
 

@@ -31,6 +31,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/apps/{app}/logs", get(app_logs))
         .route("/api/v1/builds/{id}", get(build_status))
         .route("/api/v1/builds/{id}/log", get(build_log))
+        .route("/api/v1/orgs", post(create_org))
+        .merge(crate::fly::routes())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .with_state(state)
 }
@@ -341,4 +343,40 @@ async fn app_logs(
         .follow
         .then(|| Box::new(|| -> DoneFuture { Box::pin(async { false }) }) as Done);
     Ok(text(tail(path, start, done)))
+}
+
+#[derive(Deserialize)]
+struct CreateOrg {
+    name: String,
+}
+
+/// Creates an org and its first token (the platform's admin org only).
+async fn create_org(
+    caller: Caller,
+    State(state): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateOrg = crate::fly::parse(&body)?;
+    if !caller.org.admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the platform's admin organisation may create organisations",
+        ));
+    }
+    let name = AppName::parse(&req.name).map_err(|e| {
+        ApiError::bad_request(format!(
+            "name: {}",
+            e.to_string().replace("app name", "organisation name")
+        ))
+    })?;
+    let token = hangar_core::id::new_token();
+    let org = state
+        .store
+        .create_org_with_token(name.as_str(), "first", &hangar_core::id::hash_token(&token))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"org": org.name, "id": org.id, "token": token})),
+    )
+        .into_response())
 }

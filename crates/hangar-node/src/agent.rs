@@ -644,15 +644,21 @@ impl Agent {
     /// Applies the restart policy (with exponential backoff) or auto_destroy
     /// to a machine whose process exited on its own.
     async fn after_exit(&self, m: Machine, code: Option<i64>, oom: bool) {
+        // The count of restarts so far comes from the store, not from the
+        // snapshot the monitor was given at launch.
+        let restarts = match self.inner.store.machine(&m.id).await {
+            Ok(Some(cur)) => cur.restarts,
+            _ => return,
+        };
         let (policy, max_retries) = m.config.restart();
         let failed = oom || code != Some(0);
         let restart = match policy {
             RestartPolicy::No => false,
             RestartPolicy::OnFailure => failed,
             RestartPolicy::Always => true,
-        } && m.restarts < i64::from(max_retries);
+        } && restarts < i64::from(max_retries);
         if restart {
-            let backoff = Duration::from_millis(250 << m.restarts.clamp(0, 7) as u32);
+            let backoff = Duration::from_millis(250 << restarts.clamp(0, 7) as u32);
             tokio::time::sleep(backoff.min(Duration::from_secs(30))).await;
             let lock = self.lock(format!("mch:{}", m.id));
             let _guard = lock.lock().await;
@@ -663,12 +669,16 @@ impl Agent {
             if cur.state != MachineState::Stopped || cur.instance_id != m.instance_id {
                 return;
             }
-            let _ = self
+            if let Err(e) = self
                 .inner
                 .store
-                .set_machine_restarts(&m.id, m.restarts + 1)
-                .await;
-            info!(machine = %m.id, attempt = m.restarts + 1, "restarting after exit");
+                .set_machine_restarts(&m.id, restarts + 1)
+                .await
+            {
+                warn!(machine = %m.id, "recording a restart: {e}");
+                return;
+            }
+            info!(machine = %m.id, attempt = restarts + 1, "restarting after exit");
             if let Err(e) = self.launch(&cur, &app.name).await {
                 warn!(machine = %m.id, "restart failed: {e}");
             }

@@ -29,6 +29,8 @@ pub enum StoreError {
     Join(String),
     #[error("app name {0:?} is taken by another organisation")]
     NameTaken(String),
+    #[error("an organisation named {0:?} exists already")]
+    OrgExists(String),
     #[error("state store schema version {found} is newer than this hangar ({supported})")]
     TooNew { found: i64, supported: i64 },
 }

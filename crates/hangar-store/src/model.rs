@@ -9,8 +9,10 @@ use serde::Serialize;
 pub struct Org {
     /// Random id, `org_…`.
     pub id: String,
-    /// Human name, unique.
+    /// Human name, unique; Fly's `org_slug`.
     pub name: String,
+    /// May create other orgs (the first org of a platform).
+    pub admin: bool,
 }
 
 /// An app, owned by one org. Its name is global because it is its hostname.

@@ -53,3 +53,7 @@ CREATE TABLE image_refs (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (org_id, name)
 );
+
+-- The first org administers the platform (it may create other orgs).
+ALTER TABLE orgs ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+UPDATE orgs SET admin = 1 WHERE rowid = (SELECT MIN(rowid) FROM orgs);

@@ -82,6 +82,7 @@ impl Store {
     }
 
     /// Creates an org with one token (given as its hash) in one transaction.
+    /// The first org of a platform is its admin.
     pub async fn create_org_with_token(
         &self,
         name: &str,
@@ -94,14 +95,25 @@ impl Store {
             token_hash.to_owned(),
         );
         self.call(move |c| {
+            let tx = c.transaction()?;
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM orgs WHERE name = ?1)",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Err(StoreError::OrgExists(name));
+            }
+            let first: bool =
+                tx.query_row("SELECT NOT EXISTS(SELECT 1 FROM orgs)", [], |r| r.get(0))?;
             let org = Org {
                 id: new_id("org"),
                 name,
+                admin: first,
             };
-            let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO orgs (id, name, created_at) VALUES (?1, ?2, ?3)",
-                params![org.id, org.name, now_unix()],
+                "INSERT INTO orgs (id, name, created_at, admin) VALUES (?1, ?2, ?3, ?4)",
+                params![org.id, org.name, now_unix(), org.admin],
             )?;
             tx.execute(
                 "INSERT INTO tokens (hash, org_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -118,12 +130,14 @@ impl Store {
         let hash = token_hash.to_owned();
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT o.id, o.name FROM tokens t JOIN orgs o ON o.id = t.org_id WHERE t.hash = ?1",
+                "SELECT o.id, o.name, o.admin FROM tokens t JOIN orgs o ON o.id = t.org_id
+                 WHERE t.hash = ?1",
                 [hash],
                 |r| {
                     Ok(Org {
                         id: r.get(0)?,
                         name: r.get(1)?,
+                        admin: r.get(2)?,
                     })
                 },
             )

@@ -251,6 +251,36 @@ impl TestPlatform {
         )
     }
 
+    /// A JSON request with the admin token: (status, parsed body or Null).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.call_as(&self.token.clone(), method, path, body)
+    }
+
+    /// A JSON request with the given token: (status, parsed body or Null).
+    pub fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let bytes = if body.is_null() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&body).unwrap()
+        };
+        let (status, text) = self.api_request(method, path, Some(token), bytes);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// The API's JSON answer to GET `path` with the admin token.
     pub fn api_get(&self, path: &str) -> serde_json::Value {
         let (status, body) = self.api_request("GET", path, Some(&self.token.clone()), Vec::new());

@@ -1,0 +1,535 @@
+//! The Fly-compatible Machines API (`/v1/apps`, `/v1/apps/{app}/machines`):
+//! the endpoints, JSON field names and state names Fly documents, so tools
+//! written for Fly work against Hangar by changing the base URL and token.
+//!
+//! Unknown request fields are ignored, as Fly does; a malformed body is a
+//! 400 naming the field (`config.guest.cpus: …`), an out-of-range value or
+//! an unknown image a 422; an action that does not fit the machine's state
+//! a 412 (`failed_precondition`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hangar_core::machine::MachineConfig;
+use hangar_core::name::AppName;
+use hangar_core::status::MachineState;
+use hangar_store::{App, Machine};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::{ApiError, ApiState};
+
+/// The Fly-compatible routes.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/apps", get(list_apps).post(create_app))
+        .route("/v1/apps/{app}", get(get_app).delete(delete_app))
+        .route(
+            "/v1/apps/{app}/machines",
+            get(list_machines).post(create_machine),
+        )
+        .route(
+            "/v1/apps/{app}/machines/{id}",
+            get(get_machine).delete(delete_machine),
+        )
+        .route("/v1/apps/{app}/machines/{id}/start", post(start))
+        .route("/v1/apps/{app}/machines/{id}/stop", post(stop))
+        .route("/v1/apps/{app}/machines/{id}/suspend", post(suspend))
+        .route("/v1/apps/{app}/machines/{id}/restart", post(restart))
+        .route("/v1/apps/{app}/machines/{id}/wait", get(wait))
+        .route("/v1/apps/{app}/machines/{id}/events", get(events))
+}
+
+/// Parses a JSON body; errors name the offending field.
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return serde_json::from_str("{}")
+            .map_err(|e| ApiError::bad_request(format!("a JSON body is required: {e}")));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::bad_request(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// The caller's app named `name`, or 404.
+async fn find_app(state: &ApiState, caller: &Caller, name: &str) -> Result<App, ApiError> {
+    match state.store.app_by_name(name).await? {
+        Some(app) if app.org_id == caller.org.id => Ok(app),
+        _ => Err(ApiError::not_found(format!("app not found: {name}"))),
+    }
+}
+
+/// The app's machine `id` (destroyed ones too), or 404.
+async fn find_machine(
+    state: &ApiState,
+    caller: &Caller,
+    app: &str,
+    id: &str,
+) -> Result<(App, Machine), ApiError> {
+    let app = find_app(state, caller, app).await?;
+    match state.store.machine(id).await? {
+        Some(m) if m.app_id == app.id => Ok((app, m)),
+        _ => Err(ApiError::not_found(format!("machine not found: {id}"))),
+    }
+}
+
+// ---- apps ----
+
+#[derive(Deserialize)]
+struct CreateApp {
+    app_name: String,
+    #[serde(default)]
+    org_slug: Option<String>,
+}
+
+async fn create_app(
+    caller: Caller,
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateApp = parse(&body)?;
+    let name = AppName::parse(&req.app_name)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("app_name: {e}")))?;
+    if let Some(slug) = &req.org_slug
+        && slug != &caller.org.name
+        && slug != "personal"
+    {
+        return Err(ApiError::not_found(format!(
+            "organization not found: {slug}"
+        )));
+    }
+    if state.store.app_by_name(name.as_str()).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("app_name: an app named {name:?} exists already"),
+        ));
+    }
+    let app = state
+        .store
+        .get_or_create_app(&caller.org.id, name.as_str())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": app.id, "name": app.name})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct ListAppsQuery {
+    #[serde(default)]
+    org_slug: Option<String>,
+}
+
+async fn list_apps(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Query(q): Query<ListAppsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(slug) = &q.org_slug
+        && slug != &caller.org.name
+        && slug != "personal"
+    {
+        return Ok(Json(json!({"total_apps": 0, "apps": []})));
+    }
+    let mut apps = Vec::new();
+    for app in state.store.apps(&caller.org.id).await? {
+        let count = state.store.machines_for_app(&app.id).await?.len();
+        apps.push(
+            json!({"id": app.id, "name": app.name, "machine_count": count, "network": "default"}),
+        );
+    }
+    Ok(Json(json!({"total_apps": apps.len(), "apps": apps})))
+}
+
+async fn get_app(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let machines = state.store.machines_for_app(&app.id).await?;
+    let status = if machines.is_empty() {
+        "pending"
+    } else {
+        "deployed"
+    };
+    Ok(Json(json!({
+        "id": app.id,
+        "name": app.name,
+        "organization": {"name": caller.org.name, "slug": caller.org.name},
+        "status": status,
+    })))
+}
+
+async fn delete_app(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    state.agent.destroy_app(&app).await?;
+    state.store.delete_app(&app.id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+// ---- machines ----
+
+/// A machine as Fly's API shows it.
+async fn machine_json(state: &ApiState, m: &Machine) -> Result<Value, ApiError> {
+    let mut events = Vec::new();
+    for (i, e) in state
+        .store
+        .machine_events(&m.id, 20)
+        .await?
+        .into_iter()
+        .enumerate()
+    {
+        let mut ev = json!({
+            "type": e.kind, "status": e.status, "source": e.source, "timestamp": e.timestamp,
+        });
+        // The newest exit carries the exit status, as Fly's exit events do.
+        if i == 0 && e.kind == "exit" {
+            ev["request"] = json!({"exit_event": {
+                "exit_code": m.exit_code, "oom_killed": m.oom_killed,
+                "requested_stop": false, "restarting": false,
+            }});
+        }
+        events.push(ev);
+    }
+    let (repository, tag) = match m.config.image.split_once(':') {
+        Some((r, t)) if !m.config.image.starts_with("sha256:") => (r.to_owned(), t.to_owned()),
+        _ => (m.config.image.clone(), String::new()),
+    };
+    Ok(json!({
+        "id": m.id,
+        "name": m.name,
+        "state": m.state,
+        "region": m.region,
+        "instance_id": m.instance_id,
+        "private_ip": "127.0.0.1",
+        "config": m.config,
+        "image_ref": {"registry": "hangar", "repository": repository, "tag": tag,
+                      "digest": m.image_digest, "labels": {}},
+        "created_at": hangar_core::rfc3339(m.created_at),
+        "updated_at": hangar_core::rfc3339(m.updated_at),
+        "events": events,
+        "host_status": "ok",
+        "incomplete_config": null,
+    }))
+}
+
+#[derive(Deserialize)]
+struct CreateMachine {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    skip_launch: bool,
+    config: MachineConfig,
+}
+
+async fn create_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &app).await?;
+    let req: CreateMachine = parse(&body)?;
+    req.config
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    if let Some(region) = &req.region
+        && !region.is_empty()
+        && region != state.agent.region()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "region: {region:?} is not served here; this node's region is {:?}",
+                state.agent.region()
+            ),
+        ));
+    }
+    let digest = state
+        .store
+        .resolve_image(&caller.org.id, &req.config.image)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "config.image: no image {:?} in Hangar's store for your organisation; deploy an app (its images are <app>:vN) or `hangar image import` one",
+                    req.config.image
+                ),
+            )
+        })?;
+    let m = state
+        .agent
+        .create(&app, None, req.name, req.config, digest, req.skip_launch)
+        .await?;
+    Ok(Json(machine_json(&state, &m).await?))
+}
+
+#[derive(Deserialize)]
+struct ListMachinesQuery {
+    #[serde(default)]
+    include_deleted: bool,
+    #[serde(default)]
+    region: Option<String>,
+    /// `metadata.{key}=value` filters.
+    #[serde(flatten)]
+    rest: BTreeMap<String, String>,
+}
+
+async fn list_machines(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<ListMachinesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &app).await?;
+    let wanted: Vec<(&str, &str)> = q
+        .rest
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("metadata.").map(|k| (k, v.as_str())))
+        .collect();
+    let mut out = Vec::new();
+    for m in state
+        .store
+        .machines_for_app_all(&app.id, q.include_deleted)
+        .await?
+    {
+        if q.region.as_ref().is_some_and(|r| r != &m.region) {
+            continue;
+        }
+        if !wanted
+            .iter()
+            .all(|(k, v)| m.config.metadata.get(*k).map(String::as_str) == Some(*v))
+        {
+            continue;
+        }
+        out.push(machine_json(&state, &m).await?);
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+async fn get_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_machine(&state, &caller, &app, &id).await?;
+    Ok(Json(machine_json(&state, &m).await?))
+}
+
+async fn start(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, before) = find_machine(&state, &caller, &app, &id).await?;
+    state.agent.start(&id).await?;
+    Ok(Json(
+        json!({"previous_state": before.state, "migrated": false, "new_host": ""}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct StopRequest {
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    timeout: Option<Value>,
+}
+
+impl StopRequest {
+    fn resolve(&self) -> Result<(Option<i32>, Option<Duration>), ApiError> {
+        let signal = match &self.signal {
+            None => None,
+            Some(s) => Some(
+                hangar_core::machine::STOP_SIGNALS
+                    .iter()
+                    .find(|(n, _)| n == s)
+                    .map(|(_, v)| *v)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("signal: {s:?} is not a signal Hangar sends"))
+                    })?,
+            ),
+        };
+        let timeout = match &self.timeout {
+            None => None,
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .filter(|f| *f >= 0.0)
+                .map(Duration::from_secs_f64),
+            Some(Value::String(s)) => hangar_core::machine::parse_duration(s),
+            Some(_) => None,
+        };
+        if self.timeout.is_some() && timeout.is_none() {
+            return Err(ApiError::bad_request(
+                "timeout: must be a duration such as \"10s\" or seconds",
+            ));
+        }
+        Ok((signal, timeout))
+    }
+}
+
+async fn stop(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    find_machine(&state, &caller, &app, &id).await?;
+    let req: StopRequest = parse(&body)?;
+    let (signal, timeout) = req.resolve()?;
+    state.agent.stop(&id, signal, timeout).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+async fn suspend(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    find_machine(&state, &caller, &app, &id).await?;
+    state.agent.suspend(&id).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+async fn restart(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    Query(q): Query<StopRequestQuery>,
+) -> Result<Json<Value>, ApiError> {
+    find_machine(&state, &caller, &app, &id).await?;
+    let req = StopRequest {
+        signal: q.signal,
+        timeout: q.timeout.map(Value::String),
+    };
+    let (signal, timeout) = req.resolve()?;
+    state.agent.stop(&id, signal, timeout).await?;
+    state.agent.start(&id).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+#[derive(Deserialize)]
+struct StopRequestQuery {
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_machine(&state, &caller, &app, &id).await?;
+    if m.state == MachineState::Destroyed {
+        return Err(ApiError::not_found(format!("machine not found: {id}")));
+    }
+    state.agent.destroy(&id, q.force).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    timeout: Option<u64>,
+    #[serde(default)]
+    instance_id: Option<String>,
+}
+
+async fn wait(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    find_machine(&state, &caller, &app, &id).await?;
+    let target: MachineState = q
+        .state
+        .as_deref()
+        .unwrap_or("started")
+        .parse()
+        .map_err(|_| {
+            ApiError::bad_request("state: must be one of started, stopped, suspended, destroyed")
+        })?;
+    if !matches!(
+        target,
+        MachineState::Started
+            | MachineState::Stopped
+            | MachineState::Suspended
+            | MachineState::Destroyed
+    ) {
+        return Err(ApiError::bad_request(
+            "state: must be one of started, stopped, suspended, destroyed",
+        ));
+    }
+    let secs = q.timeout.unwrap_or(60);
+    if !(1..=60).contains(&secs) {
+        return Err(ApiError::bad_request("timeout: must be 1 to 60 seconds"));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let m = state
+            .store
+            .machine(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("machine not found: {id}")))?;
+        let instance_ok = q.instance_id.as_ref().is_none_or(|i| i == &m.instance_id);
+        if m.state == target && instance_ok {
+            return Ok(Json(json!({"ok": true, "state": m.state})).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "deadline_exceeded: machine {id} is {} after {secs} s, not {target}",
+                    m.state
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn events(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_machine(&state, &caller, &app, &id).await?;
+    let events = state.store.machine_events(&m.id, 100).await?;
+    Ok(Json(json!(events)))
+}

@@ -1,0 +1,448 @@
+//! The Fly-compatible Machines API on real runc: lifecycle, wait semantics,
+//! cgroup limits that hold (OOM, fork bomb, CPU quota), suspend with the
+//! freezer, restart policies, org isolation and clear errors.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{TestPlatform, example, wait_for};
+
+/// A platform with examples/toolbox deployed, so `toolbox:v1` exists.
+fn platform() -> TestPlatform {
+    let p = TestPlatform::start();
+    p.deploy(&example("toolbox"));
+    p
+}
+
+fn create(p: &TestPlatform, config: Value) -> Value {
+    let (code, m) = p.call(
+        "POST",
+        "/v1/apps/toolbox/machines",
+        json!({ "config": config }),
+    );
+    assert_eq!(code, 200, "{m}");
+    m
+}
+
+fn wait_state(p: &TestPlatform, id: &str, state: &str) {
+    let (code, body) = p.call(
+        "GET",
+        &format!("/v1/apps/toolbox/machines/{id}/wait?state={state}&timeout=30"),
+        Value::Null,
+    );
+    assert_eq!(code, 200, "waiting for {state}: {body}");
+}
+
+fn machine(p: &TestPlatform, id: &str) -> Value {
+    let (code, m) = p.call(
+        "GET",
+        &format!("/v1/apps/toolbox/machines/{id}"),
+        Value::Null,
+    );
+    assert_eq!(code, 200, "{m}");
+    m
+}
+
+fn cgroup_file(ctl: &str, id: &str, file: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{ctl}/hangar/{id}/{file}"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn lifecycle_through_the_http_api() {
+    let p = platform();
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]},
+                              "guest": {"cpus": 2, "memory_mb": 128},
+                              "metadata": {"role": "worker"}, "some_future_field": {"x": 1}}),
+    );
+    let id = m["id"].as_str().unwrap().to_owned();
+    assert_eq!(m["state"], "started");
+    assert_eq!(m["config"]["guest"]["cpus"], 2);
+    assert_eq!(m["region"], "local");
+    assert!(m["created_at"].as_str().unwrap().ends_with('Z'));
+    wait_state(&p, &id, "started");
+    // cpus sets the CPU quota; memory_mb the memory limit.
+    assert_eq!(cgroup_file("cpu", &id, "cpu.cfs_quota_us"), "200000");
+    assert_eq!(
+        cgroup_file("memory", &id, "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+
+    // List with filters.
+    let (_, list) = p.call(
+        "GET",
+        "/v1/apps/toolbox/machines?metadata.role=worker",
+        Value::Null,
+    );
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (_, list) = p.call(
+        "GET",
+        "/v1/apps/toolbox/machines?metadata.role=web",
+        Value::Null,
+    );
+    assert_eq!(list.as_array().unwrap().len(), 0);
+    let (_, list) = p.call(
+        "GET",
+        "/v1/apps/toolbox/machines?region=elsewhere",
+        Value::Null,
+    );
+    assert_eq!(list.as_array().unwrap().len(), 0);
+
+    // stop → stopped; wait semantics.
+    let (code, _) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{id}/stop"),
+        json!({"timeout": "2s"}),
+    );
+    assert_eq!(code, 200);
+    wait_state(&p, &id, "stopped");
+    let (code, body) = p.call(
+        "GET",
+        &format!("/v1/apps/toolbox/machines/{id}/wait?state=started&timeout=1"),
+        Value::Null,
+    );
+    assert_eq!(code, 408, "{body}");
+    let (code, _) = p.call(
+        "GET",
+        &format!("/v1/apps/toolbox/machines/{id}/wait?state=bogus"),
+        Value::Null,
+    );
+    assert_eq!(code, 400);
+
+    // start → started, with a new pid.
+    let (code, body) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{id}/start"),
+        Value::Null,
+    );
+    assert_eq!(
+        (code, body["previous_state"].as_str()),
+        (200, Some("stopped"))
+    );
+    wait_state(&p, &id, "started");
+
+    // suspend freezes its processes (memory kept); start thaws them.
+    let (code, _) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{id}/suspend"),
+        Value::Null,
+    );
+    assert_eq!(code, 200);
+    wait_state(&p, &id, "suspended");
+    assert_eq!(cgroup_file("freezer", &id, "freezer.state"), "FROZEN");
+    let (code, body) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{id}/start"),
+        Value::Null,
+    );
+    assert_eq!(
+        (code, body["previous_state"].as_str()),
+        (200, Some("suspended"))
+    );
+    wait_state(&p, &id, "started");
+    assert_eq!(cgroup_file("freezer", &id, "freezer.state"), "THAWED");
+
+    // A started machine is only destroyed with force.
+    let (code, body) = p.call(
+        "DELETE",
+        &format!("/v1/apps/toolbox/machines/{id}"),
+        Value::Null,
+    );
+    assert_eq!(code, 412, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("force"), "{body}");
+    let (code, _) = p.call(
+        "DELETE",
+        &format!("/v1/apps/toolbox/machines/{id}?force=true"),
+        Value::Null,
+    );
+    assert_eq!(code, 200);
+    wait_state(&p, &id, "destroyed");
+    let (_, list) = p.call("GET", "/v1/apps/toolbox/machines", Value::Null);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["id"] != id.as_str())
+    );
+    let (_, list) = p.call(
+        "GET",
+        "/v1/apps/toolbox/machines?include_deleted=true",
+        Value::Null,
+    );
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id.as_str())
+    );
+
+    // The event log tells the story, newest first.
+    let events = machine(&p, &id)["events"].clone();
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"destroyed"));
+    assert!(
+        kinds.contains(&"suspended") && kinds.contains(&"stopped"),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn limits_contain_oom_and_fork_bombs() {
+    let p = platform();
+    let bystander = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]}}),
+    );
+    // Allocates 512 MiB in a 64 MiB machine: the OOM killer ends it, alone.
+    let hog = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["alloc", "512"]},
+                                "guest": {"memory_mb": 64}, "restart": {"policy": "no"}}),
+    );
+    let hog_id = hog["id"].as_str().unwrap();
+    wait_state(&p, hog_id, "stopped");
+    let m = machine(&p, hog_id);
+    let exit = &m["events"][0]["request"]["exit_event"];
+    assert_eq!(exit["oom_killed"], true, "{m:#}");
+    assert_eq!(exit["exit_code"], 137, "{m:#}");
+    let b = machine(&p, bystander["id"].as_str().unwrap());
+    assert_eq!(b["state"], "started", "the other machine is untouched");
+
+    // A fork bomb hits the pids limit and goes no further.
+    let bomb = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["forkbomb"]},
+                                 "guest": {"memory_mb": 512}, "restart": {"policy": "no"}}),
+    );
+    let bomb_id = bomb["id"].as_str().unwrap().to_owned();
+    let log = p.data_dir().join(format!("logs/toolbox/{bomb_id}.log"));
+    let line = wait_for(60, "the fork bomb to be stopped", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|t| t.lines().find(|l| l.contains("spawned")).map(str::to_owned))
+    });
+    let spawned: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(spawned < 512, "{line}");
+    assert!(
+        line.contains("then:"),
+        "spawning failed rather than running out: {line}"
+    );
+    assert_eq!(cgroup_file("pids", &bomb_id, "pids.max"), "512");
+    // The platform still answers.
+    assert_eq!(machine(&p, &bomb_id)["state"], "started");
+    let (code, _) = p.call(
+        "DELETE",
+        &format!("/v1/apps/toolbox/machines/{bomb_id}?force=true"),
+        Value::Null,
+    );
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn restart_policies_and_auto_destroy() {
+    let p = platform();
+    // on-failure with 2 retries: 3 runs in all, then it stays stopped.
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["exit", "3"]},
+                              "restart": {"policy": "on-failure", "max_retries": 2}}),
+    );
+    let id = m["id"].as_str().unwrap().to_owned();
+    let events = wait_for(30, "three exits", || {
+        let (_, ev) = p.call(
+            "GET",
+            &format!("/v1/apps/toolbox/machines/{id}/events"),
+            Value::Null,
+        );
+        let exits = ev
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "exit")
+            .count();
+        (exits >= 3).then_some(ev)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (_, after) = p.call(
+        "GET",
+        &format!("/v1/apps/toolbox/machines/{id}/events"),
+        Value::Null,
+    );
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        events.as_array().unwrap().len(),
+        "no fourth run"
+    );
+    assert_eq!(machine(&p, &id)["state"], "stopped");
+
+    // policy no + exit 0 + auto_destroy: destroyed once it exits.
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["exit", "0"]},
+                              "restart": {"policy": "no"}, "auto_destroy": true}),
+    );
+    wait_state(&p, m["id"].as_str().unwrap(), "destroyed");
+
+    // always: restarted even after a clean exit.
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["exit", "0"]},
+                              "restart": {"policy": "always", "max_retries": 1}}),
+    );
+    let id = m["id"].as_str().unwrap().to_owned();
+    wait_for(30, "a restart after a clean exit", || {
+        let (_, ev) = p.call(
+            "GET",
+            &format!("/v1/apps/toolbox/machines/{id}/events"),
+            Value::Null,
+        );
+        (ev.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "exit")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+}
+
+#[test]
+fn machines_survive_a_hangar_restart_exactly_once() {
+    let mut p = platform();
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]}}),
+    );
+    let id = m["id"].as_str().unwrap().to_owned();
+    let pid_of = |p: &TestPlatform| {
+        let status = p.api_get("/api/v1/apps/toolbox");
+        status["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == id.as_str())
+            .unwrap()["pid"]
+            .as_i64()
+    };
+    let before = pid_of(&p);
+    p.restart();
+    assert_eq!(machine(&p, &id)["state"], "started");
+    assert_eq!(pid_of(&p), before, "re-adopted, not restarted");
+    let (_, list) = p.call("GET", "/v1/apps/toolbox/machines", Value::Null);
+    let started = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "started")
+        .count();
+    assert_eq!(
+        started, 2,
+        "the deploy's machine and ours, none doubled: {list:#}"
+    );
+}
+
+#[test]
+fn orgs_are_isolated_and_errors_are_clear() {
+    let p = platform();
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]}}),
+    );
+    let id = m["id"].as_str().unwrap().to_owned();
+
+    let (code, org) = p.call("POST", "/api/v1/orgs", json!({"name": "other"}));
+    assert_eq!(code, 201, "{org}");
+    let other = org["token"].as_str().unwrap().to_owned();
+    // Not an admin: cannot create orgs.
+    let (code, _) = p.call_as(&other, "POST", "/api/v1/orgs", json!({"name": "third"}));
+    assert_eq!(code, 403);
+    // Another org sees nothing of ours and touches nothing: 404 everywhere.
+    for (method, path) in [
+        ("GET", "/v1/apps/toolbox".to_owned()),
+        ("GET", "/v1/apps/toolbox/machines".to_owned()),
+        ("GET", format!("/v1/apps/toolbox/machines/{id}")),
+        ("POST", format!("/v1/apps/toolbox/machines/{id}/stop")),
+        (
+            "DELETE",
+            format!("/v1/apps/toolbox/machines/{id}?force=true"),
+        ),
+        ("GET", "/api/v1/apps/toolbox".to_owned()),
+    ] {
+        let (code, body) = p.call_as(&other, method, &path, Value::Null);
+        assert_eq!(code, 404, "{method} {path}: {body}");
+    }
+    let (_, apps) = p.call_as(&other, "GET", "/v1/apps", Value::Null);
+    assert_eq!(apps["total_apps"], 0);
+    // Its own app cannot run our image either.
+    let (code, _) = p.call_as(
+        &other,
+        "POST",
+        "/v1/apps",
+        json!({"app_name": "theirs", "org_slug": "other"}),
+    );
+    assert_eq!(code, 201);
+    let (code, body) = p.call_as(
+        &other,
+        "POST",
+        "/v1/apps/theirs/machines",
+        json!({"config": {"image": "toolbox:v1"}}),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(machine(&p, &id)["state"], "started");
+
+    // Bad input names the field.
+    let bad = |body: Value| p.call("POST", "/v1/apps/toolbox/machines", body);
+    let (code, body) = bad(json!({"config": {"image": "toolbox:v1", "guest": {"cpus": "two"}}}));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("config.guest.cpus"),
+        "{body}"
+    );
+    let (code, body) = bad(json!({"config": {"image": "toolbox:v1", "guest": {"memory_mb": 1}}}));
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("config.guest.memory_mb"),
+        "{body}"
+    );
+    let (code, body) = bad(json!({"config": {"image": "nope:v9"}}));
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no image"),
+        "{body}"
+    );
+    let (code, body) =
+        bad(json!({"config": {"image": "toolbox:v1", "restart": {"policy": "sometimes"}}}));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("config.restart.policy"),
+        "{body}"
+    );
+    // No GPU on this node: a clear 422.
+    let (code, body) = bad(json!({"config": {"image": "toolbox:v1", "guest": {"gpus": 1}}}));
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        assert_eq!(code, 200, "{body}");
+    } else {
+        assert_eq!(code, 422, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("GPU"), "{body}");
+    }
+    let (code, _) = p.call("GET", "/v1/apps/toolbox/machines/mch_nope", Value::Null);
+    assert_eq!(code, 404);
+}
