@@ -33,6 +33,15 @@ fn wait_state(p: &TestPlatform, id: &str, state: &str) {
     assert_eq!(code, 200, "waiting for {state}: {body}");
 }
 
+/// POST /v1/apps/toolbox/machines/{id}/{verb} with no body.
+fn act(p: &TestPlatform, id: &str, verb: &str) -> (u16, Value) {
+    p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{id}/{verb}"),
+        Value::Null,
+    )
+}
+
 fn machine(p: &TestPlatform, id: &str) -> Value {
     let (code, m) = p.call(
         "GET",
@@ -113,12 +122,8 @@ fn lifecycle_through_the_http_api() {
     );
     assert_eq!(code, 400);
 
-    // start → started, with a new pid.
-    let (code, body) = p.call(
-        "POST",
-        &format!("/v1/apps/toolbox/machines/{id}/start"),
-        Value::Null,
-    );
+    // start → started again.
+    let (code, body) = act(&p, &id, "start");
     assert_eq!(
         (code, body["previous_state"].as_str()),
         (200, Some("stopped"))
@@ -126,19 +131,11 @@ fn lifecycle_through_the_http_api() {
     wait_state(&p, &id, "started");
 
     // suspend freezes its processes (memory kept); start thaws them.
-    let (code, _) = p.call(
-        "POST",
-        &format!("/v1/apps/toolbox/machines/{id}/suspend"),
-        Value::Null,
-    );
+    let (code, _) = act(&p, &id, "suspend");
     assert_eq!(code, 200);
     wait_state(&p, &id, "suspended");
     assert_eq!(cgroup_file("freezer", &id, "freezer.state"), "FROZEN");
-    let (code, body) = p.call(
-        "POST",
-        &format!("/v1/apps/toolbox/machines/{id}/start"),
-        Value::Null,
-    );
+    let (code, body) = act(&p, &id, "start");
     assert_eq!(
         (code, body["previous_state"].as_str()),
         (200, Some("suspended"))
