@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -38,8 +38,20 @@ pub fn routes() -> Router<ApiState> {
         )
         .route(
             "/v1/apps/{app}/machines/{id}",
-            get(get_machine).delete(delete_machine),
+            get(get_machine).post(update_machine).delete(delete_machine),
         )
+        .route("/v1/apps/{app}/machines/{id}/cordon", post(cordon))
+        .route("/v1/apps/{app}/machines/{id}/uncordon", post(uncordon))
+        .route(
+            "/v1/apps/{app}/machines/{id}/lease",
+            get(get_lease).post(acquire_lease).delete(release_lease),
+        )
+        .route("/v1/apps/{app}/machines/{id}/metadata", get(get_metadata))
+        .route(
+            "/v1/apps/{app}/machines/{id}/metadata/{key}",
+            post(set_metadata).delete(delete_metadata),
+        )
+        .route("/v1/apps/{app}/machines/{id}/exec", post(exec))
         .route("/v1/apps/{app}/machines/{id}/start", post(start))
         .route("/v1/apps/{app}/machines/{id}/stop", post(stop))
         .route("/v1/apps/{app}/machines/{id}/suspend", post(suspend))
@@ -245,14 +257,13 @@ struct CreateMachine {
     config: MachineConfig,
 }
 
-async fn create_machine(
-    caller: Caller,
-    State(state): State<ApiState>,
-    Path(app): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let app = find_app(&state, &caller, &app).await?;
-    let req: CreateMachine = parse(&body)?;
+/// Validates a create/update body and resolves its image for the caller.
+async fn checked_request(
+    state: &ApiState,
+    caller: &Caller,
+    body: &Bytes,
+) -> Result<(CreateMachine, String), ApiError> {
+    let req: CreateMachine = parse(body)?;
     req.config
         .validate()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
@@ -281,11 +292,285 @@ async fn create_machine(
                 ),
             )
         })?;
+    Ok((req, digest))
+}
+
+async fn create_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &app).await?;
+    let (req, digest) = checked_request(&state, &caller, &body).await?;
     let m = state
         .agent
         .create(&app, None, req.name, req.config, digest, req.skip_launch)
         .await?;
     Ok(Json(machine_json(&state, &m).await?))
+}
+
+async fn update_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
+    let (req, digest) = checked_request(&state, &caller, &body).await?;
+    let m = state
+        .agent
+        .update(&id, req.config, digest, req.name, req.skip_launch)
+        .await?;
+    Ok(Json(machine_json(&state, &m).await?))
+}
+
+/// The header a lease holder passes.
+const LEASE_HEADER: &str = "fly-machine-lease-nonce";
+
+/// A leased machine only takes changes from the lease holder.
+fn check_lease(headers: &HeaderMap, m: &Machine) -> Result<(), ApiError> {
+    let Some(lease) = &m.lease else { return Ok(()) };
+    if lease.expires_at <= hangar_core::now_unix() {
+        return Ok(());
+    }
+    let given = headers.get(LEASE_HEADER).and_then(|v| v.to_str().ok());
+    if given == Some(lease.nonce.as_str()) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "machine {} is leased by {:?} until {}; pass the lease's nonce in the {LEASE_HEADER} header",
+            m.id,
+            lease.owner,
+            hangar_core::rfc3339(lease.expires_at)
+        ),
+    ))
+}
+
+/// The app's machine `id`, not destroyed, or 404.
+async fn find_live_machine(
+    state: &ApiState,
+    caller: &Caller,
+    app: &str,
+    id: &str,
+) -> Result<(App, Machine), ApiError> {
+    let (app, m) = find_machine(state, caller, app, id).await?;
+    if m.state == MachineState::Destroyed {
+        return Err(ApiError::not_found(format!("machine not found: {id}")));
+    }
+    Ok((app, m))
+}
+
+async fn cordon(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
+    state.agent.cordon(&id, true).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+async fn uncordon(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
+    state.agent.cordon(&id, false).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+fn lease_json(m: &Machine) -> Value {
+    match &m.lease {
+        Some(l) => json!({"status": "success", "data": {
+            "nonce": l.nonce, "expires_at": l.expires_at, "owner": l.owner,
+            "description": l.description, "version": m.instance_id,
+        }}),
+        None => Value::Null,
+    }
+}
+
+#[derive(Deserialize)]
+struct LeaseRequest {
+    #[serde(default)]
+    ttl: Option<u64>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+async fn acquire_lease(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    let req: LeaseRequest = parse(&body)?;
+    let ttl = req.ttl.unwrap_or(30);
+    if !(1..=3600).contains(&ttl) {
+        return Err(ApiError::bad_request("ttl: must be 1 to 3600 seconds"));
+    }
+    // Held by someone else: 409. Held by the caller (nonce given): refreshed.
+    check_lease(&headers, &m)?;
+    let nonce = match (&m.lease, headers.get(LEASE_HEADER)) {
+        (Some(l), Some(_)) if l.expires_at > hangar_core::now_unix() => l.nonce.clone(),
+        _ => hangar_core::id::new_token().replace("hgr_", ""),
+    };
+    let lease = hangar_store::Lease {
+        nonce,
+        owner: caller.org.name.clone(),
+        description: req.description.unwrap_or_default(),
+        expires_at: hangar_core::now_unix() + ttl as i64,
+    };
+    state.store.set_machine_lease(&id, Some(lease)).await?;
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    Ok(Json(lease_json(&m)))
+}
+
+async fn get_lease(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    match &m.lease {
+        Some(l) if l.expires_at > hangar_core::now_unix() => Ok(Json(lease_json(&m))),
+        _ => Err(ApiError::not_found(format!("machine {id} has no lease"))),
+    }
+}
+
+async fn release_lease(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
+    state.store.set_machine_lease(&id, None).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+async fn get_metadata(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    Ok(Json(json!(m.config.metadata)))
+}
+
+#[derive(Deserialize)]
+struct MetadataValue {
+    value: String,
+}
+
+fn check_metadata_key(key: &str) -> Result<(), ApiError> {
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "metadata key {key:?}: use 1 to 128 letters, digits, '_', '-' or '.'"
+        )))
+    }
+}
+
+async fn set_metadata(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
+    check_metadata_key(&key)?;
+    let req: MetadataValue = parse(&body)?;
+    let mut metadata = m.config.metadata.clone();
+    metadata.insert(key, req.value);
+    state.store.set_machine_metadata(&id, metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_metadata(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
+    let mut metadata = m.config.metadata.clone();
+    if metadata.remove(&key).is_none() {
+        return Err(ApiError::not_found(format!(
+            "machine {id} has no metadata key {key:?}"
+        )));
+    }
+    state.store.set_machine_metadata(&id, metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ExecRequest {
+    /// The command as argv (preferred).
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    /// The command as one string, split on whitespace (Fly's older field).
+    #[serde(default)]
+    cmd: Option<String>,
+    /// Seconds before the command is killed.
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+async fn exec(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
+    let req: ExecRequest = parse(&body)?;
+    let argv: Vec<String> = match (req.command, req.cmd) {
+        (Some(c), _) if !c.is_empty() => c,
+        (_, Some(c)) if !c.trim().is_empty() => c.split_whitespace().map(str::to_owned).collect(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "cmd: give the command as \"command\": [argv] or \"cmd\": \"string\"",
+            ));
+        }
+    };
+    let timeout = req.timeout.unwrap_or(30);
+    if !(1..=600).contains(&timeout) {
+        return Err(ApiError::bad_request("timeout: must be 1 to 600 seconds"));
+    }
+    let (code, stdout, stderr) = state
+        .agent
+        .exec(&id, &argv, Duration::from_secs(timeout))
+        .await?;
+    Ok(Json(json!({
+        "exit_code": code,
+        "exit_signal": 0,
+        "stdout": String::from_utf8_lossy(&stdout),
+        "stderr": String::from_utf8_lossy(&stderr),
+    })))
 }
 
 #[derive(Deserialize)]
@@ -344,8 +629,10 @@ async fn start(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, before) = find_machine(&state, &caller, &app, &id).await?;
+    let (_, before) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &before)?;
     state.agent.start(&id).await?;
     Ok(Json(
         json!({"previous_state": before.state, "migrated": false, "new_host": ""}),
@@ -396,9 +683,11 @@ async fn stop(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    find_machine(&state, &caller, &app, &id).await?;
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
     let req: StopRequest = parse(&body)?;
     let (signal, timeout) = req.resolve()?;
     state.agent.stop(&id, signal, timeout).await?;
@@ -409,8 +698,10 @@ async fn suspend(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    find_machine(&state, &caller, &app, &id).await?;
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
     state.agent.suspend(&id).await?;
     Ok(Json(json!({"ok": true})))
 }
@@ -419,9 +710,11 @@ async fn restart(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
     Query(q): Query<StopRequestQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    find_machine(&state, &caller, &app, &id).await?;
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
     let req = StopRequest {
         signal: q.signal,
         timeout: q.timeout.map(Value::String),
@@ -450,12 +743,11 @@ async fn delete_machine(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_machine(&state, &caller, &app, &id).await?;
-    if m.state == MachineState::Destroyed {
-        return Err(ApiError::not_found(format!("machine not found: {id}")));
-    }
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_lease(&headers, &m)?;
     state.agent.destroy(&id, q.force).await?;
     Ok(Json(json!({"ok": true})))
 }

@@ -609,6 +609,83 @@ impl Agent {
         .await
     }
 
+    /// Replaces a machine's config: a new instance id; a running machine is
+    /// restarted on the new config (unless `skip_launch`).
+    pub async fn update(
+        &self,
+        id: &str,
+        config: MachineConfig,
+        image_digest: String,
+        name: Option<String>,
+        skip_launch: bool,
+    ) -> Result<Machine, NodeError> {
+        let wanted = config.guest().gpus;
+        if wanted > self.inner.gpus {
+            return Err(NodeError::NoGpu {
+                wanted,
+                available: self.inner.gpus,
+            });
+        }
+        let lock = self.lock(format!("mch:{id}"));
+        let _guard = lock.lock().await;
+        let (m, app) = self.load(id).await?;
+        let was_running = matches!(m.state, MachineState::Started | MachineState::Suspended);
+        if was_running {
+            let (sig, grace) = m.config.stop();
+            self.stop_with(&m, false, sig, grace).await?;
+        }
+        let updated = self
+            .inner
+            .store
+            .update_machine_config(id, &config, &image_digest, name.as_deref())
+            .await?
+            .ok_or_else(|| NodeError::NotFound(format!("machine {id}")))?;
+        if was_running && !skip_launch {
+            self.inner.store.set_machine_restarts(id, 0).await?;
+            return self.launch(&updated, &app.name).await;
+        }
+        Ok(updated)
+    }
+
+    /// Takes a machine out of (or back into) the proxy's rotation.
+    pub async fn cordon(&self, id: &str, cordoned: bool) -> Result<(), NodeError> {
+        let (m, _) = self.load(id).await?;
+        self.inner.store.set_machine_cordoned(id, cordoned).await?;
+        self.publish_routes(&m.app_id).await
+    }
+
+    /// Runs `argv` inside a started machine: (exit code, stdout, stderr).
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, Vec<u8>, Vec<u8>), NodeError> {
+        let (m, _) = self.load(id).await?;
+        if m.state != MachineState::Started {
+            return Err(NodeError::InvalidState {
+                id: m.id,
+                state: m.state,
+                action: "exec in",
+                hint: "; start it first",
+            });
+        }
+        let images = self.inner.images.clone();
+        let digest = m.image_digest.clone();
+        let (rootfs, image) = tokio::task::spawn_blocking(move || {
+            Ok::<_, ImageError>((images.rootfs(&digest)?, images.config(&digest)?))
+        })
+        .await
+        .map_err(|e| NodeError::NotFound(format!("image task: {e}")))??;
+        let mut env = image.config.env.clone().unwrap_or_default();
+        env.extend(m.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+        Ok(self
+            .inner
+            .driver
+            .exec(&m.id, &rootfs, argv, &env, timeout)
+            .await?)
+    }
+
     /// Watches a machine's process; handles an exit that nobody asked for.
     fn spawn_monitor(&self, m: Machine, pid: u32) {
         let agent = self.clone();

@@ -706,6 +706,110 @@ impl Store {
         .await
     }
 
+    /// Replaces a machine's config (and image, and optionally name); a new
+    /// instance id marks the new version. Returns the updated row.
+    pub async fn update_machine_config(
+        &self,
+        id: &str,
+        config: &hangar_core::machine::MachineConfig,
+        image_digest: &str,
+        name: Option<&str>,
+    ) -> Result<Option<Machine>> {
+        let config = serde_json::to_string(config)
+            .map_err(|e| StoreError::Corrupt(format!("machine config: {e}")))?;
+        let (id, image_digest, name) = (
+            id.to_owned(),
+            image_digest.to_owned(),
+            name.map(str::to_owned),
+        );
+        self.call(move |c| {
+            c.execute(
+                "UPDATE machines SET config = ?2, image_digest = ?3, name = COALESCE(?4, name),
+                 instance_id = ?5, updated_at = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    config,
+                    image_digest,
+                    name,
+                    new_instance_id(),
+                    now_unix()
+                ],
+            )?;
+            insert_event(c, &id, "update", "updated", "user")?;
+            Ok(c.query_row(
+                &format!("SELECT {MACHINE_COLS} FROM machines WHERE id = ?1"),
+                [&id],
+                machine_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Replaces a machine's metadata without a new instance id (as Fly does).
+    pub async fn set_machine_metadata(
+        &self,
+        id: &str,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let config: String =
+                tx.query_row("SELECT config FROM machines WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })?;
+            let mut config: hangar_core::machine::MachineConfig = serde_json::from_str(&config)
+                .map_err(|e| StoreError::Corrupt(format!("machine config: {e}")))?;
+            config.metadata = metadata;
+            let config = serde_json::to_string(&config)
+                .map_err(|e| StoreError::Corrupt(format!("machine config: {e}")))?;
+            tx.execute(
+                "UPDATE machines SET config = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, config, now_unix()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Cordons (no traffic) or uncordons a machine.
+    pub async fn set_machine_cordoned(&self, id: &str, cordoned: bool) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE machines SET cordoned = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, cordoned, now_unix()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets (or, with None, releases) a machine's lease.
+    pub async fn set_machine_lease(&self, id: &str, lease: Option<Lease>) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            let (nonce, owner, description, expires) = match lease {
+                Some(l) => (
+                    Some(l.nonce),
+                    Some(l.owner),
+                    Some(l.description),
+                    Some(l.expires_at),
+                ),
+                None => (None, None, None, None),
+            };
+            c.execute(
+                "UPDATE machines SET lease_nonce = ?2, lease_owner = ?3, lease_description = ?4,
+                 lease_expires_at = ?5 WHERE id = ?1",
+                params![id, nonce, owner, description, expires],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     // ---- image references ----
 
     /// Names an image for an org (replacing what the name pointed at).

@@ -443,3 +443,154 @@ fn orgs_are_isolated_and_errors_are_clear() {
     let (code, _) = p.call("GET", "/v1/apps/toolbox/machines/mch_nope", Value::Null);
     assert_eq!(code, 404);
 }
+
+#[test]
+fn update_cordon_lease_metadata_and_exec() {
+    let p = platform();
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]},
+                              "guest": {"memory_mb": 64}, "metadata": {"team": "a"}}),
+    );
+    let id = m["id"].as_str().unwrap().to_owned();
+    let path = |rest: &str| format!("/v1/apps/toolbox/machines/{id}{rest}");
+
+    // exec: argv or a string; exit code, stdout and stderr come back.
+    let (code, out) = p.call(
+        "POST",
+        &path("/exec"),
+        json!({"command": ["/app/toolbox", "echo", "hello", "world"]}),
+    );
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        (out["exit_code"].as_i64(), out["stdout"].as_str()),
+        (Some(0), Some("hello world\n"))
+    );
+    assert!(out["stderr"].as_str().unwrap().contains("echo done"));
+    let (_, out) = p.call(
+        "POST",
+        &path("/exec"),
+        json!({"cmd": "/app/toolbox exit 7"}),
+    );
+    assert_eq!(out["exit_code"], 7);
+    let (code, _) = p.call("POST", &path("/exec"), json!({}));
+    assert_eq!(code, 400);
+
+    // metadata: set, read, filter, delete; the instance does not change.
+    let instance = m["instance_id"].clone();
+    let (code, _) = p.call("POST", &path("/metadata/env"), json!({"value": "prod"}));
+    assert_eq!(code, 204);
+    let (_, meta) = p.call("GET", &path("/metadata"), Value::Null);
+    assert_eq!(meta, json!({"team": "a", "env": "prod"}));
+    let (_, list) = p.call(
+        "GET",
+        "/v1/apps/toolbox/machines?metadata.env=prod",
+        Value::Null,
+    );
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (code, _) = p.call("DELETE", &path("/metadata/env"), Value::Null);
+    assert_eq!(code, 204);
+    let (code, _) = p.call("DELETE", &path("/metadata/env"), Value::Null);
+    assert_eq!(code, 404);
+    assert_eq!(machine(&p, &id)["instance_id"], instance);
+
+    // update: a new instance, restarted on the new config.
+    let (code, updated) = p.call(
+        "POST",
+        &path(""),
+        json!({"config": {"image": "toolbox:v1",
+        "init": {"cmd": ["sleep"]}, "guest": {"memory_mb": 96}}}),
+    );
+    assert_eq!(code, 200, "{updated}");
+    assert_ne!(updated["instance_id"], instance);
+    assert_eq!(updated["state"], "started");
+    let new_instance = updated["instance_id"].as_str().unwrap();
+    let (code, _) = p.call(
+        "GET",
+        &path(&format!(
+            "/wait?state=started&instance_id={new_instance}&timeout=10"
+        )),
+        Value::Null,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        cgroup_file("memory", &id, "memory.limit_in_bytes"),
+        (96u64 << 20).to_string()
+    );
+
+    // lease: only the holder may change the machine.
+    let (code, lease) = p.call(
+        "POST",
+        &path("/lease"),
+        json!({"ttl": 60, "description": "deploying"}),
+    );
+    assert_eq!(code, 200, "{lease}");
+    let nonce = lease["data"]["nonce"].as_str().unwrap().to_owned();
+    let (code, body) = p.call("POST", &path("/stop"), Value::Null);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("fly-machine-lease-nonce")
+    );
+    let (code, _) = p.call("POST", &path("/lease"), json!({"ttl": 60}));
+    assert_eq!(code, 409, "a second holder is refused");
+    let (code, got) = p.call("GET", &path("/lease"), Value::Null);
+    assert_eq!(
+        (code, got["data"]["description"].as_str()),
+        (200, Some("deploying"))
+    );
+    let with_nonce = |method: &str, rest: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", p.api, path(rest)))
+            .header("authorization", format!("Bearer {}", p.token))
+            .header("fly-machine-lease-nonce", &nonce)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            client.request(req).await.unwrap().status().as_u16()
+        })
+    };
+    assert_eq!(with_nonce("POST", "/stop"), 200);
+    wait_state(&p, &id, "stopped");
+    assert_eq!(with_nonce("DELETE", "/lease"), 200);
+    let (code, _) = p.call("GET", &path("/lease"), Value::Null);
+    assert_eq!(code, 404);
+    let (code, _) = p.call("POST", &path("/start"), Value::Null);
+    assert_eq!(code, 200, "free again once released");
+
+    // cordon takes the app's deploy machine out of the proxy's rotation.
+    assert_eq!(p.get("toolbox", "/"), (200, "toolbox\n".to_owned()));
+    let deployed = p.api_get("/api/v1/apps/toolbox")["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["release_id"].is_string() && m["state"] == "started")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, _) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{deployed}/cordon"),
+        Value::Null,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(p.get("toolbox", "/").0, 503);
+    let (code, _) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{deployed}/uncordon"),
+        Value::Null,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(p.get("toolbox", "/"), (200, "toolbox\n".to_owned()));
+}

@@ -7,6 +7,7 @@
 //!   prints how many it got, then sleeps (a pids-limit test reads that).
 //! - `toolbox sleep`: sleeps forever.
 //! - `toolbox exit CODE`: exits with CODE.
+//! - `toolbox echo WORDS…`: prints WORDS on stdout and a line on stderr.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -18,6 +19,10 @@ fn main() {
         Some("alloc") => alloc(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024)),
         Some("forkbomb") => forkbomb(),
         Some("sleep") => sleep_forever(),
+        Some("echo") => {
+            println!("{}", args[2..].join(" "));
+            eprintln!("toolbox: echo done");
+        }
         Some("exit") => std::process::exit(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1)),
         Some(other) => {
             eprintln!("toolbox: unknown mode {other}");
