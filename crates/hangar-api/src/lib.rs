@@ -16,6 +16,7 @@
 //! - `GET /api/v1/apps`, `GET /api/v1/apps/{app}`, `DELETE /api/v1/apps/{app}`
 //! - `GET /api/v1/apps/{app}/logs?follow=true`
 //! - `POST /api/v1/orgs` — admin org only: a new org and its first token
+//! - `POST /api/v1/images?name=NAME[:TAG]` — body: an OCI layout or `docker save` tar
 //! - `/v1/apps…` — the Fly-compatible Machines API (see [`fly`])
 
 mod auth;
@@ -39,6 +40,8 @@ pub use routes::router;
 pub struct ApiConfig {
     /// Largest accepted source upload, in bytes (413 beyond).
     pub max_upload_bytes: u64,
+    /// Largest accepted image archive (`hangar image import`), in bytes.
+    pub max_image_bytes: u64,
     /// Where uploads are streamed before validation.
     pub uploads_dir: PathBuf,
     /// The domain apps are served under (`<app>.<domain>`).
@@ -66,6 +69,8 @@ pub struct ApiState {
     pub builder: Builder,
     /// Node agent (machines, logs).
     pub agent: Agent,
+    /// The image store (imports).
+    pub images: hangar_image::ImageStore,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
 }

@@ -32,6 +32,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/builds/{id}", get(build_status))
         .route("/api/v1/builds/{id}/log", get(build_log))
         .route("/api/v1/orgs", post(create_org))
+        .route("/api/v1/images", post(import_image))
         .merge(crate::fly::routes())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .with_state(state)
@@ -52,13 +53,14 @@ async fn save_upload(
     state: &ApiState,
     headers: &HeaderMap,
     body: Body,
+    cap: u64,
+    flag: &str,
 ) -> Result<std::path::PathBuf, ApiError> {
-    let cap = state.cfg.max_upload_bytes;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the upload is larger than this server's cap of {cap} bytes; check what the archive includes (.gitignore) or raise --max-upload-bytes"
+                "the upload is larger than this server's cap of {cap} bytes; check what the archive includes (.gitignore) or raise {flag}"
             ),
         )
     };
@@ -137,7 +139,14 @@ async fn deploy(
     {
         return Err(hangar_store::StoreError::NameTaken(name.to_string()).into());
     }
-    let upload = save_upload(&state, &headers, body).await?;
+    let upload = save_upload(
+        &state,
+        &headers,
+        body,
+        state.cfg.max_upload_bytes,
+        "--max-upload-bytes",
+    )
+    .await?;
     let builder = state.builder.clone();
     let up = upload.clone();
     let accepted = tokio::task::spawn_blocking(move || builder.accept_source(&up))
@@ -377,6 +386,83 @@ async fn create_org(
     Ok((
         StatusCode::CREATED,
         Json(json!({"org": org.name, "id": org.id, "token": token})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct ImportQuery {
+    name: String,
+}
+
+/// `name[:tag]` of an imported image; the tag defaults to `latest`.
+fn image_name(raw: &str) -> Result<String, ApiError> {
+    let (name, tag) = raw.rsplit_once(':').unwrap_or((raw, "latest"));
+    let name_ok = !name.is_empty()
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b));
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if name_ok && tag_ok && !raw.starts_with("sha256:") {
+        Ok(format!("{name}:{tag}"))
+    } else {
+        Err(ApiError::bad_request(format!(
+            "name: {raw:?} is not an image name: lowercase letters, digits, '.', '_', '-' and '/', then an optional :tag"
+        )))
+    }
+}
+
+/// Imports an image archive under a name of the caller's org.
+async fn import_image(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Query(q): Query<ImportQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = image_name(&q.name)?;
+    let upload = save_upload(
+        &state,
+        &headers,
+        body,
+        state.cfg.max_image_bytes,
+        "--max-image-bytes",
+    )
+    .await?;
+    let images = state.images.clone();
+    let staging = state
+        .cfg
+        .uploads_dir
+        .join(hangar_core::id::new_id("import"));
+    let up = upload.clone();
+    let imported = tokio::task::spawn_blocking(move || images.import_archive(&up, &staging))
+        .await
+        .map_err(ApiError::internal)?;
+    let _ = tokio::fs::remove_file(&upload).await;
+    let digest = imported.map_err(|e| match e {
+        hangar_image::ImageError::Layer { source, .. } if source.is_too_large() => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the image archive was refused: {source}"),
+        ),
+        hangar_image::ImageError::Io { .. } => ApiError::internal(e),
+        other => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the image archive was refused: {other}"),
+        ),
+    })?;
+    state
+        .store
+        .set_image_ref(&caller.org.id, &name, &digest)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": name, "digest": digest})),
     )
         .into_response())
 }

@@ -50,7 +50,7 @@ pub enum ArchiveError {
     TooLarge { limit: u64 },
     #[error("archive has more than {limit} entries")]
     TooManyEntries { limit: u64 },
-    #[error("archive is not a valid gzip-compressed tar file: {0}")]
+    #[error("archive is not a valid tar file (an upload must be a gzip-compressed tar): {0}")]
     Corrupt(io::Error),
     #[error("could not write {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -75,7 +75,12 @@ impl ArchiveError {
 /// Checks a `.tar.gz` without writing anything; the same checks as
 /// [`unpack_tar_gz`]. Used to answer an upload with 4xx before queueing it.
 pub fn validate_tar_gz(reader: impl Read, limits: Limits) -> Result<(), ArchiveError> {
-    walk(tar::Archive::new(GzDecoder::new(reader)), None, limits)
+    walk(
+        tar::Archive::new(GzDecoder::new(reader)),
+        None,
+        limits,
+        Mode::Source,
+    )
 }
 
 /// Unpacks a `.tar.gz` into `dest` (created if missing).
@@ -89,13 +94,37 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, limits: Limits) -> Result<(), 
         path: dest.to_owned(),
         source,
     })?;
-    walk(tar::Archive::new(reader), Some(dest), limits)
+    walk(tar::Archive::new(reader), Some(dest), limits, Mode::Source)
+}
+
+/// Applies one OCI image layer (an uncompressed tar) onto `dest`, the
+/// root filesystem being assembled: whiteouts (`.wh.NAME`, `.wh..wh..opq`)
+/// delete from lower layers, hard links within the tree are made, and
+/// symlinks may point anywhere (they are resolved inside the machine at run
+/// time; the unpacker never writes through one). Device nodes and FIFOs are
+/// skipped: the runtime provides `/dev`.
+pub fn unpack_layer(reader: impl Read, dest: &Path, limits: Limits) -> Result<(), ArchiveError> {
+    fs::create_dir_all(dest).map_err(|source| ArchiveError::Io {
+        path: dest.to_owned(),
+        source,
+    })?;
+    walk(tar::Archive::new(reader), Some(dest), limits, Mode::Layer)
+}
+
+/// What kind of archive is being unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Uploaded source: strict (no links out, no hard links, no devices).
+    Source,
+    /// An image layer applied onto a root filesystem.
+    Layer,
 }
 
 fn walk<R: Read>(
     mut archive: tar::Archive<R>,
     dest: Option<&Path>,
     limits: Limits,
+    mode: Mode,
 ) -> Result<(), ArchiveError> {
     let mut total: u64 = 0;
     let mut count: u64 = 0;
@@ -137,8 +166,24 @@ fn walk<R: Read>(
                         target: String::new(),
                     })?
                     .into_owned();
-                check_link(&rel, &link, &shown)?;
+                if mode == Mode::Source {
+                    check_link(&rel, &link, &shown)?;
+                }
                 Some(link)
+            }
+            tar::EntryType::Link if mode == Mode::Layer => {
+                let link = entry
+                    .link_name()
+                    .map_err(ArchiveError::Corrupt)?
+                    .ok_or_else(|| ArchiveError::HardLink(shown.clone()))?
+                    .into_owned();
+                // The target is another entry of the tree: same rules as a path.
+                Some(checked_relative(&link, &shown)?)
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+                if mode == Mode::Layer =>
+            {
+                continue;
             }
             tar::EntryType::Link => return Err(ArchiveError::HardLink(shown)),
             tar::EntryType::Char => return Err(special(shown, "character device")),
@@ -160,6 +205,24 @@ fn walk<R: Read>(
         if let Some(parent) = out.parent() {
             ensure_real_dirs(dest, parent).map_err(io_err)?;
         }
+        // Whiteouts act only below real directories (checked just above).
+        if mode == Mode::Layer
+            && let Some(name) = rel.file_name().and_then(|n| n.to_str())
+            && let Some(hidden) = name.strip_prefix(".wh.")
+        {
+            let parent = out.parent().unwrap_or(dest);
+            if hidden == ".wh..opq" {
+                // Opaque directory: nothing of the lower layers shows through.
+                if let Ok(children) = fs::read_dir(parent) {
+                    for child in children.flatten() {
+                        remove_existing(&child.path()).map_err(io_err)?;
+                    }
+                }
+            } else if !hidden.is_empty() && hidden != "." && hidden != ".." {
+                remove_existing(&parent.join(hidden)).map_err(io_err)?;
+            }
+            continue;
+        }
         match kind {
             tar::EntryType::Directory => {
                 if !out.is_dir() {
@@ -170,6 +233,18 @@ fn walk<R: Read>(
                 remove_existing(&out).map_err(io_err)?;
                 let link = target.unwrap_or_default();
                 std::os::unix::fs::symlink(&link, &out).map_err(io_err)?;
+            }
+            tar::EntryType::Link => {
+                let rel_target = target.unwrap_or_default();
+                // link(2) follows symlinks in the directories of the path:
+                // they must all be real, or the link could reach the host.
+                if let Some(parent) = dest.join(&rel_target).parent() {
+                    ensure_real_dirs(dest, parent).map_err(io_err)?;
+                }
+                remove_existing(&out).map_err(io_err)?;
+                let original = dest.join(rel_target);
+                // link(2) does not follow a symlink at `original`.
+                fs::hard_link(&original, &out).map_err(io_err)?;
             }
             _ => {
                 remove_existing(&out).map_err(io_err)?;
@@ -400,6 +475,62 @@ mod tests {
             validate_tar_gz(&data[..], limits),
             Err(ArchiveError::TooManyEntries { .. })
         ));
+    }
+
+    fn plain_tar(entries: &[(&str, T, &[u8], Option<&str>)]) -> Vec<u8> {
+        let gz = targz(entries);
+        let mut out = Vec::new();
+        io::copy(&mut GzDecoder::new(&gz[..]), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn layers_apply_whiteouts_hard_links_and_absolute_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        let lower = plain_tar(&[
+            ("etc/", T::Directory, b"", None),
+            ("etc/keep", T::Regular, b"k", None),
+            ("etc/gone", T::Regular, b"g", None),
+            ("var/", T::Directory, b"", None),
+            ("var/cache/", T::Directory, b"", None),
+            ("var/cache/a", T::Regular, b"a", None),
+            ("bin/", T::Directory, b"", None),
+            ("bin/busy", T::Regular, b"#!", None),
+            ("dev/", T::Directory, b"", None),
+            ("dev/null", T::Char, b"", None),
+        ]);
+        let upper = plain_tar(&[
+            ("etc/.wh.gone", T::Regular, b"", None),
+            ("var/cache/.wh..wh..opq", T::Regular, b"", None),
+            ("var/cache/b", T::Regular, b"b", None),
+            ("bin/sh", T::Link, b"", Some("bin/busy")),
+            ("lib", T::Symlink, b"", Some("/usr/lib")),
+        ]);
+        unpack_layer(&lower[..], &root, Limits::default()).unwrap();
+        unpack_layer(&upper[..], &root, Limits::default()).unwrap();
+        assert!(root.join("etc/keep").exists());
+        assert!(!root.join("etc/gone").exists());
+        assert!(!root.join("var/cache/a").exists());
+        assert!(root.join("var/cache/b").exists());
+        assert!(!root.join("dev/null").exists(), "device nodes are skipped");
+        assert_eq!(fs::read(root.join("bin/sh")).unwrap(), b"#!");
+        assert_eq!(
+            fs::read_link(root.join("lib")).unwrap(),
+            Path::new("/usr/lib")
+        );
+        // Still no escape through names or hard links.
+        let evil = plain_tar(&[("x", T::Link, b"", Some("../../etc/passwd"))]);
+        assert!(unpack_layer(&evil[..], &root, Limits::default()).is_err());
+        let evil = plain_tar(&[("../x", T::Regular, b"x", None)]);
+        assert!(unpack_layer(&evil[..], &root, Limits::default()).is_err());
+        // Through a symlinked directory (lib -> /usr/lib): neither a hard
+        // link's target nor a whiteout may reach the host.
+        let evil = plain_tar(&[("y", T::Link, b"", Some("lib/os-release"))]);
+        assert!(unpack_layer(&evil[..], &root, Limits::default()).is_err());
+        let evil = plain_tar(&[("lib/.wh.os-release", T::Regular, b"", None)]);
+        assert!(unpack_layer(&evil[..], &root, Limits::default()).is_err());
+        assert!(Path::new("/usr/lib/os-release").exists());
     }
 
     #[test]

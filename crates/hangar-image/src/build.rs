@@ -91,7 +91,7 @@ impl ImageStore {
 }
 
 /// The OCI name of this host's architecture.
-fn oci_arch() -> &'static str {
+pub(crate) fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

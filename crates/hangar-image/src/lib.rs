@@ -13,8 +13,14 @@
 //! files, and an *app* layer with the binary at `/app/<name>`. Layers are
 //! written deterministically (sorted, zero mtimes, root owner), so the base
 //! layer of every app on a host is one blob.
+//!
+//! Images from elsewhere come in through [`ImageStore::import_archive`]: an
+//! OCI image layout (as a tar) or a `docker save` archive. The store's
+//! interface is blob- and manifest-shaped, so a registry pull can feed it
+//! the same way later.
 
 mod build;
+mod import;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -31,6 +37,9 @@ pub mod media {
     pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
     pub const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
     pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+    pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 }
 
 /// Errors of the image store.
@@ -273,23 +282,34 @@ impl ImageStore {
         }
         let manifest = self.manifest(manifest_digest)?;
         let staging = self.tmp_path();
+        let limits = Limits {
+            max_unpacked_bytes: 32 << 30,
+            max_entries: 2_000_000,
+        };
         for layer in &manifest.layers {
-            if layer.media_type != media::LAYER_GZIP
-                && layer.media_type != "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            {
-                return Err(ImageError::Malformed {
-                    digest: manifest_digest.to_owned(),
-                    reason: format!("layer media type {} is not supported", layer.media_type),
-                });
-            }
+            let gzip = match layer.media_type.as_str() {
+                media::LAYER_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => true,
+                media::LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => false,
+                other => {
+                    return Err(ImageError::Malformed {
+                        digest: manifest_digest.to_owned(),
+                        reason: format!(
+                            "layer media type {other} is not supported (gzip or uncompressed tar only)"
+                        ),
+                    });
+                }
+            };
             let path = self.blob_path(&layer.digest)?;
-            let file = fs::File::open(&path).map_err(io_err(&path))?;
-            archive::unpack_tar_gz(io::BufReader::new(file), &staging, Limits::default()).map_err(
-                |source| ImageError::Layer {
-                    digest: layer.digest.clone(),
-                    source,
-                },
-            )?;
+            let file = io::BufReader::new(fs::File::open(&path).map_err(io_err(&path))?);
+            let applied = if gzip {
+                archive::unpack_layer(flate2::read::GzDecoder::new(file), &staging, limits)
+            } else {
+                archive::unpack_layer(file, &staging, limits)
+            };
+            applied.map_err(|source| ImageError::Layer {
+                digest: layer.digest.clone(),
+                source,
+            })?;
         }
         fs::create_dir_all(&staging).map_err(io_err(&staging))?;
         match fs::rename(&staging, &dest) {

@@ -294,3 +294,63 @@ pub async fn destroy(app: &str, yes: bool) -> Result<()> {
     println!("Destroyed {app}");
     Ok(())
 }
+
+/// `hangar image import PATH --name NAME[:TAG]`.
+pub async fn image_import(path: &Path, name: &str) -> Result<()> {
+    let api = api()?;
+    let p = path.to_owned();
+    let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        if p.is_dir() {
+            // An OCI layout directory: send it as a tar.
+            let mut tar = tar::Builder::new(Vec::new());
+            tar.follow_symlinks(false);
+            tar.append_dir_all(".", &p)
+                .with_context(|| format!("packing {}", p.display()))?;
+            Ok(tar.into_inner()?)
+        } else {
+            std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+        }
+    })
+    .await??;
+    println!(
+        "==> Uploading {} to {}",
+        human_bytes(data.len() as u64),
+        api.base()
+    );
+    let answer = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/images?name={}", query_escape(name)),
+            Bytes::from(data),
+            "application/x-tar",
+        )
+        .await?;
+    println!(
+        "==> Imported {} ({})",
+        answer["name"].as_str().unwrap_or(name),
+        answer["digest"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved kept).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_escaped() {
+        assert_eq!(super::query_escape("tools/x:1.0"), "tools%2Fx%3A1.0");
+        assert_eq!(super::query_escape("Bad Name"), "Bad%20Name");
+    }
+}

@@ -48,6 +48,9 @@ enum Command {
         /// Largest accepted source upload, in bytes.
         #[arg(long, default_value_t = 100 * 1024 * 1024)]
         max_upload_bytes: u64,
+        /// Largest accepted image archive (hangar image import), in bytes.
+        #[arg(long, default_value_t = 4 * 1024 * 1024 * 1024)]
+        max_image_bytes: u64,
         /// Per-app cargo target dirs (default: <data-dir>/targets).
         #[arg(long, env = "HANGAR_BUILD_TARGET_ROOT")]
         build_target_root: Option<PathBuf>,
@@ -84,12 +87,28 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Manage images in Hangar's store.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Delete an app, its machines, releases and logs.
     Destroy {
         app: String,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout (a directory or a tar) or a `docker save` tar.
+    Import {
+        path: PathBuf,
+        /// The name machines use in config.image, e.g. myimage:1.0.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -111,6 +130,7 @@ async fn run(cli: Cli) -> Result<()> {
             domain,
             driver,
             max_upload_bytes,
+            max_image_bytes,
             build_target_root,
             memory_mb,
         } => {
@@ -132,6 +152,7 @@ async fn run(cli: Cli) -> Result<()> {
                     DriverArg::Process => hangar_node::DriverChoice::Process,
                 },
                 max_upload_bytes,
+                max_image_bytes,
                 build_target_root,
                 memory_mb,
             })
@@ -146,5 +167,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { app } => commands::status(&app).await,
         Command::Logs { app, follow } => commands::logs(&app, follow).await,
         Command::Destroy { app, yes } => commands::destroy(&app, yes).await,
+        Command::Image {
+            command: ImageCommand::Import { path, name },
+        } => commands::image_import(&path, &name).await,
     }
 }

@@ -43,6 +43,8 @@ pub struct UpOptions {
     pub driver: DriverChoice,
     /// Largest accepted upload.
     pub max_upload_bytes: u64,
+    /// Largest accepted image archive.
+    pub max_image_bytes: u64,
     /// Per-app cargo target dirs (default: under the data dir).
     pub build_target_root: Option<PathBuf>,
     /// Machine memory limit.
@@ -177,8 +179,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         store,
         builder,
         agent,
+        images,
         cfg: Arc::new(ApiConfig {
             max_upload_bytes: opts.max_upload_bytes,
+            max_image_bytes: opts.max_image_bytes,
             uploads_dir: uploads,
             domain: opts.domain.clone(),
             proxy_port: proxy_addr.port(),

@@ -54,7 +54,7 @@ fn bad_input_gets_clear_4xx_answers() {
             raw_targz(&[("dev", T::Char, b"", None)]),
             "character device",
         ),
-        (b"this is not a tarball".to_vec(), "not a valid gzip"),
+        (b"this is not a tarball".to_vec(), "not a valid tar"),
     ];
     for (archive, needle) in cases {
         let (code, body) = p.api_request("POST", &deploys("evil"), Some(&token), archive);

@@ -594,3 +594,81 @@ fn update_cordon_lease_metadata_and_exec() {
     assert_eq!(code, 200);
     assert_eq!(p.get("toolbox", "/"), (200, "toolbox\n".to_owned()));
 }
+
+#[test]
+fn imported_images_run_as_machines() {
+    let p = platform();
+    // Export the toolbox image as an OCI layout directory, as other tools
+    // write one, then import it under a new name with the CLI.
+    let digest = p.api_get("/api/v1/apps/toolbox")["active_release"]["image_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blobs = p.data_dir().join("images/blobs/sha256");
+    let layout = p.dir.path().join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(&digest[7..])).unwrap()).unwrap();
+    let mut wanted = vec![
+        digest.clone(),
+        manifest["config"]["digest"].as_str().unwrap().to_owned(),
+    ];
+    for l in manifest["layers"].as_array().unwrap() {
+        wanted.push(l["digest"].as_str().unwrap().to_owned());
+    }
+    for d in &wanted {
+        std::fs::copy(
+            blobs.join(&d[7..]),
+            layout.join("blobs/sha256").join(&d[7..]),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 1}]});
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+
+    let out = p.hangar(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "tools/imported:1.0",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Imported tools/imported:1.0"));
+
+    let m = create(
+        &p,
+        json!({"image": "tools/imported:1.0", "init": {"cmd": ["sleep"]}}),
+    );
+    let id = m["id"].as_str().unwrap();
+    assert_eq!(m["image_ref"]["repository"], "tools/imported");
+    let (_, out) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{id}/exec"),
+        json!({"command": ["/app/toolbox", "echo", "imported"]}),
+    );
+    assert_eq!(out["stdout"], "imported\n");
+
+    // A file that is no image, and a bad name: clear refusals.
+    let junk = p.dir.path().join("junk.tar");
+    std::fs::write(&junk, b"not a tar at all").unwrap();
+    let out = p.hangar(&["image", "import", junk.to_str().unwrap(), "--name", "junk"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("422") || err.contains("400"), "{err}");
+    let out = p.hangar(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "Bad Name",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an image name"));
+}
