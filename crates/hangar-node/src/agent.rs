@@ -65,7 +65,7 @@ pub enum NodeError {
         hint: &'static str,
     },
     /// The machine asks for GPUs this node does not have.
-    #[error("config.guest.gpus: {wanted} GPU(s) requested but this node has {available}")]
+    #[error("config.guest.gpus: {wanted} GPU(s) requested but this node has {available} free")]
     NoGpu { wanted: u32, available: u32 },
 }
 
@@ -88,6 +88,8 @@ struct Inner {
     cfg: NodeConfig,
     /// NVIDIA GPUs on this node, detected at start.
     gpus: u32,
+    /// Which GPU indexes each running machine holds.
+    gpu_holders: Mutex<HashMap<String, Vec<u32>>>,
     /// One operation at a time per app (`app:<id>`: rollouts, destroy) and
     /// per machine (`mch:<id>`: start, stop, suspend, destroy).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -114,6 +116,7 @@ impl Agent {
                 routes,
                 cfg,
                 gpus: driver::detect_gpus(),
+                gpu_holders: Mutex::new(HashMap::new()),
                 locks: Mutex::new(HashMap::new()),
                 publish: tokio::sync::Mutex::new(()),
             }),
@@ -420,6 +423,11 @@ impl Agent {
             image.config.entrypoint.as_deref().unwrap_or_default(),
             image.config.cmd.as_deref().unwrap_or_default(),
         );
+        let gpus = self.take_gpus(&m.id, guest.gpus)?;
+        if !gpus.is_empty() {
+            let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+            env.push(format!("NVIDIA_VISIBLE_DEVICES={}", list.join(",")));
+        }
         let spec = MachineSpec {
             id: m.id.clone(),
             hostname: app_name.to_owned(),
@@ -439,6 +447,7 @@ impl Agent {
                 cpus: f64::from(guest.cpus),
                 pids: inner.cfg.limits.pids,
             },
+            gpus,
         };
         inner
             .store
@@ -447,6 +456,7 @@ impl Agent {
         let pid = match inner.driver.start(&spec).await {
             Ok(pid) => pid,
             Err(e) => {
+                self.release_gpus(&m.id);
                 inner
                     .store
                     .set_machine_state(&m.id, MachineState::Failed, None, None)
@@ -470,6 +480,38 @@ impl Agent {
             self.publish_routes(&m.app_id).await?;
         }
         Ok(m)
+    }
+
+    /// Reserves `n` free GPU indexes for a machine (none when `n` is 0).
+    fn take_gpus(&self, machine: &str, n: u32) -> Result<Vec<u32>, NodeError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut holders = self
+            .inner
+            .gpu_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        holders.remove(machine);
+        let busy: Vec<u32> = holders.values().flatten().copied().collect();
+        let free: Vec<u32> = (0..self.inner.gpus).filter(|i| !busy.contains(i)).collect();
+        if free.len() < n as usize {
+            return Err(NodeError::NoGpu {
+                wanted: n,
+                available: free.len() as u32,
+            });
+        }
+        let taken = free[..n as usize].to_vec();
+        holders.insert(machine.to_owned(), taken.clone());
+        Ok(taken)
+    }
+
+    fn release_gpus(&self, machine: &str) {
+        self.inner
+            .gpu_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(machine);
     }
 
     async fn load(&self, id: &str) -> Result<(Machine, App), NodeError> {
@@ -707,6 +749,7 @@ impl Agent {
                 _ => return,
             }
             let oom = agent.inner.driver.reap(&m.id).await;
+            agent.release_gpus(&m.id);
             warn!(machine = %m.id, ?code, oom, "machine exited");
             if let Err(e) = store.record_exit(&m.id, code, oom).await {
                 warn!(machine = %m.id, "recording exit: {e}");
@@ -824,6 +867,7 @@ impl Agent {
             Driver::Process
         };
         driver.stop(&m.id, pid_of(m), signal, grace).await?;
+        self.release_gpus(&m.id);
         let state = if destroy {
             let _ = std::fs::remove_dir_all(inner.cfg.machines_dir.join(&m.id));
             MachineState::Destroyed

@@ -64,6 +64,8 @@ pub struct MachineSpec {
     pub log: PathBuf,
     /// cgroup limits.
     pub limits: Limits,
+    /// Indexes of the NVIDIA GPUs passed in (`/dev/nvidia<i>`).
+    pub gpus: Vec<u32>,
 }
 
 /// Why a driver could not do what was asked.
@@ -389,6 +391,84 @@ fn oom_kills(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Device nodes `(path, major, minor)` and read-only binds `(host, inside)`.
+pub type GpuPassthrough = (Vec<(String, u64, u64)>, Vec<(PathBuf, PathBuf)>);
+
+/// What a machine with `gpus` needs from the host: the device nodes
+/// (path, major, minor) of those GPUs and of the driver's control devices,
+/// and read-only binds (host path, path inside) of `nvidia-smi`, the
+/// driver's user-space libraries (NVML, CUDA) and what `nvidia-smi` links.
+pub fn gpu_passthrough(gpus: &[u32]) -> GpuPassthrough {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut paths: Vec<String> = [
+        "nvidiactl",
+        "nvidia-uvm",
+        "nvidia-uvm-tools",
+        "nvidia-modeset",
+    ]
+    .iter()
+    .map(|n| format!("/dev/{n}"))
+    .collect();
+    paths.extend(gpus.iter().map(|i| format!("/dev/nvidia{i}")));
+    let mut devices = Vec::new();
+    for p in paths {
+        if let Ok(meta) = fs::metadata(&p)
+            && meta.file_type().is_char_device()
+        {
+            let rdev = meta.rdev();
+            devices.push((
+                p,
+                u64::from(libc::major(rdev)),
+                u64::from(libc::minor(rdev)),
+            ));
+        }
+    }
+    let mut binds = Vec::new();
+    let smi = [
+        "/usr/bin/nvidia-smi",
+        "/usr/local/nvidia/bin/nvidia-smi",
+        "/usr/local/bin/nvidia-smi",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file());
+    let lib_dir = PathBuf::from("/usr/lib/x86_64-linux-gnu");
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/local/nvidia/lib64",
+        "/usr/lib",
+    ] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("libnvidia-ml.so") || name.starts_with("libcuda.so") {
+                // Inside, they go where the loader looks without a cache.
+                binds.push((e.path(), lib_dir.join(&name)));
+            }
+        }
+    }
+    if let Some(smi) = smi {
+        if let Ok(out) = std::process::Command::new("ldd").arg(&smi).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let path = match line.split_once("=>") {
+                    Some((_, rest)) => rest.split_whitespace().next(),
+                    None => line.split_whitespace().next(),
+                };
+                if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                    binds.push((PathBuf::from(p), PathBuf::from(p)));
+                }
+            }
+        }
+        binds.push((smi, PathBuf::from("/usr/bin/nvidia-smi")));
+    }
+    binds.sort();
+    binds.dedup_by(|a, b| a.1 == b.1);
+    (devices, binds)
+}
+
 /// NVIDIA GPUs on this host (`/dev/nvidia0`, `/dev/nvidia1`, …).
 pub fn detect_gpus() -> u32 {
     (0..64)
@@ -520,6 +600,8 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
     if spec.argv.is_empty() {
         return Err(DriverError::NoCommand);
     }
+    let mut devices = Vec::new();
+    let mut allowed = vec![json!({"allow": false, "access": "rwm"})];
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -536,6 +618,25 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
     if Path::new("/etc/resolv.conf").exists() {
         mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind",
             "source": "/etc/resolv.conf", "options": ["rbind", "ro"]}));
+    }
+    if !spec.gpus.is_empty() {
+        let (devs, binds) = gpu_passthrough(&spec.gpus);
+        for (path, major, minor) in devs {
+            devices.push(
+                json!({"path": path, "type": "c", "major": major, "minor": minor,
+                                "fileMode": 0o666, "uid": 0, "gid": 0}),
+            );
+            allowed.push(
+                json!({"allow": true, "type": "c", "major": major, "minor": minor,
+                                "access": "rwm"}),
+            );
+        }
+        for (source, destination) in binds {
+            mounts.push(
+                json!({"destination": destination, "type": "bind", "source": source,
+                               "options": ["bind", "ro", "nosuid"]}),
+            );
+        }
     }
     // As many open files as hangar itself may have (a container cannot be
     // given more than its creator's hard limit), capped at 65536.
@@ -576,8 +677,9 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
                            "swap": spec.limits.memory_mb * 1024 * 1024},
                 "pids": {"limit": spec.limits.pids},
                 "cpu": {"quota": quota, "period": quota_period},
-                "devices": [{"allow": false, "access": "rwm"}]
+                "devices": allowed
             },
+            "devices": devices,
             "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
                 "/sys/firmware"],
