@@ -117,6 +117,23 @@ pub struct Service {
     /// Concurrency limits for load balancing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+    /// Hangar's extension: how long without requests before autostop acts
+    /// (e.g. `"5m"`, down to `"1s"`; default 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+}
+
+/// Idle time before autostop acts when a service names none.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Service {
+    /// The service's idle timeout (validated by [`MachineConfig::validate`]).
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+            .as_deref()
+            .and_then(parse_duration)
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+    }
 }
 
 fn tcp() -> String {
@@ -355,6 +372,14 @@ impl MachineConfig {
                 return Err(invalid(
                     &format!("services[{i}].internal_port"),
                     "must be 1 to 65535",
+                ));
+            }
+            if let Some(t) = &s.idle_timeout
+                && parse_duration(t).is_none_or(|d| d < Duration::from_secs(1))
+            {
+                return Err(invalid(
+                    &format!("services[{i}].idle_timeout"),
+                    "must be a duration of at least 1s, such as \"30s\" or \"5m\"",
                 ));
             }
             if !matches!(s.protocol.as_str(), "tcp" | "udp") {

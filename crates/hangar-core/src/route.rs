@@ -2,11 +2,15 @@
 //! the edge proxy that sends requests there.
 //!
 //! Architecture Invariant: the node agent never calls the proxy directly; it
-//! publishes routes through [`RouteSink`]. A multi-node deployment swaps the
-//! in-process sink for one that goes over the event bus, without touching
-//! either side.
+//! publishes routes through [`RouteSink`] and reads request activity through
+//! [`Activity`]. The proxy reaches the node only through [`Waker`]. A
+//! multi-node deployment swaps these in-process seams for ones that go over
+//! the event bus, without touching either side.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
 
 /// Receives the complete, current upstream set of an app.
 ///
@@ -18,4 +22,21 @@ pub trait RouteSink: Send + Sync + 'static {
     fn set_route(&self, app: &str, upstreams: Vec<SocketAddr>);
     /// The app no longer exists (the proxy answers 404).
     fn remove_app(&self, app: &str);
+}
+
+/// What a wake resolves to: `Err` carries the reason, worded for the user.
+pub type WakeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+/// Brings an app up when a request finds none of its machines running.
+pub trait Waker: Send + Sync + 'static {
+    /// Starts or resumes one of the app's machines, returning once it
+    /// accepts connections and its route is published.
+    fn wake(&self, app: &str) -> WakeFuture;
+}
+
+/// How long each app has gone without a request, as the proxy saw it.
+pub trait Activity: Send + Sync + 'static {
+    /// `None` while a request (or a streaming response) is in flight or the
+    /// app is unknown; otherwise the time since the last request ended.
+    fn idle_for(&self, app: &str) -> Option<Duration>;
 }

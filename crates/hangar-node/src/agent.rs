@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hangar_core::machine::{Guest, MachineConfig, RestartPolicy};
-use hangar_core::route::RouteSink;
+use hangar_core::machine::{Autostop, Guest, MachineConfig, RestartPolicy};
+use hangar_core::route::{Activity, RouteSink, WakeFuture, Waker};
 use hangar_core::status::{MachineState, ReleaseStatus};
 use hangar_image::{ImageError, ImageStore};
 use hangar_store::{App, Machine, NewMachine, Release, Store, StoreError};
@@ -395,7 +395,11 @@ impl Agent {
         }
         let lock = self.lock(format!("mch:{}", m.id));
         let _guard = lock.lock().await;
-        self.launch(&m, &app.name).await
+        let m = self.launch(&m, &app.name).await?;
+        if m.release_id.is_none() {
+            self.publish_routes(&m.app_id).await?;
+        }
+        Ok(m)
     }
 
     /// Starts the machine's process (from created or stopped).
@@ -476,9 +480,6 @@ impl Agent {
             ..m.clone()
         };
         self.spawn_monitor(m.clone(), pid);
-        if m.release_id.is_none() {
-            self.publish_routes(&m.app_id).await?;
-        }
         Ok(m)
     }
 
@@ -531,6 +532,12 @@ impl Agent {
     /// Starts a created or stopped machine, or resumes a suspended one.
     /// Starting a started machine is a no-op.
     pub async fn start(&self, id: &str) -> Result<Machine, NodeError> {
+        self.start_inner(id, true).await
+    }
+
+    /// [`Agent::start`]; `publish` false leaves the route to the caller
+    /// (a wake publishes only once the machine accepts connections).
+    async fn start_inner(&self, id: &str, publish: bool) -> Result<Machine, NodeError> {
         let lock = self.lock(format!("mch:{id}"));
         let _guard = lock.lock().await;
         let (m, app) = self.load(id).await?;
@@ -550,7 +557,11 @@ impl Agent {
             }
             MachineState::Created | MachineState::Stopped | MachineState::Failed => {
                 self.inner.store.set_machine_restarts(&m.id, 0).await?;
-                self.launch(&m, &app.name).await
+                let m = self.launch(&m, &app.name).await?;
+                if publish {
+                    self.publish_routes(&m.app_id).await?;
+                }
+                Ok(m)
             }
             state => Err(NodeError::InvalidState {
                 id: m.id,
@@ -684,7 +695,9 @@ impl Agent {
             .ok_or_else(|| NodeError::NotFound(format!("machine {id}")))?;
         if was_running && !skip_launch {
             self.inner.store.set_machine_restarts(id, 0).await?;
-            return self.launch(&updated, &app.name).await;
+            let m = self.launch(&updated, &app.name).await?;
+            self.publish_routes(&m.app_id).await?;
+            return Ok(m);
         }
         Ok(updated)
     }
@@ -799,8 +812,11 @@ impl Agent {
                 return;
             }
             info!(machine = %m.id, attempt = restarts + 1, "restarting after exit");
-            if let Err(e) = self.launch(&cur, &app.name).await {
-                warn!(machine = %m.id, "restart failed: {e}");
+            match self.launch(&cur, &app.name).await {
+                Ok(m) => {
+                    let _ = self.publish_routes(&m.app_id).await;
+                }
+                Err(e) => warn!(machine = %m.id, "restart failed: {e}"),
             }
         } else if m.config.auto_destroy {
             let lock = self.lock(format!("mch:{}", m.id));
@@ -895,11 +911,7 @@ impl Agent {
             .machines_for_app(app_id)
             .await?
             .into_iter()
-            .filter(|m| m.state == MachineState::Started && !m.cordoned)
-            .filter(|m| match &m.release_id {
-                Some(r) => Some(r) == active.as_ref(),
-                None => !m.config.services.is_empty(),
-            })
+            .filter(|m| m.state == MachineState::Started && routable(m, active.as_ref()))
             .map(|m| SocketAddr::from(([127, 0, 0, 1], m.port as u16)))
             .collect();
         self.inner.routes.set_route(&app.name, upstreams);
@@ -926,6 +938,172 @@ impl Agent {
             .logs_dir
             .join(app)
             .join(format!("{machine_id}.log"))
+    }
+}
+
+/// Whether a machine takes the app's traffic when started: not cordoned,
+/// and of the active release or (Machines API) with a service.
+fn routable(m: &Machine, active_release: Option<&String>) -> bool {
+    !m.cordoned
+        && match &m.release_id {
+            Some(r) => Some(r) == active_release,
+            None => !m.config.services.is_empty(),
+        }
+}
+
+/// The machine's first service, which carries its autostop settings.
+fn service(m: &Machine) -> Option<&hangar_core::machine::Service> {
+    m.config.services.first()
+}
+
+impl Waker for Agent {
+    fn wake(&self, app: &str) -> WakeFuture {
+        let (agent, app) = (self.clone(), app.to_owned());
+        Box::pin(async move { agent.wake_app(&app).await })
+    }
+}
+
+impl Agent {
+    /// Starts (or resumes) one of the app's stopped machines for a request
+    /// and returns once it accepts connections and is routed.
+    async fn wake_app(&self, app_name: &str) -> Result<(), String> {
+        let store = &self.inner.store;
+        let app = store
+            .app_by_name(app_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the app no longer exists")?;
+        let lock = self.lock(format!("wake:{}", app.id));
+        let _guard = lock.lock().await;
+        let active = self
+            .active_release(&app.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|r| r.id);
+        let machines: Vec<Machine> = store
+            .machines_for_app(&app.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|m| routable(m, active.as_ref()))
+            .collect();
+        if machines.iter().any(|m| m.state == MachineState::Started) {
+            // Woken meanwhile by someone else.
+            return self
+                .publish_routes(&app.id)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let autostart = |m: &&Machine| service(m).is_none_or(|s| s.autostart != Some(false));
+        // A suspended machine resumes in milliseconds: prefer it.
+        let candidate = machines
+            .iter()
+            .filter(autostart)
+            .find(|m| m.state == MachineState::Suspended)
+            .or_else(|| {
+                machines
+                    .iter()
+                    .filter(autostart)
+                    .find(|m| matches!(m.state, MachineState::Stopped | MachineState::Created))
+            })
+            .ok_or("none of its machines can be started (none is stopped with autostart on)")?;
+        let started = Instant::now();
+        let m = self
+            .start_inner(&candidate.id, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], m.port as u16));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "machine {} did not accept connections on $PORT within 30 s",
+                    m.id
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.publish_routes(&app.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(app = %app.name, machine = %m.id, ms = started.elapsed().as_millis() as u64, "woke for a request");
+        Ok(())
+    }
+
+    /// Every `interval`, stops or suspends machines whose app has had no
+    /// request for their service's idle timeout, keeping
+    /// `min_machines_running` of each app started.
+    pub fn spawn_idle_loop(
+        &self,
+        activity: Arc<dyn Activity>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if let Err(e) = agent.idle_pass(&*activity).await {
+                    warn!("idle check: {e}");
+                }
+            }
+        });
+    }
+
+    async fn idle_pass(&self, activity: &dyn Activity) -> Result<(), NodeError> {
+        let store = &self.inner.store;
+        for app in store.all_apps().await? {
+            let active = self.active_release(&app.id).await?.map(|r| r.id);
+            let started: Vec<Machine> = store
+                .machines_for_app(&app.id)
+                .await?
+                .into_iter()
+                .filter(|m| m.state == MachineState::Started && routable(m, active.as_ref()))
+                .collect();
+            let stoppable: Vec<&Machine> = started
+                .iter()
+                .filter(|m| {
+                    service(m).is_some_and(|s| {
+                        matches!(s.autostop, Some(Autostop::Stop) | Some(Autostop::Suspend))
+                    })
+                })
+                .collect();
+            if stoppable.is_empty() {
+                continue;
+            }
+            let Some(idle) = activity.idle_for(&app.name) else {
+                continue; // requests in flight
+            };
+            let keep = stoppable
+                .iter()
+                .filter_map(|m| service(m).and_then(|s| s.min_machines_running))
+                .max()
+                .unwrap_or(0) as usize;
+            let mut running = started.len();
+            for m in stoppable {
+                if running <= keep {
+                    break;
+                }
+                let Some(s) = service(m) else { continue };
+                if idle < s.idle_timeout() {
+                    continue;
+                }
+                info!(app = %app.name, machine = %m.id, idle_ms = idle.as_millis() as u64, "idle: {:?}", s.autostop);
+                let done = if s.autostop == Some(Autostop::Suspend) {
+                    self.suspend(&m.id).await.map(|_| ())
+                } else {
+                    self.stop(&m.id, None, None).await.map(|_| ())
+                };
+                match done {
+                    Ok(()) => running -= 1,
+                    Err(e) => warn!(machine = %m.id, "autostop: {e}"),
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -44,6 +44,14 @@ pub enum ProxyError {
         /// The app that was asked for.
         app: String,
     },
+    /// The app's machines are stopped and none could be woken in time.
+    #[error("app '{app}' has no running machine and could not be started: {reason}")]
+    WakeFailed {
+        /// The app that was asked for.
+        app: String,
+        /// Why, worded for the client.
+        reason: String,
+    },
     /// The upstream could not be reached or failed before sending a response.
     #[error("app '{app}' is not answering: {reason}")]
     Upstream {
@@ -69,7 +77,9 @@ impl ProxyError {
             | ProxyError::ForeignHost { .. }
             | ProxyError::UnknownApp { .. } => StatusCode::NOT_FOUND,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoMachine { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoMachine { .. } | ProxyError::WakeFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Listener(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -17,12 +17,46 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::ProxyError;
-use crate::table::RouteTable;
+use crate::table::{ActivityGuard, RouteTable};
 
 /// The body the proxy answers with: the upstream's, streamed through
-/// untouched, or a small generated one for errors. An `Either` rather than a
-/// boxed body so the hot path does not allocate.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// untouched (counted as activity until it ends), or a small generated one
+/// for errors. An `Either` rather than a boxed body so the hot path does not
+/// allocate.
+pub(crate) type ProxyBody = Either<Tracked, Full<Bytes>>;
+
+/// An upstream response body that holds its app's activity guard until the
+/// body is finished or dropped, so streaming responses count as activity.
+#[derive(Debug)]
+pub(crate) struct Tracked {
+    /// The upstream's body.
+    inner: Incoming,
+    /// Dropped with the body.
+    _guard: ActivityGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long a request waits for its app to wake before a 503.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The pooled upstream client. The request body type is `Incoming`, so the
 /// client's request body is streamed straight from the client connection.
@@ -121,7 +155,10 @@ pub(crate) fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if matches!(err, ProxyError::NoMachine { .. }) {
+    if matches!(
+        err,
+        ProxyError::NoMachine { .. } | ProxyError::WakeFailed { .. }
+    ) {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     resp
@@ -129,7 +166,7 @@ pub(crate) fn error_response(err: &ProxyError) -> Response<ProxyBody> {
 
 /// Routes one request and relays it; `Err` is an answer the proxy generates
 /// itself (404/405/502/503), `Ok` the upstream's response, body unread.
-async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Tracked>, ProxyError> {
     let shared = &ctx.shared;
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectNotSupported);
@@ -150,10 +187,30 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Incom
         .to_str()
         .map_err(|_| shared.routes.invalid_host())?;
 
-    let route = shared.routes.resolve(host_str)?;
+    let mut route = shared.routes.resolve(host_str)?;
+    if route.upstreams.is_empty() {
+        // Nothing runs: wake the app (once for all waiting requests), bounded.
+        let woken = tokio::time::timeout(WAKE_TIMEOUT, shared.routes.wake(&route.name)).await;
+        match woken {
+            Ok(None) | Ok(Some(Ok(()))) => route = shared.routes.resolve(host_str)?,
+            Ok(Some(Err(reason))) => {
+                return Err(ProxyError::WakeFailed {
+                    app: route.name.to_string(),
+                    reason,
+                });
+            }
+            Err(_) => {
+                return Err(ProxyError::WakeFailed {
+                    app: route.name.to_string(),
+                    reason: format!("no machine was up within {} s", WAKE_TIMEOUT.as_secs()),
+                });
+            }
+        }
+    }
     let upstream = route.pick().ok_or_else(|| ProxyError::NoMachine {
         app: route.name.to_string(),
     })?;
+    let guard = route.activity.begin();
 
     let path_and_query = parts
         .uri
@@ -189,7 +246,10 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Incom
         .await
         .map_err(|err| ProxyError::upstream(&route.name, err))?;
     strip_hop_by_hop(resp.headers_mut());
-    Ok(resp)
+    Ok(resp.map(|inner| Tracked {
+        inner,
+        _guard: guard,
+    }))
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection`

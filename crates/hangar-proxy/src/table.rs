@@ -3,11 +3,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hangar_core::route::RouteSink;
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+use hangar_core::route::{Activity, RouteSink, WakeFuture, Waker};
 use http::uri::Authority;
 
 use crate::error::ProxyError;
@@ -32,6 +35,62 @@ pub(crate) struct AppRoute {
     pub(crate) upstreams: Box<[Upstream]>,
     /// Round-robin cursor; atomic so concurrent requests pick without a lock.
     next: AtomicUsize,
+    /// Requests in flight and the last activity; carried over when the
+    /// route is replaced, so an update does not reset the idle clock.
+    pub(crate) activity: Arc<AppActivity>,
+}
+
+/// Request activity of one app, for autostop.
+#[derive(Debug)]
+pub(crate) struct AppActivity {
+    /// Requests whose response has not finished streaming.
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` when a request last started or ended.
+    last_ms: AtomicU64,
+    /// The clock origin of `last_ms`.
+    epoch: Instant,
+}
+
+impl AppActivity {
+    fn new() -> Self {
+        AppActivity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Marks a request started; the guard marks it ended when dropped
+    /// (after the response body has streamed, or on error).
+    pub(crate) fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        ActivityGuard(Arc::clone(self))
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+}
+
+/// Ends one request's activity when dropped.
+#[derive(Debug)]
+pub(crate) struct ActivityGuard(Arc<AppActivity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AppRoute {
@@ -55,7 +114,6 @@ impl AppRoute {
 /// Reads (one per request) are a lock-free [`ArcSwap`] load and one hash
 /// lookup. Writes copy the map and swap it in; they happen only when the node
 /// agent starts or stops a machine, so their cost does not matter.
-#[derive(Debug)]
 pub struct RouteTable {
     /// The domain apps are served under, lowercase without a trailing dot;
     /// kept for the 404 bodies that tell the client what Hangar serves.
@@ -66,6 +124,21 @@ pub struct RouteTable {
     /// App name → route. An `ArcSwap` so the hot path never takes a lock and
     /// a reader never sees a half-applied update.
     routes: ArcSwap<HashMap<Box<str>, Arc<AppRoute>>>,
+    /// Who starts a machine when a request finds none (set once at start).
+    waker: OnceLock<Arc<dyn Waker>>,
+    /// Wakes under way, one per app: concurrent requests share it, so N
+    /// requests to a stopped app cause one start.
+    wakes: Mutex<HashMap<Box<str>, Shared<WakeFuture>>>,
+}
+
+impl std::fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("domain", &self.domain)
+            .field("apps", &self.routes.load().len())
+            .field("waker", &self.waker.get().is_some())
+            .finish()
+    }
 }
 
 impl RouteTable {
@@ -77,7 +150,34 @@ impl RouteTable {
             domain: domain.into_boxed_str(),
             dot_domain: dot_domain.into_boxed_str(),
             routes: ArcSwap::from_pointee(HashMap::new()),
+            waker: OnceLock::new(),
+            wakes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets the proxy wake apps whose machines are stopped or suspended.
+    pub fn set_waker(&self, waker: Arc<dyn Waker>) {
+        let _ = self.waker.set(waker);
+    }
+
+    /// Wakes `app` (single-flight): the first caller starts the wake, the
+    /// others wait for the same outcome. `None` when no waker is set.
+    pub(crate) async fn wake(&self, app: &str) -> Option<Result<(), String>> {
+        let waker = self.waker.get()?;
+        let flight = {
+            let mut wakes = self.wakes.lock().unwrap_or_else(|p| p.into_inner());
+            wakes
+                .entry(app.into())
+                .or_insert_with(|| waker.wake(app).shared())
+                .clone()
+        };
+        let outcome = flight.await;
+        // The first to finish clears the slot; a later request starts anew.
+        self.wakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(app);
+        Some(outcome)
     }
 
     /// The domain apps are served under (normalised: lowercase, no trailing dot).
@@ -171,10 +271,17 @@ impl RouteSink for RouteTable {
             })
             .collect();
         tracing::info!(app = %name, upstreams = upstreams.len(), "route set");
+        let activity = self
+            .routes
+            .load()
+            .get(&name)
+            .map(|r| Arc::clone(&r.activity))
+            .unwrap_or_else(|| Arc::new(AppActivity::new()));
         let route = Arc::new(AppRoute {
             name: name.clone(),
             upstreams,
             next: AtomicUsize::new(0),
+            activity,
         });
         self.routes.rcu(|current| {
             let mut next = HashMap::clone(current);
@@ -191,6 +298,12 @@ impl RouteSink for RouteTable {
             next.remove(name.as_str());
             next
         });
+    }
+}
+
+impl Activity for RouteTable {
+    fn idle_for(&self, app: &str) -> Option<Duration> {
+        self.routes.load().get(app)?.activity.idle_for()
     }
 }
 

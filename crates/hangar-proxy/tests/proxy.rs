@@ -667,3 +667,138 @@ async fn concurrent_requests_all_answered() {
     };
     proxy.shutdown().await;
 }
+
+/// A waker that counts its calls and, after a delay, publishes `upstream`.
+struct CountingWaker {
+    calls: Arc<AtomicUsize>,
+    routes: std::sync::Weak<RouteTable>,
+    upstream: Option<SocketAddr>,
+}
+
+impl hangar_core::route::Waker for CountingWaker {
+    fn wake(&self, app: &str) -> hangar_core::route::WakeFuture {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let (routes, upstream, app) = (self.routes.clone(), self.upstream, app.to_owned());
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Some(addr) = upstream else {
+                return Err("no machine can be started".to_owned());
+            };
+            if let Some(routes) = routes.upgrade() {
+                routes.set_route(&app, vec![addr]);
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_a_stopped_app_wake_it_once() {
+    let a = start_upstream("a").await;
+    let proxy = Arc::new(start_proxy().await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    proxy.routes.set_waker(Arc::new(CountingWaker {
+        calls: Arc::clone(&calls),
+        routes: Arc::downgrade(&proxy.routes),
+        upstream: Some(a.addr),
+    }));
+    proxy.routes.set_route("sleepy", vec![]);
+    let client = client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (proxy, client) = (Arc::clone(&proxy), client.clone());
+        tasks.spawn(async move { proxy.get(&client, &proxy.host("sleepy"), "/").await.status });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.expect("task"), StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one wake for 50 requests");
+    // Activity: idle right after, counted from the last request's end.
+    let idle = hangar_core::route::Activity::idle_for(&*proxy.routes, "sleepy").expect("idle");
+    assert!(idle < Duration::from_secs(5));
+    let Ok(proxy) = Arc::try_unwrap(proxy) else {
+        panic!("proxy still shared");
+    };
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_wake_is_503_with_the_reason() {
+    let proxy = start_proxy().await;
+    proxy.routes.set_waker(Arc::new(CountingWaker {
+        calls: Arc::new(AtomicUsize::new(0)),
+        routes: std::sync::Weak::new(),
+        upstream: None,
+    }));
+    proxy.routes.set_route("broken", vec![]);
+    let answer = proxy.get(&client(), &proxy.host("broken"), "/").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.header("retry-after"), Some("5"));
+    assert!(
+        answer
+            .body
+            .contains("could not be started: no machine can be started"),
+        "{}",
+        answer.body
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_streaming_response_counts_as_activity() {
+    // An upstream that sends one chunk, then holds the response open.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let service = service_fn(move |_req| {
+            let release_rx = Arc::clone(&release_rx);
+            async move {
+                let (tx, rx) = mpsc::channel::<Bytes>(1);
+                tokio::spawn(async move {
+                    let _ = tx.send(Bytes::from_static(b"data: first\n\n")).await;
+                    if let Some(r) = release_rx.lock().await.take() {
+                        let _ = r.await;
+                    }
+                });
+                Ok::<_, Infallible>(Response::new(ChannelBody(rx)))
+            }
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("sse", vec![addr]);
+    let resp = proxy
+        .request(
+            &client(),
+            Method::GET,
+            &proxy.host("sse"),
+            "/",
+            &[],
+            empty(),
+        )
+        .await;
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("ok");
+    assert_eq!(
+        first.data_ref().map(|d| &d[..]),
+        Some(&b"data: first\n\n"[..])
+    );
+    let activity: &dyn hangar_core::route::Activity = &*proxy.routes;
+    assert_eq!(
+        activity.idle_for("sse"),
+        None,
+        "busy while the stream is open"
+    );
+    let _ = release_tx.send(());
+    while body.frame().await.is_some() {}
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(activity.idle_for("sse").is_some(), "idle once it ended");
+    proxy.shutdown().await;
+}

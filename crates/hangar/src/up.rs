@@ -143,6 +143,14 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Scale to zero: the proxy wakes apps through the agent, and the agent
+    // stops idle machines by the proxy's activity.
+    routes.set_waker(Arc::new(agent.clone()));
+    agent.spawn_idle_loop(
+        routes.clone(),
+        Duration::from_millis(500),
+        shutdown_rx.clone(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(builder.clone().run(shutdown_rx.clone()));
     {

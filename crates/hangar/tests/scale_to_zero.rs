@@ -1,0 +1,134 @@
+//! Scale to zero: idle machines are stopped or suspended after their idle
+//! timeout, and the next request wakes one (single-flight) and is served.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{TestPlatform, example, wait_for};
+
+/// A platform with the toolbox image and an empty app `app`.
+fn platform(app: &str) -> TestPlatform {
+    let p = TestPlatform::start();
+    p.deploy(&example("toolbox"));
+    let (code, body) = p.call("POST", "/v1/apps", json!({"app_name": app}));
+    assert_eq!(code, 201, "{body}");
+    p
+}
+
+fn serving_machine(p: &TestPlatform, app: &str, autostop: &str, min_running: u32) -> String {
+    let (code, m) = p.call(
+        "POST",
+        &format!("/v1/apps/{app}/machines"),
+        json!({"config": {"image": "toolbox:v1", "restart": {"policy": "no"},
+               "services": [{"internal_port": 8080, "autostart": true, "autostop": autostop,
+                             "min_machines_running": min_running, "idle_timeout": "1s"}]}}),
+    );
+    assert_eq!(code, 200, "{m}");
+    m["id"].as_str().unwrap().to_owned()
+}
+
+fn wait_state(p: &TestPlatform, app: &str, id: &str, state: &str) {
+    let (code, body) = p.call(
+        "GET",
+        &format!("/v1/apps/{app}/machines/{id}/wait?state={state}&timeout=30"),
+        Value::Null,
+    );
+    assert_eq!(code, 200, "waiting for {state}: {body}");
+}
+
+/// How many times the machine entered `status`.
+fn transitions(p: &TestPlatform, app: &str, id: &str, status: &str) -> usize {
+    let (_, events) = p.call(
+        "GET",
+        &format!("/v1/apps/{app}/machines/{id}/events"),
+        Value::Null,
+    );
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == status)
+        .count()
+}
+
+#[test]
+fn an_idle_app_stops_and_fifty_requests_wake_it_once() {
+    let p = platform("sleepy");
+    let id = serving_machine(&p, "sleepy", "stop", 0);
+    wait_for(10, "the machine to answer", || {
+        (p.get("sleepy", "/").0 == 200).then_some(())
+    });
+    // No request for its 1 s idle timeout: stopped.
+    wait_state(&p, "sleepy", &id, "stopped");
+    let starts_before = transitions(&p, "sleepy", &id, "starting");
+
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..50).map(|_| s.spawn(|| p.get("sleepy", "/"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        answers.iter().all(|a| *a == (200, "toolbox\n".to_owned())),
+        "{answers:?}"
+    );
+    assert_eq!(
+        transitions(&p, "sleepy", &id, "starting"),
+        starts_before + 1,
+        "exactly one start"
+    );
+}
+
+#[test]
+fn an_idle_app_is_suspended_and_resumed_by_a_request() {
+    let p = platform("frozen");
+    let id = serving_machine(&p, "frozen", "suspend", 0);
+    wait_for(10, "the machine to answer", || {
+        (p.get("frozen", "/").0 == 200).then_some(())
+    });
+    wait_state(&p, "frozen", &id, "suspended");
+    let pid_before = p.api_get("/api/v1/apps/frozen")["machines"][0]["pid"].clone();
+    assert_eq!(p.get("frozen", "/"), (200, "toolbox\n".to_owned()));
+    wait_state(&p, "frozen", &id, "started");
+    // Resumed, not restarted: the same process.
+    assert_eq!(
+        p.api_get("/api/v1/apps/frozen")["machines"][0]["pid"],
+        pid_before
+    );
+}
+
+#[test]
+fn min_machines_running_keeps_one_up() {
+    let p = platform("steady");
+    let a = serving_machine(&p, "steady", "stop", 1);
+    let b = serving_machine(&p, "steady", "stop", 1);
+    wait_for(10, "the app to answer", || {
+        (p.get("steady", "/").0 == 200).then_some(())
+    });
+    let states = wait_for(30, "one machine to stop", || {
+        let s: Vec<String> = [&a, &b]
+            .iter()
+            .map(|id| {
+                let (_, m) = p.call(
+                    "GET",
+                    &format!("/v1/apps/steady/machines/{id}"),
+                    Value::Null,
+                );
+                m["state"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        s.contains(&"stopped".to_owned()).then_some(s)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let still: usize = [&a, &b]
+        .iter()
+        .filter(|id| {
+            let (_, m) = p.call(
+                "GET",
+                &format!("/v1/apps/steady/machines/{id}"),
+                Value::Null,
+            );
+            m["state"] == "started"
+        })
+        .count();
+    assert_eq!(still, 1, "one stays up: {states:?}");
+    assert_eq!(p.get("steady", "/").0, 200);
+}
