@@ -11,7 +11,9 @@
 //!    app name; anything else is a 404 that says which domain Hangar serves.
 //! 3. **Route lookup.** [`RouteTable`] maps the app name to its current
 //!    upstream set with a lock-free [`arc_swap::ArcSwap`] load and one hash
-//!    lookup. Unknown app → 404; known app with no machine → 503 with
+//!    lookup. Unknown app → 404. A known app with no machine is woken through
+//!    the [`hangar_core::route::Waker`] (one wake shared by all waiting
+//!    requests, bounded by 30 s); if that fails, or no waker is set, 503 with
 //!    `Retry-After: 5`.
 //! 4. **Upstream pick.** Round-robin over the app's machines with one atomic
 //!    counter, in a single small function so the policy can change alone.
@@ -23,7 +25,9 @@
 //!    body and the upstream's `Incoming` body is the response body.
 //! 6. **Answer.** Hop-by-hop headers are stripped from the response. A
 //!    failure before the upstream answered is a 502 naming the app and a
-//!    short reason.
+//!    short reason. The app's activity (in-flight count, last request) is
+//!    held from the pick until the response body has finished streaming;
+//!    the node's idle loop reads it through [`hangar_core::route::Activity`].
 //!
 //! # Design choices
 //!
