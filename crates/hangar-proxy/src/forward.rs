@@ -9,12 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::error::ProxyError;
 use crate::table::{ActivityGuard, RouteTable};
@@ -31,8 +31,8 @@ pub(crate) type ProxyBody = Either<Tracked, Full<Bytes>>;
 pub(crate) struct Tracked {
     /// The upstream's body.
     inner: Incoming,
-    /// Dropped with the body.
-    _guard: ActivityGuard,
+    /// Dropped with the body (None for a 101, whose tunnel holds it).
+    _guard: Option<ActivityGuard>,
 }
 
 impl http_body::Body for Tracked {
@@ -171,6 +171,11 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectNotSupported);
     }
+    // A protocol upgrade (WebSocket): keep the client side's upgrade handle
+    // so the two connections can be joined once the upstream agrees.
+    let mut req = req;
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
     // The host as the client sent it: Host header first, else the authority
@@ -230,6 +235,10 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
 
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
     append_forwarded_for(headers, &ctx.client_ip);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     headers.insert(&X_FORWARDED_HOST, original_host.clone());
@@ -245,11 +254,52 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         .request(req)
         .await
         .map_err(|err| ProxyError::upstream(&route.name, err))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        // Join the client and the upstream connections byte for byte; the
+        // tunnel counts as the app's activity for as long as it is open.
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let app = route.name.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
+                    if let Err(err) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(%app, %err, "upgraded connection ended");
+                    }
+                }
+                Err(err) => tracing::debug!(%app, %err, "upgrade failed"),
+            }
+        });
+        // The 101 keeps its Upgrade and Connection headers: they are the answer.
+        return Ok(resp.map(|inner| Tracked {
+            inner,
+            _guard: None,
+        }));
+    }
     strip_hop_by_hop(resp.headers_mut());
     Ok(resp.map(|inner| Tracked {
         inner,
-        _guard: guard,
+        _guard: Some(guard),
     }))
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` plus an
+/// `Upgrade` header), if any.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection`

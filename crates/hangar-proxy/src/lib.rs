@@ -41,8 +41,9 @@
 //! - Shutdown is graceful: stop accepting, let in-flight requests finish
 //!   (bounded by [`SHUTDOWN_GRACE`]), then drop what is left.
 //!
-//! Not handled yet: protocol upgrades (WebSocket); `Upgrade` is stripped as a
-//! hop-by-hop header, so upstreams answer as for a plain request.
+//! Protocol upgrades (WebSocket): a request with `Connection: upgrade` keeps
+//! its `Upgrade` header; when the upstream answers 101 the two connections
+//! are joined byte for byte, and the tunnel counts as activity while open.
 
 mod error;
 mod forward;
@@ -177,7 +178,9 @@ fn serve_connection(
         client_ip,
     });
     let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
-    let conn = http.serve_connection(TokioIo::new(stream), service);
+    let conn = http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     async move {
         let mut conn = std::pin::pin!(conn);
         let result = tokio::select! {

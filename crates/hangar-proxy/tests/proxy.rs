@@ -802,3 +802,91 @@ async fn a_streaming_response_counts_as_activity() {
     assert!(activity.idle_for("sse").is_some(), "idle once it ended");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn websocket_upgrades_are_tunnelled_and_count_as_activity() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that accepts any upgrade, then echoes bytes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        assert!(head.contains("connection: upgrade"), "{head}");
+        let _ = stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 64];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let _ = stream.write_all(&buf[..n]).await;
+                }
+            }
+        }
+    });
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("ws", vec![addr]);
+    let mut client = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /chat HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        proxy.host("ws")
+    );
+    client.write_all(req.as_bytes()).await.expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(TIMEOUT, client.read(&mut byte))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_ne!(
+            n,
+            0,
+            "closed before the 101: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"ping"[..], &b"pong and more"[..]] {
+        client.write_all(msg).await.expect("send");
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(TIMEOUT, client.read_exact(&mut got))
+            .await
+            .expect("in time")
+            .expect("echo");
+        assert_eq!(got, msg);
+    }
+    let activity: &dyn hangar_core::route::Activity = &*proxy.routes;
+    assert_eq!(activity.idle_for("ws"), None, "an open tunnel is activity");
+    drop(client);
+    let idle = async {
+        loop {
+            if activity.idle_for("ws").is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(TIMEOUT, idle)
+        .await
+        .expect("idle once the tunnel closed");
+    proxy.shutdown().await;
+}
