@@ -192,6 +192,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         .to_str()
         .map_err(|_| shared.routes.invalid_host())?;
 
+    let started = std::time::Instant::now();
     let mut route = shared.routes.resolve(host_str)?;
     if route.upstreams.is_empty() {
         // Nothing runs: wake the app (once for all waiting requests), bounded.
@@ -199,12 +200,14 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         match woken {
             Ok(None) | Ok(Some(Ok(()))) => route = shared.routes.resolve(host_str)?,
             Ok(Some(Err(reason))) => {
+                route.activity.record(503, started.elapsed());
                 return Err(ProxyError::WakeFailed {
                     app: route.name.to_string(),
                     reason,
                 });
             }
             Err(_) => {
+                route.activity.record(503, started.elapsed());
                 return Err(ProxyError::WakeFailed {
                     app: route.name.to_string(),
                     reason: format!("no machine was up within {} s", WAKE_TIMEOUT.as_secs()),
@@ -249,11 +252,16 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
     }
 
     let req = Request::from_parts(parts, body);
-    let mut resp = shared
-        .client
-        .request(req)
-        .await
-        .map_err(|err| ProxyError::upstream(&route.name, err))?;
+    let mut resp = match shared.client.request(req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            route.activity.record(502, started.elapsed());
+            return Err(ProxyError::upstream(&route.name, err));
+        }
+    };
+    route
+        .activity
+        .record(resp.status().as_u16(), started.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {

@@ -195,3 +195,53 @@ fn serve_connection(
         }
     }
 }
+
+/// Serves `GET /metrics` (Prometheus text format) on the admin listener
+/// until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    routes: Arc<RouteTable>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    use http::{Response, StatusCode};
+    use http_body_util::Full;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    tracing::warn!(%err, "admin accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let routes = Arc::clone(&routes);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let routes = Arc::clone(&routes);
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(bytes::Bytes::from(routes.render_metrics())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(bytes::Bytes::from_static(
+                                b"only /metrics here\n",
+                            )))
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        resp.unwrap_or_else(|_| Response::new(Full::new(bytes::Bytes::new()))),
+                    )
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -40,7 +40,55 @@ pub(crate) struct AppRoute {
     pub(crate) activity: Arc<AppActivity>,
 }
 
-/// Request activity of one app, for autostop.
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A Prometheus histogram with fixed buckets, updated lock-free.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Observations at or under each bound (not cumulative; summed on render).
+    buckets: [AtomicU64; BUCKETS.len()],
+    /// Observations over the last bound.
+    over: AtomicU64,
+    /// Sum of observations in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match BUCKETS.iter().position(|b| secs <= *b) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, app: &str) {
+        use std::fmt::Write;
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{app=\"{app}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.over.load(Ordering::Relaxed);
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{app=\"{app}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(out, "{name}_sum{{app=\"{app}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{app=\"{app}\"}} {cumulative}");
+    }
+}
+
+/// Request activity and metrics of one app.
 #[derive(Debug)]
 pub(crate) struct AppActivity {
     /// Requests whose response has not finished streaming.
@@ -49,6 +97,14 @@ pub(crate) struct AppActivity {
     last_ms: AtomicU64,
     /// The clock origin of `last_ms`.
     epoch: Instant,
+    /// Answered requests by status class (1xx … 5xx).
+    by_class: [AtomicU64; 5],
+    /// Time to the response head.
+    latency: Histogram,
+    /// Wakes (starts or resumes for a request).
+    wakes: AtomicU64,
+    /// How long wakes took.
+    wake_latency: Histogram,
 }
 
 impl AppActivity {
@@ -57,7 +113,44 @@ impl AppActivity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            by_class: Default::default(),
+            latency: Histogram::default(),
+            wakes: AtomicU64::new(0),
+            wake_latency: Histogram::default(),
         }
+    }
+
+    /// Counts one answered request.
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(elapsed);
+    }
+
+    fn render(&self, out: &mut String, app: &str) {
+        use std::fmt::Write;
+        for (i, n) in self.by_class.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "hangar_proxy_requests_total{{app=\"{app}\",code=\"{}xx\"}} {}",
+                i + 1,
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "hangar_proxy_in_flight{{app=\"{app}\"}} {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "hangar_proxy_wakes_total{{app=\"{app}\"}} {}",
+            self.wakes.load(Ordering::Relaxed)
+        );
+        self.latency
+            .render(out, "hangar_proxy_request_duration_seconds", app);
+        self.wake_latency
+            .render(out, "hangar_proxy_wake_duration_seconds", app);
     }
 
     fn touch(&self) {
@@ -171,12 +264,20 @@ impl RouteTable {
                 .or_insert_with(|| waker.wake(app).shared())
                 .clone()
         };
+        let started = Instant::now();
         let outcome = flight.await;
-        // The first to finish clears the slot; a later request starts anew.
-        self.wakes
+        // The first to finish clears the slot (and counts the wake); a later
+        // request starts anew.
+        let first = self
+            .wakes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(app);
+            .remove(app)
+            .is_some();
+        if first && let Some(route) = self.routes.load().get(app) {
+            route.activity.wakes.fetch_add(1, Ordering::Relaxed);
+            route.activity.wake_latency.observe(started.elapsed());
+        }
         Some(outcome)
     }
 
@@ -298,6 +399,31 @@ impl RouteSink for RouteTable {
             next.remove(name.as_str());
             next
         });
+    }
+}
+
+impl RouteTable {
+    /// Prometheus text exposition of every app's proxy metrics.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP hangar_proxy_requests_total Requests answered for an app, by status class.\n\
+             # TYPE hangar_proxy_requests_total counter\n\
+             # HELP hangar_proxy_in_flight Requests (and open streams) in flight.\n\
+             # TYPE hangar_proxy_in_flight gauge\n\
+             # HELP hangar_proxy_wakes_total Machines started or resumed for a request.\n\
+             # TYPE hangar_proxy_wakes_total counter\n\
+             # HELP hangar_proxy_request_duration_seconds Time to the response head.\n\
+             # TYPE hangar_proxy_request_duration_seconds histogram\n\
+             # HELP hangar_proxy_wake_duration_seconds Time from wake to routed.\n\
+             # TYPE hangar_proxy_wake_duration_seconds histogram\n",
+        );
+        let routes = self.routes.load();
+        let mut apps: Vec<_> = routes.iter().collect();
+        apps.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, route) in apps {
+            route.activity.render(&mut out, name);
+        }
+        out
     }
 }
 

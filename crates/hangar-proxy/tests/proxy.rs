@@ -713,6 +713,19 @@ async fn concurrent_requests_to_a_stopped_app_wake_it_once() {
         assert_eq!(status.expect("task"), StatusCode::OK);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one wake for 50 requests");
+    let metrics = proxy.routes.render_metrics();
+    for line in [
+        "hangar_proxy_requests_total{app=\"sleepy\",code=\"2xx\"} 50",
+        "hangar_proxy_request_duration_seconds_count{app=\"sleepy\"} 50",
+        "hangar_proxy_wakes_total{app=\"sleepy\"} 1",
+        "hangar_proxy_wake_duration_seconds_count{app=\"sleepy\"} 1",
+        "hangar_proxy_in_flight{app=\"sleepy\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
     // Activity: idle right after, counted from the last request's end.
     let idle = hangar_core::route::Activity::idle_for(&*proxy.routes, "sleepy").expect("idle");
     assert!(idle < Duration::from_secs(5));

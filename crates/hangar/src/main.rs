@@ -39,6 +39,9 @@ enum Command {
         /// Edge proxy listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         proxy_listen: SocketAddr,
+        /// Admin listen address: Prometheus metrics at /metrics.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin_listen: SocketAddr,
         /// Apps are served at <app>.<domain>.
         #[arg(long, default_value = "localhost")]
         domain: String,
@@ -127,6 +130,7 @@ async fn run(cli: Cli) -> Result<()> {
             data_dir,
             api_listen,
             proxy_listen,
+            admin_listen,
             domain,
             driver,
             max_upload_bytes,
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> Result<()> {
                 data_dir: data_dir.unwrap_or_else(up::default_data_dir),
                 api_listen,
                 proxy_listen,
+                admin_listen,
                 domain,
                 driver: match driver {
                     DriverArg::Auto => hangar_node::DriverChoice::Auto,

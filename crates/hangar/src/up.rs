@@ -37,6 +37,8 @@ pub struct UpOptions {
     pub api_listen: SocketAddr,
     /// Edge proxy listen address.
     pub proxy_listen: SocketAddr,
+    /// Admin listen address (Prometheus `/metrics`).
+    pub admin_listen: SocketAddr,
     /// Apps are served at `<app>.<domain>`.
     pub domain: String,
     /// Runtime driver preference.
@@ -80,6 +82,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let proxy_listener = tokio::net::TcpListener::bind(opts.proxy_listen)
         .await
         .with_context(|| format!("binding the proxy to {}", opts.proxy_listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(opts.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin port to {}", opts.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let proxy_addr = proxy_listener.local_addr()?;
 
@@ -177,9 +183,19 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     }
     tasks.spawn({
         let stop = signal(shutdown_rx.clone());
+        let routes = routes.clone();
         async move {
             if let Err(e) = hangar_proxy::serve(proxy_listener, routes, stop).await {
                 warn!("proxy: {e}");
+            }
+        }
+    });
+    tasks.spawn({
+        let stop = signal(shutdown_rx.clone());
+        let routes = routes.clone();
+        async move {
+            if let Err(e) = hangar_proxy::serve_metrics(admin_listener, routes, stop).await {
+                warn!("admin: {e}");
             }
         }
     });
@@ -213,6 +229,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         opts.domain,
         proxy_addr.port()
     );
+    println!("hangar: metrics on http://{admin_addr}/metrics");
     println!("hangar: ready");
 
     wait_for_signal().await;

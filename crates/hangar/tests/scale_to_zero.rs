@@ -75,6 +75,20 @@ fn an_idle_app_stops_and_fifty_requests_wake_it_once() {
         starts_before + 1,
         "exactly one start"
     );
+    // The admin port tells the same story in Prometheus' words.
+    let metrics = p.metrics();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    assert!(value("hangar_proxy_requests_total{app=\"sleepy\",code=\"2xx\"}") >= 51);
+    assert!(value("hangar_proxy_wakes_total{app=\"sleepy\"}") >= 1);
+    assert!(value("hangar_proxy_wake_duration_seconds_count{app=\"sleepy\"}") >= 1);
+    assert_eq!(value("hangar_proxy_in_flight{app=\"sleepy\"}"), 0);
 }
 
 #[test]

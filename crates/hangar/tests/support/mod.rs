@@ -91,6 +91,8 @@ pub struct TestPlatform {
     pub api: String,
     /// Port of the edge proxy.
     pub proxy_port: u16,
+    /// `http://127.0.0.1:PORT/metrics` of the admin listener.
+    pub metrics_url: String,
     /// The admin token.
     pub token: String,
     /// Everything `hangar up` printed on stdout.
@@ -113,6 +115,7 @@ impl TestPlatform {
             args: args.iter().map(|s| s.to_string()).collect(),
             api: String::new(),
             proxy_port: 0,
+            metrics_url: String::new(),
             token: String::new(),
             stdout: Vec::new(),
         };
@@ -138,6 +141,8 @@ impl TestPlatform {
                 "--api-listen",
                 "127.0.0.1:0",
                 "--proxy-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
                 "127.0.0.1:0",
             ])
             .arg("--build-target-root")
@@ -170,6 +175,9 @@ impl TestPlatform {
             if let Some(rest) = line.strip_prefix("hangar: proxy listening on http://") {
                 let addr = rest.split_whitespace().next().unwrap();
                 self.proxy_port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+            if let Some(url) = line.strip_prefix("hangar: metrics on ") {
+                self.metrics_url = url.trim().to_owned();
             }
             let ready = line == "hangar: ready";
             self.stdout.push(line);
@@ -232,6 +240,13 @@ impl TestPlatform {
             Bytes::new(),
         );
         (status, body)
+    }
+
+    /// The Prometheus text of the admin port.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.request(&self.metrics_url, "GET", None, None, Bytes::new());
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// A request to the API with an explicit token (or none).
@@ -323,7 +338,7 @@ impl TestPlatform {
 impl Drop for TestPlatform {
     fn drop(&mut self) {
         // Apps first, so their machines are stopped by hangar itself.
-        if self.child.is_some() {
+        if self.child.is_some() && !self.api.is_empty() {
             let (status, body) =
                 self.api_request("GET", "/api/v1/apps", Some(&self.token.clone()), Vec::new());
             if status == 200
