@@ -549,7 +549,9 @@ impl Agent {
                     .store
                     .set_machine_state(&m.id, MachineState::Started, m.pid, None)
                     .await?;
-                self.publish_routes(&m.app_id).await?;
+                if publish {
+                    self.publish_routes(&m.app_id).await?;
+                }
                 Ok(Machine {
                     state: MachineState::Started,
                     ..m

@@ -299,10 +299,18 @@ impl Driver {
         }
     }
 
-    /// Thaws a paused machine.
+    /// Thaws a paused machine. With runc this writes the freezer state
+    /// directly (what `runc resume` does) when the cgroup is where Hangar
+    /// put it: a resume is on the path of a waiting request, and sparing a
+    /// runc process saves most of its time.
     pub async fn resume(&self, id: &str, pid: Option<u32>) -> Result<(), DriverError> {
         match self {
-            Driver::Runc { runc, state_root } => runc_ok(runc, state_root, &["resume", id]).await,
+            Driver::Runc { runc, state_root } => {
+                if thaw_cgroup(id) {
+                    return Ok(());
+                }
+                runc_ok(runc, state_root, &["resume", id]).await
+            }
             Driver::Process => {
                 if let Some(pid) = pid {
                     signal_group(pid, libc::SIGCONT);
@@ -375,6 +383,25 @@ impl Driver {
             Driver::Process => false,
         }
     }
+}
+
+/// Thaws a machine's cgroup by writing its freezer file (v1 `freezer.state`
+/// or v2 `cgroup.freeze`) and waiting until the kernel reports it thawed.
+/// False when the file is not there (the caller falls back to runc).
+fn thaw_cgroup(id: &str) -> bool {
+    let v1 = format!("/sys/fs/cgroup/freezer/hangar/{id}/freezer.state");
+    if fs::write(&v1, "THAWED").is_ok() {
+        for _ in 0..1000 {
+            match fs::read_to_string(&v1) {
+                Ok(s) if s.trim() == "THAWED" => return true,
+                Ok(_) => std::thread::yield_now(),
+                Err(_) => return false,
+            }
+        }
+        return false;
+    }
+    let v2 = format!("/sys/fs/cgroup/hangar/{id}/cgroup.freeze");
+    fs::write(v2, "0").is_ok()
 }
 
 /// OOM kills recorded in a machine's memory cgroup (v1 `memory.oom_control`
