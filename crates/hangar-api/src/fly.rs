@@ -371,10 +371,7 @@ async fn cordon(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
-    state.agent.cordon(&id, true).await?;
-    Ok(Json(json!({"ok": true})))
+    set_cordon(&state, &caller, &app, &id, &headers, true).await
 }
 
 async fn uncordon(
@@ -383,9 +380,20 @@ async fn uncordon(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
-    state.agent.cordon(&id, false).await?;
+    set_cordon(&state, &caller, &app, &id, &headers, false).await
+}
+
+async fn set_cordon(
+    state: &ApiState,
+    caller: &Caller,
+    app: &str,
+    id: &str,
+    headers: &HeaderMap,
+    cordoned: bool,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(state, caller, app, id).await?;
+    check_lease(headers, &m)?;
+    state.agent.cordon(id, cordoned).await?;
     Ok(Json(json!({"ok": true})))
 }
 

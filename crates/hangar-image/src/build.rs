@@ -143,7 +143,7 @@ fn write_layer(files: &LayerFiles) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
 
 /// Absolute paths of the shared objects `binary` loads (its `ldd` closure),
 /// including the dynamic loader; empty for a static binary.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
     let err = |reason: String| ImageError::Libraries {
         binary: binary.to_owned(),
         reason,

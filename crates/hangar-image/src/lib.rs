@@ -30,7 +30,7 @@ use hangar_core::archive::{self, ArchiveError, Limits};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-pub use build::BinaryImage;
+pub use build::{BinaryImage, shared_libraries};
 
 /// Media types of the OCI image spec.
 pub mod media {

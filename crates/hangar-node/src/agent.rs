@@ -402,10 +402,13 @@ impl Agent {
         Ok(m)
     }
 
-    /// Starts the machine's process (from created or stopped).
-    async fn launch(&self, m: &Machine, app_name: &str) -> Result<Machine, NodeError> {
-        let inner = &self.inner;
-        let images = inner.images.clone();
+    /// The machine's image: its unpacked root filesystem, its config, and
+    /// the environment of a process in it (the image's, then the machine's).
+    async fn image_of(
+        &self,
+        m: &Machine,
+    ) -> Result<(PathBuf, hangar_image::ImageConfig, Vec<String>), NodeError> {
+        let images = self.inner.images.clone();
         let digest = m.image_digest.clone();
         let (rootfs, image) = tokio::task::spawn_blocking(move || {
             Ok::<_, ImageError>((images.rootfs(&digest)?, images.config(&digest)?))
@@ -414,6 +417,13 @@ impl Agent {
         .map_err(|e| NodeError::NotFound(format!("image task: {e}")))??;
         let mut env = image.config.env.clone().unwrap_or_default();
         env.extend(m.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+        Ok((rootfs, image, env))
+    }
+
+    /// Starts the machine's process (from created or stopped).
+    async fn launch(&self, m: &Machine, app_name: &str) -> Result<Machine, NodeError> {
+        let inner = &self.inner;
+        let (rootfs, image, mut env) = self.image_of(m).await?;
         env.extend([
             format!("PORT={}", m.port),
             format!("HANGAR_APP={app_name}"),
@@ -727,15 +737,7 @@ impl Agent {
                 hint: "; start it first",
             });
         }
-        let images = self.inner.images.clone();
-        let digest = m.image_digest.clone();
-        let (rootfs, image) = tokio::task::spawn_blocking(move || {
-            Ok::<_, ImageError>((images.rootfs(&digest)?, images.config(&digest)?))
-        })
-        .await
-        .map_err(|e| NodeError::NotFound(format!("image task: {e}")))??;
-        let mut env = image.config.env.clone().unwrap_or_default();
-        env.extend(m.config.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let (rootfs, _, env) = self.image_of(&m).await?;
         Ok(self
             .inner
             .driver

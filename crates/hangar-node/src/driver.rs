@@ -478,16 +478,8 @@ pub fn gpu_passthrough(gpus: &[u32]) -> GpuPassthrough {
         }
     }
     if let Some(smi) = smi {
-        if let Ok(out) = std::process::Command::new("ldd").arg(&smi).output() {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let path = match line.split_once("=>") {
-                    Some((_, rest)) => rest.split_whitespace().next(),
-                    None => line.split_whitespace().next(),
-                };
-                if let Some(p) = path.filter(|p| p.starts_with('/')) {
-                    binds.push((PathBuf::from(p), PathBuf::from(p)));
-                }
-            }
+        for lib in hangar_image::shared_libraries(&smi).unwrap_or_default() {
+            binds.push((lib.clone(), lib));
         }
         binds.push((smi, PathBuf::from("/usr/bin/nvidia-smi")));
     }
