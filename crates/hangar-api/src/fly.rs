@@ -317,8 +317,7 @@ async fn update_machine(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
     let (req, digest) = checked_request(&state, &caller, &body).await?;
     let m = state
         .agent
@@ -365,6 +364,20 @@ async fn find_live_machine(
     Ok((app, m))
 }
 
+/// The app's live machine `id`, for a change: refused (409) while another
+/// holder's lease is on it.
+async fn machine_to_change(
+    state: &ApiState,
+    caller: &Caller,
+    app: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Machine, ApiError> {
+    let (_, m) = find_live_machine(state, caller, app, id).await?;
+    check_lease(headers, &m)?;
+    Ok(m)
+}
+
 async fn cordon(
     caller: Caller,
     State(state): State<ApiState>,
@@ -391,8 +404,7 @@ async fn set_cordon(
     headers: &HeaderMap,
     cordoned: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(state, caller, app, id).await?;
-    check_lease(headers, &m)?;
+    machine_to_change(state, caller, app, id, headers).await?;
     state.agent.cordon(id, cordoned).await?;
     Ok(Json(json!({"ok": true})))
 }
@@ -463,8 +475,7 @@ async fn release_lease(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
     state.store.set_machine_lease(&id, None).await?;
     Ok(Json(json!({"ok": true})))
 }
@@ -505,8 +516,7 @@ async fn set_metadata(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    let m = machine_to_change(&state, &caller, &app, &id, &headers).await?;
     check_metadata_key(&key)?;
     let req: MetadataValue = parse(&body)?;
     let mut metadata = m.config.metadata.clone();
@@ -521,8 +531,7 @@ async fn delete_metadata(
     Path((app, id, key)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    let m = machine_to_change(&state, &caller, &app, &id, &headers).await?;
     let mut metadata = m.config.metadata.clone();
     if metadata.remove(&key).is_none() {
         return Err(ApiError::not_found(format!(
@@ -553,8 +562,7 @@ async fn exec(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
     let req: ExecRequest = parse(&body)?;
     let argv: Vec<String> = match (req.command, req.cmd) {
         (Some(c), _) if !c.is_empty() => c,
@@ -639,8 +647,7 @@ async fn start(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, before) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &before)?;
+    let before = machine_to_change(&state, &caller, &app, &id, &headers).await?;
     state.agent.start(&id).await?;
     Ok(Json(
         json!({"previous_state": before.state, "migrated": false, "new_host": ""}),
@@ -694,8 +701,7 @@ async fn stop(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
     let req: StopRequest = parse(&body)?;
     let (signal, timeout) = req.resolve()?;
     state.agent.stop(&id, signal, timeout).await?;
@@ -708,8 +714,7 @@ async fn suspend(
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
     state.agent.suspend(&id).await?;
     Ok(Json(json!({"ok": true})))
 }
@@ -721,8 +726,7 @@ async fn restart(
     headers: HeaderMap,
     Query(q): Query<StopRequestQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
     let req = StopRequest {
         signal: q.signal,
         timeout: q.timeout.map(Value::String),
@@ -754,8 +758,7 @@ async fn delete_machine(
     headers: HeaderMap,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    check_lease(&headers, &m)?;
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
     state.agent.destroy(&id, q.force).await?;
     Ok(Json(json!({"ok": true})))
 }

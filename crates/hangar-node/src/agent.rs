@@ -365,13 +365,7 @@ impl Agent {
         image_digest: String,
         skip_launch: bool,
     ) -> Result<Machine, NodeError> {
-        let wanted = config.guest().gpus;
-        if wanted > self.inner.gpus {
-            return Err(NodeError::NoGpu {
-                wanted,
-                available: self.inner.gpus,
-            });
-        }
+        self.check_gpus(&config)?;
         let port = free_port().map_err(|source| DriverError::Io {
             what: "finding a free port".into(),
             source,
@@ -491,6 +485,18 @@ impl Agent {
         };
         self.spawn_monitor(m.clone(), pid);
         Ok(m)
+    }
+
+    /// Refuses a config asking for more GPUs than this node has.
+    fn check_gpus(&self, config: &MachineConfig) -> Result<(), NodeError> {
+        let wanted = config.guest().gpus;
+        if wanted > self.inner.gpus {
+            return Err(NodeError::NoGpu {
+                wanted,
+                available: self.inner.gpus,
+            });
+        }
+        Ok(())
     }
 
     /// Reserves `n` free GPU indexes for a machine (none when `n` is 0).
@@ -684,13 +690,7 @@ impl Agent {
         name: Option<String>,
         skip_launch: bool,
     ) -> Result<Machine, NodeError> {
-        let wanted = config.guest().gpus;
-        if wanted > self.inner.gpus {
-            return Err(NodeError::NoGpu {
-                wanted,
-                available: self.inner.gpus,
-            });
-        }
+        self.check_gpus(&config)?;
         let lock = self.lock(format!("mch:{id}"));
         let _guard = lock.lock().await;
         let (m, app) = self.load(id).await?;
