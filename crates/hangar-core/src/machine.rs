@@ -382,6 +382,28 @@ impl MachineConfig {
                     "must be a duration of at least 1s, such as \"30s\" or \"5m\"",
                 ));
             }
+            if let Some(c) = &s.concurrency {
+                if !matches!(c.kind.as_str(), "requests" | "connections") {
+                    return Err(invalid(
+                        &format!("services[{i}].concurrency.type"),
+                        "must be \"requests\" or \"connections\"",
+                    ));
+                }
+                if c.hard_limit == Some(0) {
+                    return Err(invalid(
+                        &format!("services[{i}].concurrency.hard_limit"),
+                        "must be at least 1",
+                    ));
+                }
+                if let (Some(soft), Some(hard)) = (c.soft_limit, c.hard_limit)
+                    && soft > hard
+                {
+                    return Err(invalid(
+                        &format!("services[{i}].concurrency.soft_limit"),
+                        format!("{soft} is above hard_limit {hard}"),
+                    ));
+                }
+            }
             if !matches!(s.protocol.as_str(), "tcp" | "udp") {
                 return Err(invalid(
                     &format!("services[{i}].protocol"),
@@ -563,6 +585,21 @@ mod tests {
         assert_eq!(
             bad(r#"{"image": "x", "stop_config": {"signal": "SIGFOO"}}"#),
             "config.stop_config.signal"
+        );
+        assert_eq!(
+            bad(r#"{"image": "x", "services": [{"internal_port": 8080,
+                    "concurrency": {"soft_limit": 30, "hard_limit": 25}}]}"#),
+            "config.services[0].concurrency.soft_limit"
+        );
+        assert_eq!(
+            bad(r#"{"image": "x", "services": [{"internal_port": 8080,
+                    "concurrency": {"hard_limit": 0}}]}"#),
+            "config.services[0].concurrency.hard_limit"
+        );
+        assert_eq!(
+            bad(r#"{"image": "x", "services": [{"internal_port": 8080,
+                    "concurrency": {"type": "bytes"}}]}"#),
+            "config.services[0].concurrency.type"
         );
         let err = serde_json::from_str::<MachineConfig>(r#"{"restart": {"policy": "sometimes"}}"#);
         assert!(err.is_err());

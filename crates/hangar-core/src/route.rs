@@ -12,14 +12,30 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
+/// How many requests one machine of an app takes at once (Fly's service
+/// `concurrency`). `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Above this, the proxy prefers another machine and may wake one more.
+    pub soft: Option<u32>,
+    /// Never more than this in flight on one machine; further requests wait
+    /// in a bounded queue, then get 503 with `Retry-After`.
+    pub hard: Option<u32>,
+}
+
 /// Receives the complete, current upstream set of an app.
 ///
 /// Each call replaces what was there (idempotent, never a delta), so a lost or
 /// repeated update cannot leave a stale route behind.
 pub trait RouteSink: Send + Sync + 'static {
-    /// The app is served by exactly `upstreams` from now on. An empty list
-    /// means the app exists but no machine is up (the proxy answers 503).
-    fn set_route(&self, app: &str, upstreams: Vec<SocketAddr>);
+    /// The app is served by exactly `upstreams`, each taking at most
+    /// `limits`, from now on. An empty list means the app exists but no
+    /// machine is up (the proxy wakes one, or answers 503).
+    fn publish(&self, app: &str, upstreams: Vec<SocketAddr>, limits: Limits);
+    /// [`RouteSink::publish`] without concurrency limits.
+    fn set_route(&self, app: &str, upstreams: Vec<SocketAddr>) {
+        self.publish(app, upstreams, Limits::default());
+    }
     /// The app no longer exists (the proxy answers 404).
     fn remove_app(&self, app: &str);
 }
@@ -32,6 +48,14 @@ pub trait Waker: Send + Sync + 'static {
     /// Starts or resumes one of the app's machines, returning once it
     /// accepts connections and its route is published.
     fn wake(&self, app: &str) -> WakeFuture;
+    /// Starts or resumes one more of the app's machines, because every
+    /// running one is past its soft concurrency limit. `Err` when none is
+    /// left to start; the default does nothing.
+    fn wake_another(&self, _app: &str) -> WakeFuture {
+        Box::pin(std::future::ready(Err(
+            "this node does not start extra machines".to_owned(),
+        )))
+    }
 }
 
 /// How long each app has gone without a request, as the proxy saw it.

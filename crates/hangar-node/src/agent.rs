@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hangar_core::machine::{Autostop, Guest, MachineConfig, RestartPolicy};
-use hangar_core::route::{Activity, RouteSink, WakeFuture, Waker};
+use hangar_core::route::{Activity, Limits as RouteLimits, RouteSink, WakeFuture, Waker};
 use hangar_core::status::{MachineState, ReleaseStatus};
 use hangar_image::{ImageError, ImageStore};
 use hangar_store::{App, Machine, NewMachine, Release, Store, StoreError};
@@ -911,14 +911,20 @@ impl Agent {
             return Ok(());
         };
         let active = self.active_release(app_id).await?.map(|r| r.id);
-        let upstreams = store
+        let machines: Vec<Machine> = store
             .machines_for_app(app_id)
             .await?
             .into_iter()
-            .filter(|m| m.state == MachineState::Started && routable(m, active.as_ref()))
+            .filter(|m| routable(m, active.as_ref()))
+            .collect();
+        let upstreams = machines
+            .iter()
+            .filter(|m| m.state == MachineState::Started)
             .map(|m| SocketAddr::from(([127, 0, 0, 1], m.port as u16)))
             .collect();
-        self.inner.routes.set_route(&app.name, upstreams);
+        self.inner
+            .routes
+            .publish(&app.name, upstreams, limits(&machines));
         Ok(())
     }
 
@@ -955,6 +961,21 @@ fn routable(m: &Machine, active_release: Option<&String>) -> bool {
         }
 }
 
+/// The per-machine concurrency limits of an app: those of the first
+/// routable machine whose service declares any (Fly sets them per service;
+/// Hangar routes one service per app).
+fn limits(machines: &[Machine]) -> RouteLimits {
+    machines
+        .iter()
+        .filter_map(|m| service(m)?.concurrency.as_ref())
+        .map(|c| RouteLimits {
+            soft: c.soft_limit,
+            hard: c.hard_limit,
+        })
+        .next()
+        .unwrap_or_default()
+}
+
 /// The machine's first service, which carries its autostop settings.
 fn service(m: &Machine) -> Option<&hangar_core::machine::Service> {
     m.config.services.first()
@@ -963,14 +984,19 @@ fn service(m: &Machine) -> Option<&hangar_core::machine::Service> {
 impl Waker for Agent {
     fn wake(&self, app: &str) -> WakeFuture {
         let (agent, app) = (self.clone(), app.to_owned());
-        Box::pin(async move { agent.wake_app(&app).await })
+        Box::pin(async move { agent.wake_app(&app, false).await })
+    }
+
+    fn wake_another(&self, app: &str) -> WakeFuture {
+        let (agent, app) = (self.clone(), app.to_owned());
+        Box::pin(async move { agent.wake_app(&app, true).await })
     }
 }
 
 impl Agent {
     /// Starts (or resumes) one of the app's stopped machines for a request
     /// and returns once it accepts connections and is routed.
-    async fn wake_app(&self, app_name: &str) -> Result<(), String> {
+    async fn wake_app(&self, app_name: &str, another: bool) -> Result<(), String> {
         let store = &self.inner.store;
         let app = store
             .app_by_name(app_name)
@@ -991,7 +1017,7 @@ impl Agent {
             .into_iter()
             .filter(|m| routable(m, active.as_ref()))
             .collect();
-        if machines.iter().any(|m| m.state == MachineState::Started) {
+        if !another && machines.iter().any(|m| m.state == MachineState::Started) {
             // Woken meanwhile by someone else.
             return self
                 .publish_routes(&app.id)

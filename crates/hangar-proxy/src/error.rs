@@ -52,6 +52,17 @@ pub enum ProxyError {
         /// Why, worded for the client.
         reason: String,
     },
+    /// Every machine of the app stayed at its hard concurrency limit while
+    /// the request waited (or the wait queue was full).
+    #[error(
+        "app '{app}' is at its concurrency limit ({hard_limit} requests per machine); retry shortly"
+    )]
+    AtCapacity {
+        /// The app that was asked for.
+        app: String,
+        /// The per-machine hard limit.
+        hard_limit: u32,
+    },
     /// The upstream could not be reached or failed before sending a response.
     #[error("app '{app}' is not answering: {reason}")]
     Upstream {
@@ -77,9 +88,9 @@ impl ProxyError {
             | ProxyError::ForeignHost { .. }
             | ProxyError::UnknownApp { .. } => StatusCode::NOT_FOUND,
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoMachine { .. } | ProxyError::WakeFailed { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoMachine { .. }
+            | ProxyError::WakeFailed { .. }
+            | ProxyError::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Listener(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

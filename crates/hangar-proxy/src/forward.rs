@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::error::ProxyError;
-use crate::table::{ActivityGuard, RouteTable};
+use crate::table::{ActivityGuard, AppRoute, Pick, RouteTable};
 
 /// The body the proxy answers with: the upstream's, streamed through
 /// untouched (counted as activity until it ends), or a small generated one
@@ -155,11 +156,14 @@ pub(crate) fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if matches!(
-        err,
-        ProxyError::NoMachine { .. } | ProxyError::WakeFailed { .. }
-    ) {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    match err {
+        ProxyError::NoMachine { .. } | ProxyError::WakeFailed { .. } => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        ProxyError::AtCapacity { .. } => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
     }
     resp
 }
@@ -215,10 +219,23 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
             }
         }
     }
-    let upstream = route.pick().ok_or_else(|| ProxyError::NoMachine {
-        app: route.name.to_string(),
-    })?;
-    let guard = route.activity.begin();
+    let (index, guard) = match route.try_pick() {
+        Pick::Chosen(index, guard) => (index, guard),
+        Pick::NoMachine => {
+            return Err(ProxyError::NoMachine {
+                app: route.name.to_string(),
+            });
+        }
+        Pick::Full => {
+            let (r, index, guard) = wait_for_slot(shared, host_str, route, started).await?;
+            route = r;
+            (index, guard)
+        }
+    };
+    if route.over_soft_limit(index) {
+        shared.routes.grow(&route);
+    }
+    let upstream = &route.upstreams[index];
 
     let path_and_query = parts
         .uri
@@ -292,6 +309,62 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         inner,
         _guard: Some(guard),
     }))
+}
+
+/// How long a request waits for a machine under its hard limit before 503.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits, in the app's bounded queue, until a machine has room under its
+/// hard limit; the route is re-read on every try so machines published
+/// meanwhile count. Full queue or [`QUEUE_TIMEOUT`] → 503 `AtCapacity`.
+async fn wait_for_slot(
+    shared: &Shared,
+    host: &str,
+    route: Arc<AppRoute>,
+    started: std::time::Instant,
+) -> Result<(Arc<AppRoute>, usize, ActivityGuard), ProxyError> {
+    let activity = Arc::clone(&route.activity);
+    let at_capacity = |route: &AppRoute| {
+        route.activity.rejected.fetch_add(1, Ordering::Relaxed);
+        route.activity.record(503, started.elapsed());
+        ProxyError::AtCapacity {
+            app: route.name.to_string(),
+            hard_limit: route.limits.hard.unwrap_or(0),
+        }
+    };
+    // Counted before the first look (SeqCst, see `ActivityGuard::drop`).
+    if activity.queued.fetch_add(1, Ordering::SeqCst) >= route.queue_capacity() {
+        activity.queued.fetch_sub(1, Ordering::SeqCst);
+        return Err(at_capacity(&route));
+    }
+    struct Dequeue<'a>(&'a AtomicUsize);
+    impl Drop for Dequeue<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _dequeue = Dequeue(&activity.queued);
+    let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
+    drop(route);
+    loop {
+        let notified = activity.released.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before looking, so a slot freed in between wakes us.
+        notified.as_mut().enable();
+        let route = shared.routes.resolve(host)?;
+        match route.try_pick() {
+            Pick::Chosen(index, guard) => return Ok((route, index, guard)),
+            Pick::NoMachine => {
+                return Err(ProxyError::NoMachine {
+                    app: route.name.to_string(),
+                });
+            }
+            Pick::Full => {}
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Err(at_capacity(&route));
+        }
+    }
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` plus an

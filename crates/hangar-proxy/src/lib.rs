@@ -15,8 +15,11 @@
 //!    the [`hangar_core::route::Waker`] (one wake shared by all waiting
 //!    requests, bounded by 30 s); if that fails, or no waker is set, 503 with
 //!    `Retry-After: 5`.
-//! 4. **Upstream pick.** Round-robin over the app's machines with one atomic
-//!    counter, in a single small function so the policy can change alone.
+//! 4. **Upstream pick.** The machine with the fewest requests in flight
+//!    (ties round-robin), claimed with one atomic compare-and-swap so its
+//!    hard concurrency limit always holds; all at the limit → the app's
+//!    bounded wait queue, then 503 + `Retry-After: 1`; past the soft limit
+//!    → the [`hangar_core::route::Waker`] starts another machine.
 //! 5. **Forward.** The request URI becomes `http://<upstream><path?query>`;
 //!    hop-by-hop headers go; `X-Forwarded-For/-Proto/-Host` are set; the
 //!    client's `Host` stays as sent. One shared pooled hyper client sends it,

@@ -903,3 +903,145 @@ async fn websocket_upgrades_are_tunnelled_and_count_as_activity() {
         .expect("idle once the tunnel closed");
     proxy.shutdown().await;
 }
+
+/// Fires `n` concurrent GETs of `path` at `app` and returns their answers.
+async fn burst(proxy: &Arc<Proxy>, app: &str, path: &'static str, n: usize) -> Vec<Answer> {
+    let client = client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (proxy, client, host) = (Arc::clone(proxy), client.clone(), proxy.host(app));
+        tasks.spawn(async move { proxy.get(&client, &host, path).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = tasks.join_next().await {
+        answers.push(answer.expect("task"));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_hard_limit_requests_queue_then_get_503() {
+    let a = start_upstream("a").await;
+    let proxy = Arc::new(start_proxy().await);
+    let limits = hangar_core::route::Limits {
+        soft: None,
+        hard: Some(2),
+    };
+    proxy.routes.publish("busy", vec![a.addr], limits);
+
+    // 2 run, 2 wait in the queue (capacity = hard limit × machines): all
+    // answered, in two waves of /slow (300 ms each).
+    let started = std::time::Instant::now();
+    let answers = burst(&proxy, "busy", "/slow", 4).await;
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK));
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "never more than 2 at once: 4 × 300 ms took only {:?}",
+        started.elapsed()
+    );
+
+    // 6 at once: 2 run, 2 queue, 2 find the queue full.
+    let answers = burst(&proxy, "busy", "/slow", 6).await;
+    let ok = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!((ok, refused.len()), (4, 2), "statuses");
+    for answer in refused {
+        assert_eq!(answer.header("retry-after"), Some("1"));
+        assert!(
+            answer
+                .body
+                .contains("concurrency limit (2 requests per machine)"),
+            "{}",
+            answer.body
+        );
+    }
+    let metrics = proxy.routes.render_metrics();
+    for line in [
+        "hangar_proxy_rejected_total{app=\"busy\"} 2",
+        "hangar_proxy_queued{app=\"busy\"} 0",
+        "hangar_proxy_in_flight{app=\"busy\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+    let Ok(proxy) = Arc::try_unwrap(proxy) else {
+        panic!("proxy still shared");
+    };
+    proxy.shutdown().await;
+}
+
+/// A waker whose `wake_another` publishes a second upstream, once: `calls`
+/// counts the machines it started.
+struct GrowingWaker {
+    calls: Arc<AtomicUsize>,
+    routes: std::sync::Weak<RouteTable>,
+    upstreams: Vec<SocketAddr>,
+    limits: hangar_core::route::Limits,
+}
+
+impl hangar_core::route::Waker for GrowingWaker {
+    fn wake(&self, _app: &str) -> hangar_core::route::WakeFuture {
+        Box::pin(std::future::ready(Err("not under test".to_owned())))
+    }
+
+    fn wake_another(&self, app: &str) -> hangar_core::route::WakeFuture {
+        let Some(routes) = self.routes.upgrade() else {
+            return Box::pin(std::future::ready(Err("gone".to_owned())));
+        };
+        if routes.upstreams(app).as_ref() == Some(&self.upstreams) {
+            // Like a node whose machines all run: nothing left to start.
+            return Box::pin(std::future::ready(Err("no machine left".to_owned())));
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        routes.publish(app, self.upstreams.clone(), self.limits);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_soft_limit_another_machine_is_started_once() {
+    let (a, b) = (start_upstream("a").await, start_upstream("b").await);
+    let proxy = Arc::new(start_proxy().await);
+    let limits = hangar_core::route::Limits {
+        soft: Some(1),
+        hard: Some(10),
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    proxy.routes.set_waker(Arc::new(GrowingWaker {
+        calls: Arc::clone(&calls),
+        routes: Arc::downgrade(&proxy.routes),
+        upstreams: vec![a.addr, b.addr],
+        limits,
+    }));
+    proxy.routes.publish("grows", vec![a.addr], limits);
+    // One request alone stays under the soft limit.
+    assert_eq!(
+        proxy.get(&client(), &proxy.host("grows"), "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // Five at once are past it: one extra machine, however many saw it.
+    let answers = burst(&proxy, "grows", "/slow", 5).await;
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one extra machine");
+    assert_eq!(proxy.routes.upstreams("grows"), Some(vec![a.addr, b.addr]));
+    // From now on the load is shared.
+    let answers = burst(&proxy, "grows", "/slow", 6).await;
+    let from_b = answers
+        .iter()
+        .filter(|a| a.header("x-upstream") == Some("b"))
+        .count();
+    assert!(from_b >= 2, "b took {from_b} of 6");
+    let Ok(proxy) = Arc::try_unwrap(proxy) else {
+        panic!("proxy still shared");
+    };
+    proxy.shutdown().await;
+}

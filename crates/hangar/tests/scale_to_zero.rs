@@ -146,3 +146,40 @@ fn min_machines_running_keeps_one_up() {
     assert_eq!(still, 1, "one stays up: {states:?}");
     assert_eq!(p.get("steady", "/").0, 200);
 }
+
+#[test]
+fn past_the_soft_limit_a_stopped_machine_is_started() {
+    let p = platform("crowded");
+    let config = json!({"image": "toolbox:v1", "restart": {"policy": "no"},
+        "services": [{"internal_port": 8080, "autostart": true, "autostop": "off",
+                      "concurrency": {"type": "requests", "soft_limit": 1, "hard_limit": 8}}]});
+    let create = |skip_launch: bool| {
+        let (code, m) = p.call(
+            "POST",
+            "/v1/apps/crowded/machines",
+            json!({"config": config, "skip_launch": skip_launch}),
+        );
+        assert_eq!(code, 200, "{m}");
+        m["id"].as_str().unwrap().to_owned()
+    };
+    let _running = create(false);
+    let spare = create(true);
+    wait_for(10, "the app to answer", || {
+        (p.get("crowded", "/").0 == 200).then_some(())
+    });
+    let (_, m) = p.call(
+        "GET",
+        &format!("/v1/apps/crowded/machines/{spare}"),
+        Value::Null,
+    );
+    assert_eq!(m["state"], "created", "{m}");
+    // Four requests held 400 ms each on one machine with soft limit 1.
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| p.get("crowded", "/slow")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|a| a.0 == 200), "{answers:?}");
+    wait_state(&p, "crowded", &spare, "started");
+}

@@ -51,7 +51,11 @@ fn serve() {
         std::thread::spawn(move || {
             let mut stream = stream;
             let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
+            let n = stream.read(&mut buf).unwrap_or(0);
+            // GET /slow answers after 400 ms, to hold requests in flight.
+            if buf[..n].starts_with(b"GET /slow ") {
+                std::thread::sleep(Duration::from_millis(400));
+            }
             let _ = stream.write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoolbox\n",
             );
