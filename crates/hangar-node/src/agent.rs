@@ -96,6 +96,10 @@ struct Inner {
     /// Serialises route publication so a slower, older computation never
     /// overwrites a newer one.
     publish: tokio::sync::Mutex<()>,
+    /// The runtime the agent was created on. Wakes arrive from the proxy's
+    /// own worker threads; their work (store, runc, monitors) runs here so
+    /// nothing the agent spawns lives on a proxy worker.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Agent {
@@ -119,6 +123,7 @@ impl Agent {
                 gpu_holders: Mutex::new(HashMap::new()),
                 locks: Mutex::new(HashMap::new()),
                 publish: tokio::sync::Mutex::new(()),
+                runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         }
     }
@@ -984,18 +989,36 @@ fn service(m: &Machine) -> Option<&hangar_core::machine::Service> {
 impl Waker for Agent {
     fn wake(&self, app: &str) -> WakeFuture {
         let (agent, app) = (self.clone(), app.to_owned());
-        Box::pin(async move { agent.wake_app(&app, false).await })
+        self.on_own_runtime(async move { agent.wake_app(&app, false).await })
     }
 
     fn wake_another(&self, app: &str) -> WakeFuture {
         let (agent, app) = (self.clone(), app.to_owned());
-        Box::pin(async move { agent.wake_app(&app, true).await })
+        self.on_own_runtime(async move { agent.wake_app(&app, true).await })
     }
 }
 
 impl Agent {
     /// Starts (or resumes) one of the app's stopped machines for a request
     /// and returns once it accepts connections and is routed.
+    /// Runs `work` on the agent's runtime (see `Inner::runtime`) and
+    /// resolves to its outcome wherever it is awaited.
+    fn on_own_runtime(
+        &self,
+        work: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+    ) -> WakeFuture {
+        match &self.inner.runtime {
+            Some(runtime) => {
+                let task = runtime.spawn(work);
+                Box::pin(async move {
+                    task.await
+                        .unwrap_or_else(|e| Err(format!("the wake did not finish: {e}")))
+                })
+            }
+            None => Box::pin(work),
+        }
+    }
+
     async fn wake_app(&self, app_name: &str, another: bool) -> Result<(), String> {
         let store = &self.inner.store;
         let app = store

@@ -70,9 +70,9 @@ pub enum ProxyError {
         app: String,
         /// A one-line description of the cause, safe to show to the client.
         reason: String,
-        /// The underlying client error, kept for logs.
+        /// The underlying error, kept for logs.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The listening socket failed in a way that stops the proxy.
     #[error("proxy listener failed: {0}")]
@@ -97,29 +97,22 @@ impl ProxyError {
     }
 
     /// Builds the error for a failed upstream exchange, condensing the
-    /// client error's source chain into one line (the legacy client's own
-    /// `Display` only says "client error (Connect)").
-    pub(crate) fn upstream(app: &str, source: hyper_util::client::legacy::Error) -> Self {
-        let mut reason = String::new();
-        let mut cause = std::error::Error::source(&source);
-        while let Some(err) = cause {
-            if !reason.is_empty() {
+    /// error and its source chain into one line.
+    pub(crate) fn upstream(app: &str, err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let mut reason = err.to_string();
+        let mut cause = err.source();
+        while let Some(next) = cause {
+            let text = next.to_string();
+            if !reason.contains(&text) {
                 reason.push_str(": ");
+                reason.push_str(&text);
             }
-            reason.push_str(&err.to_string());
-            cause = err.source();
-        }
-        if reason.is_empty() {
-            reason = if source.is_connect() {
-                "cannot connect".to_owned()
-            } else {
-                "the connection failed".to_owned()
-            };
+            cause = next.source();
         }
         ProxyError::Upstream {
             app: app.to_owned(),
             reason,
-            source,
+            source: Box::new(err),
         }
     }
 }

@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::error::ProxyError;
+use crate::pool::{Lease, Pool};
 use crate::table::{ActivityGuard, AppRoute, Pick, RouteTable};
 
 /// The body the proxy answers with: the upstream's, streamed through
@@ -27,13 +26,30 @@ use crate::table::{ActivityGuard, AppRoute, Pick, RouteTable};
 pub(crate) type ProxyBody = Either<Tracked, Full<Bytes>>;
 
 /// An upstream response body that holds its app's activity guard until the
-/// body is finished or dropped, so streaming responses count as activity.
+/// body is finished or dropped, so streaming responses count as activity,
+/// and hands its upstream connection back to the worker's pool once the
+/// body has been read to its end.
 #[derive(Debug)]
 pub(crate) struct Tracked {
     /// The upstream's body.
     inner: Incoming,
     /// Dropped with the body (None for a 101, whose tunnel holds it).
     _guard: Option<ActivityGuard>,
+    /// The connection the body arrives on, and the pool it returns to
+    /// (None for a 101: the tunnel owns the connection).
+    lease: Option<(Arc<Shared>, Lease)>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Only a body read to its end leaves the connection clean for the
+        // next request; otherwise it is dropped and closes.
+        if http_body::Body::is_end_stream(&self.inner)
+            && let Some((shared, lease)) = self.lease.take()
+        {
+            shared.pool.give_back(lease);
+        }
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -59,19 +75,6 @@ impl http_body::Body for Tracked {
 /// How long a request waits for its app to wake before a 503.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The pooled upstream client. The request body type is `Incoming`, so the
-/// client's request body is streamed straight from the client connection.
-pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
-
-/// How long an unused upstream connection stays in the pool.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept per upstream; generous so a benchmark's burst of
-/// concurrent requests finds warm connections on its next round.
-const POOL_MAX_IDLE_PER_HOST: usize = 1024;
-/// Bound on establishing an upstream TCP connection, so a blackholed machine
-/// yields a 502 instead of hanging the client.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -94,27 +97,13 @@ fn hop_by_hop() -> [&'static HeaderName; 9] {
     ]
 }
 
-/// Builds the one upstream client shared by every connection.
-pub(crate) fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
-
-/// What every request handler needs; one per proxy, shared by `Arc`.
+/// What every request handler needs; one per proxy worker, shared by `Arc`.
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// Where requests go.
     pub(crate) routes: Arc<RouteTable>,
-    /// The pooled upstream client; one for all connections so upstream
-    /// keep-alive connections are reused across clients.
-    pub(crate) client: UpstreamClient,
+    /// The worker's upstream connections, reused across its clients.
+    pub(crate) pool: Pool,
 }
 
 /// Per client connection state: cloned into each request's future as one
@@ -237,18 +226,16 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
     }
     let upstream = &route.upstreams[index];
 
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = Some(Scheme::HTTP);
-    uri_parts.authority = Some(upstream.authority.clone());
-    uri_parts.path_and_query = Some(path_and_query);
-    // Cannot fail (scheme, authority and path are all present and valid);
-    // the mapping only keeps a panic off the request path.
-    parts.uri = Uri::from_parts(uri_parts).map_err(|_| shared.routes.invalid_host())?;
+    // Upstreams get the origin form ("/path?query"), as from any client; an
+    // absolute-form request URI is cut down to it.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path_and_query);
+    }
     // Upstream connections are always HTTP/1.1 so they can be kept alive,
     // whatever version the client spoke.
     parts.version = Version::HTTP_11;
@@ -269,8 +256,8 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
     }
 
     let req = Request::from_parts(parts, body);
-    let mut resp = match shared.client.request(req).await {
-        Ok(resp) => resp,
+    let (mut resp, lease) = match shared.pool.send(upstream.addr, req).await {
+        Ok(exchange) => exchange,
         Err(err) => {
             route.activity.record(502, started.elapsed());
             return Err(ProxyError::upstream(&route.name, err));
@@ -302,12 +289,15 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         return Ok(resp.map(|inner| Tracked {
             inner,
             _guard: None,
+            lease: None,
         }));
     }
     strip_hop_by_hop(resp.headers_mut());
+    let lease = Some((Arc::clone(&ctx.shared), lease));
     Ok(resp.map(|inner| Tracked {
         inner,
         _guard: Some(guard),
+        lease,
     }))
 }
 

@@ -3,8 +3,10 @@
 //!
 //! # Request lifecycle
 //!
-//! 1. **Accept.** [`serve`] accepts TCP connections (TCP_NODELAY on) and
-//!    serves each with hyper's HTTP/1.1 server, keep-alive on.
+//! 1. **Accept.** [`serve`] runs one worker thread per CPU, each with its
+//!    own single-threaded runtime accepting from the shared listening socket
+//!    (TCP_NODELAY on), serving each connection with hyper's HTTP/1.1
+//!    server, keep-alive on.
 //! 2. **Host.** The app is named by the `Host` header (or, failing that, the
 //!    authority of an absolute-form URI), normalised: lowercase, `:port` and
 //!    one trailing dot stripped. Exactly one label before the domain is an
@@ -20,10 +22,12 @@
 //!    hard concurrency limit always holds; all at the limit → the app's
 //!    bounded wait queue, then 503 + `Retry-After: 1`; past the soft limit
 //!    → the [`hangar_core::route::Waker`] starts another machine.
-//! 5. **Forward.** The request URI becomes `http://<upstream><path?query>`;
+//! 5. **Forward.** The request URI is sent in origin form (`/path?query`);
 //!    hop-by-hop headers go; `X-Forwarded-For/-Proto/-Host` are set; the
-//!    client's `Host` stays as sent. One shared pooled hyper client sends it,
-//!    so upstream connections are kept alive and reused. Bodies stream in
+//!    client's `Host` stays as sent. The worker's own pool of hyper HTTP/1
+//!    connections carries it: kept alive, handed back once the response
+//!    body has ended, and a request a stale pooled connection could not take
+//!    goes out again on a new one. Bodies stream in
 //!    both directions: the client's `Incoming` body is the upstream request
 //!    body and the upstream's `Incoming` body is the response body.
 //! 6. **Answer.** Hop-by-hop headers are stripped from the response. A
@@ -38,9 +42,12 @@
 //!   (whole sets, never deltas); writes copy the map, reads never lock.
 //! - Errors are typed ([`ProxyError`]); routing errors carry their status and
 //!   their `Display` is the text/plain body the client sees.
-//! - No allocation per request beyond what forwarding needs: upstream
-//!   authorities are pre-rendered when a route is set, the client IP header
-//!   value once per connection, and bodies are never buffered.
+//! - No allocation per request beyond what forwarding needs: the URI is
+//!   kept as the client sent it, the client IP header value is rendered once
+//!   per connection, and bodies are never buffered.
+//! - Nothing crosses threads per request: a worker's client connections,
+//!   upstream connections and their tasks all live on that worker (the
+//!   node's wakes run on the node's runtime).
 //! - Shutdown is graceful: stop accepting, let in-flight requests finish
 //!   (bounded by [`SHUTDOWN_GRACE`]), then drop what is left.
 //!
@@ -50,6 +57,7 @@
 
 mod error;
 mod forward;
+mod pool;
 mod table;
 
 use std::future::Future;
@@ -80,30 +88,101 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves until `shutdown` resolves; then stops accepting, lets in-flight
 /// connections finish (bounded, [`SHUTDOWN_GRACE`]), returns.
+///
+/// Runs one worker per CPU ([`std::thread::available_parallelism`]); see
+/// [`serve_with_workers`].
 pub async fn serve(
     listener: TcpListener,
     routes: Arc<RouteTable>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
-    let local = listener.local_addr().map_err(ProxyError::Listener)?;
-    tracing::info!(addr = %local, domain = routes.domain(), "proxy listening");
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    serve_with_workers(listener, routes, workers, shutdown).await
+}
 
+/// [`serve`] with `workers` threads (at least 1).
+///
+/// Thread per core, as nginx does it: each worker is an OS thread with its
+/// own single-threaded tokio runtime, accepting from the same listening
+/// socket, with its own upstream connection pool. A request's client
+/// connection, its upstream connection and every wake-up between them stay
+/// on one thread, so forwarding costs no cross-thread hand-off. The caller's
+/// runtime only waits for `shutdown`.
+pub async fn serve_with_workers(
+    listener: TcpListener,
+    routes: Arc<RouteTable>,
+    workers: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    let local = listener.local_addr().map_err(ProxyError::Listener)?;
+    let listener = listener.into_std().map_err(ProxyError::Listener)?;
+    tracing::info!(addr = %local, domain = routes.domain(), workers, "proxy listening");
+
+    // `true` is sent once, on shutdown; every worker and connection watches it.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut finished = Vec::new();
+    for n in 0..workers.max(1) {
+        let socket = listener.try_clone().map_err(ProxyError::Listener)?;
+        let (routes, stop) = (Arc::clone(&routes), stop_rx.clone());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("hangar-proxy-{n}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(err) => {
+                        tracing::error!(%err, "proxy worker cannot start its runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => worker(listener, routes, stop).await,
+                        Err(err) => tracing::error!(%err, "proxy worker cannot watch the listener"),
+                    }
+                });
+                let _ = done_tx.send(());
+            });
+        if let Err(err) = spawned {
+            let _ = stop_tx.send(true);
+            return Err(ProxyError::Listener(err));
+        }
+        finished.push(done_rx);
+    }
+    drop(listener);
+    shutdown.await;
+    tracing::info!("proxy shutting down: draining connections");
+    let _ = stop_tx.send(true);
+    for done in finished {
+        // An Err means the worker thread ended without saying so (a panic,
+        // already logged): nothing left to wait for.
+        let _ = done.await;
+    }
+    tracing::info!("proxy stopped");
+    Ok(())
+}
+
+/// One worker: accepts and serves connections on the current thread until
+/// `stop` turns true, then drains them (bounded by [`SHUTDOWN_GRACE`]).
+async fn worker(listener: TcpListener, routes: Arc<RouteTable>, mut stop: watch::Receiver<bool>) {
     let shared = Arc::new(Shared {
         routes,
-        client: forward::upstream_client(),
+        pool: pool::Pool::default(),
     });
     let mut http = http1::Builder::new();
     http.keep_alive(true).timer(TokioTimer::new());
-
-    // `true` is sent once, on shutdown; every connection task watches it.
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
             // Reap finished connection tasks so the set stays the size of
             // the live connections.
             Some(done) = connections.join_next(), if !connections.is_empty() => {
@@ -116,7 +195,7 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let conn = serve_connection(&http, &shared, stream, peer, stop_rx.clone());
+                    let conn = serve_connection(&http, &shared, stream, peer, stop.clone());
                     connections.spawn(conn);
                 }
                 Err(err) => {
@@ -128,15 +207,7 @@ pub async fn serve(
             },
         }
     }
-
     drop(listener);
-    tracing::info!(
-        connections = connections.len(),
-        "proxy shutting down: draining connections"
-    );
-    // Receivers live in the tasks, so this cannot fail while any is running;
-    // if none is, there is nothing to tell.
-    let _ = stop_tx.send(true);
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tracing::warn!(
@@ -145,8 +216,6 @@ pub async fn serve(
         );
         connections.shutdown().await;
     }
-    tracing::info!("proxy stopped");
-    Ok(())
 }
 
 /// Errors that concern only the connection being accepted: retry at once.

@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use futures_util::future::Shared;
 use hangar_core::route::{Activity, Limits, RouteSink, WakeFuture, Waker};
-use http::uri::Authority;
 use tokio::sync::Notify;
 
 use crate::error::ProxyError;
@@ -23,11 +22,8 @@ pub(crate) const GROW_COOLDOWN: Duration = Duration::from_secs(2);
 /// One machine serving an app.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
-    /// Where the machine listens; kept for logs and tests.
+    /// Where the machine listens.
     pub(crate) addr: SocketAddr,
-    /// `addr` rendered once as a URI authority when the route is set, so the
-    /// hot path rewrites the request URI without formatting a string.
-    pub(crate) authority: Authority,
     /// Requests in flight on this machine; carried over (by address) when
     /// the route is replaced, so limits hold across updates.
     pub(crate) in_flight: Arc<AtomicUsize>,
@@ -532,18 +528,9 @@ impl RouteSink for RouteTable {
         };
         let upstreams: Box<[Upstream]> = upstreams
             .into_iter()
-            .filter_map(|addr| match Authority::try_from(addr.to_string()) {
-                Ok(authority) => Some(Upstream {
-                    addr,
-                    authority,
-                    in_flight: in_flight_of(addr),
-                }),
-                // A SocketAddr always renders as a valid authority; this arm
-                // only keeps a malformed one from reaching the hot path.
-                Err(err) => {
-                    tracing::error!(%app, %addr, %err, "upstream address is not a valid authority");
-                    None
-                }
+            .map(|addr| Upstream {
+                addr,
+                in_flight: in_flight_of(addr),
             })
             .collect();
         tracing::info!(app = %name, upstreams = upstreams.len(), "route set");
@@ -691,7 +678,6 @@ mod tests {
         // Each claim is released at once, so every pick sees a tie.
         let picks: Vec<SocketAddr> = (0..4).map(|_| pick(&route).expect("upstream").0).collect();
         assert_eq!(picks, vec![a, b, a, b]);
-        assert_eq!(route.upstreams[0].authority.as_str(), "127.0.0.1:1");
     }
 
     #[test]
@@ -756,13 +742,5 @@ mod tests {
             Err(ProxyError::UnknownApp { .. })
         ));
         assert_eq!(t.upstreams("hello"), None);
-    }
-
-    #[test]
-    fn ipv6_upstream_authority() {
-        let t = RouteTable::new("localhost");
-        t.set_route("v6", vec!["[::1]:8080".parse().expect("addr")]);
-        let route = t.resolve("v6.localhost").expect("route");
-        assert_eq!(route.upstreams[0].authority.as_str(), "[::1]:8080");
     }
 }

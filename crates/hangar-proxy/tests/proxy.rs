@@ -304,14 +304,20 @@ async fn upstream_connection_is_kept_alive() {
     proxy.routes.set_route("hello", vec![up.addr]);
     let host = proxy.host("hello");
 
-    for _ in 0..3 {
+    for _ in 0..10 {
         // A fresh client each time: the reuse is the proxy's, not ours.
         let answer = proxy.get(&client(), &host, "/").await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         // Let the proxy put the finished upstream connection back in its pool.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    // Each proxy worker keeps its own pool: at most one connection each.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let accepted = up.accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=workers).contains(&accepted),
+        "{accepted} upstream connections for 10 sequential requests ({workers} workers)"
+    );
     proxy.shutdown().await;
 }
 
@@ -1043,5 +1049,52 @@ async fn past_the_soft_limit_another_machine_is_started_once() {
     let Ok(proxy) = Arc::try_unwrap(proxy) else {
         panic!("proxy still shared");
     };
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_costs_no_request() {
+    // An upstream that answers one request per connection with keep-alive,
+    // then closes the connection shortly after, as idle timeouts do.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            });
+        }
+    });
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("flaky", vec![addr]);
+    let client = client();
+    for round in 0..4 {
+        let answer = proxy.get(&client, &proxy.host("flaky"), "/").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "round {round}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body, "ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "a new connection each time"
+    );
     proxy.shutdown().await;
 }
