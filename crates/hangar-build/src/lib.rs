@@ -17,6 +17,7 @@
 
 mod cargo;
 mod sync;
+pub mod resources;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 //! - [`archive`]: the one safe tar unpacker, used for uploaded sources and image layers.
 //! - [`route`]: the [`route::RouteSink`] seam between the node agent and the edge proxy.
 //! - [`machine`]: a machine's configuration (Fly Machines API shape) and its validation.
+//! - [`resource`]: the resources an app declares in its code.
 //! - [`status`]: the lifecycle states of builds, releases and machines.
 //!
 //! This crate does no I/O of its own except in [`archive`], and knows nothing of
@@ -15,6 +16,7 @@ pub mod archive;
 pub mod id;
 pub mod machine;
 pub mod name;
+pub mod resource;
 pub mod route;
 pub mod status;
 

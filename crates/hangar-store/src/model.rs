@@ -167,3 +167,21 @@ pub struct MachineEvent {
     /// Unix milliseconds.
     pub timestamp: i64,
 }
+
+/// A resource of an app as stored: its credentials stay sealed here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRow {
+    pub app_id: String,
+    /// `postgres`, `secrets` (see `hangar_core::resource::ResourceKind`).
+    pub kind: String,
+    /// What users see: e.g. the database name.
+    pub name: String,
+    /// `provisioning`, `ready` or `failed`.
+    pub status: String,
+    /// Why it failed, worded for the user.
+    pub detail: Option<String>,
+    /// Sealed credentials; on update, `None` keeps what was stored.
+    pub sealed: Option<Vec<u8>>,
+    /// Unix seconds of the last change (ignored on write).
+    pub updated_at: i64,
+}

@@ -9,11 +9,16 @@ use hangar_core::status::{BuildStatus, MachineState, ReleaseStatus};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    App, Build, Lease, Machine, MachineEvent, NewMachine, Org, Release, Result, StoreError,
+    App, Build, Lease, Machine, MachineEvent, NewMachine, Org, Release, ResourceRow, Result,
+    StoreError,
 };
 
 /// Migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema2.sql"),
+    include_str!("schema3.sql"),
+];
 
 /// Handle to the state store; cheap to clone.
 #[derive(Clone)]
@@ -240,6 +245,113 @@ impl Store {
         let app_id = app_id.to_owned();
         self.call(move |c| {
             c.execute("DELETE FROM apps WHERE id = ?1", [app_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ---- secrets and resources (values sealed by hangar-resources) ----
+
+    /// Sets (inserts or replaces) sealed secrets of an app, in one transaction.
+    pub async fn set_secrets(&self, app_id: &str, sealed: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for (name, value) in sealed {
+                tx.execute(
+                    "INSERT INTO secrets (app_id, name, sealed, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (app_id, name) DO UPDATE SET sealed = ?3, updated_at = ?4",
+                    params![app_id, name, value, now_unix()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes secrets by name; returns the names that existed.
+    pub async fn unset_secrets(&self, app_id: &str, names: Vec<String>) -> Result<Vec<String>> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let mut removed = Vec::new();
+            for name in names {
+                if tx.execute(
+                    "DELETE FROM secrets WHERE app_id = ?1 AND name = ?2",
+                    params![app_id, name],
+                )? > 0
+                {
+                    removed.push(name);
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// An app's secrets: (name, sealed value, updated_at), by name.
+    pub async fn secrets(&self, app_id: &str) -> Result<Vec<(String, Vec<u8>, i64)>> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT name, sealed, updated_at FROM secrets WHERE app_id = ?1 ORDER BY name",
+            )?;
+            let rows = stmt.query_map([app_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            collect(rows)
+        })
+        .await
+    }
+
+    /// Records a resource's state (inserting it on first use).
+    pub async fn put_resource(&self, r: ResourceRow) -> Result<()> {
+        self.call(move |c| {
+            let now = now_unix();
+            c.execute(
+                "INSERT INTO resources (app_id, kind, name, status, detail, sealed, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                 ON CONFLICT (app_id, kind) DO UPDATE SET name = ?3, status = ?4, detail = ?5,
+                     sealed = COALESCE(?6, sealed), updated_at = ?7",
+                params![r.app_id, r.kind, r.name, r.status, r.detail, r.sealed, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// An app's resources, by kind.
+    pub async fn resources(&self, app_id: &str) -> Result<Vec<ResourceRow>> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT app_id, kind, name, status, detail, sealed, updated_at
+                 FROM resources WHERE app_id = ?1 ORDER BY kind",
+            )?;
+            let rows = stmt.query_map([app_id], |r| {
+                Ok(ResourceRow {
+                    app_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    name: r.get(2)?,
+                    status: r.get(3)?,
+                    detail: r.get(4)?,
+                    sealed: r.get(5)?,
+                    updated_at: r.get(6)?,
+                })
+            })?;
+            collect(rows)
+        })
+        .await
+    }
+
+    /// Forgets one resource of an app.
+    pub async fn delete_resource(&self, app_id: &str, kind: &str) -> Result<()> {
+        let (app_id, kind) = (app_id.to_owned(), kind.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM resources WHERE app_id = ?1 AND kind = ?2",
+                params![app_id, kind],
+            )?;
             Ok(())
         })
         .await

@@ -1,0 +1,552 @@
+//! Resources declared in code, provisioned by Hangar, and the app's secrets.
+//!
+//! - [`Vault`]: seals values (ChaCha20-Poly1305, a random nonce per value,
+//!   the owner and name as associated data so a sealed value cannot be moved
+//!   to another row) with a key kept in the data dir. Secrets and resource
+//!   credentials are stored only sealed.
+//! - [`Resources`]: provisions what an app declares (a Postgres database
+//!   and a role of its own per app), lists it, drops it, and renders the
+//!   per-machine resources file the runtime reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hangar_core::resource::ResourceKind;
+use hangar_store::{App, ResourceRow, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// Everything that can go wrong here.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error("the secrets key {path}: {source}")]
+    Key {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the secrets key {0} is not 64 hex digits")]
+    BadKey(String),
+    #[error("a sealed value could not be opened (wrong key, or tampered with)")]
+    Unseal,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Postgres: {0}")]
+    Postgres(String),
+    #[error("this app declares a Postgres database, but Hangar has no Postgres server configured (start hangar with --postgres-url)")]
+    NoPostgres,
+    #[error("invalid secret name {0:?}: use letters, digits and '_', not starting with a digit")]
+    SecretName(String),
+}
+
+type Result<T, E = ResourceError> = std::result::Result<T, E>;
+
+/// Seals and opens values with the node's key.
+#[derive(Clone)]
+pub struct Vault {
+    cipher: ChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vault")
+    }
+}
+
+const NONCE_LEN: usize = 12;
+
+impl Vault {
+    /// Opens the key at `path`, creating it (mode 0600) on first use.
+    pub fn open(path: &Path) -> Result<Vault> {
+        let key_err = |source| ResourceError::Key {
+            path: path.display().to_string(),
+            source,
+        };
+        let hex_key = match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key)
+                    .map_err(|e| key_err(std::io::Error::other(e.to_string())))?;
+                let text = hex::encode(key);
+                write_private(path, text.as_bytes()).map_err(key_err)?;
+                text
+            }
+            Err(e) => return Err(key_err(e)),
+        };
+        let bytes = hex::decode(&hex_key)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| ResourceError::BadKey(path.display().to_string()))?;
+        Ok(Vault {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
+        })
+    }
+
+    /// Seals `plain`, bound to `context` (who owns it and what it is).
+    pub fn seal(&self, context: &str, plain: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        // The OS generator failing is not recoverable; an all-zero nonce
+        // would be reused, so refuse rather than seal with it.
+        if getrandom::fill(&mut nonce).is_err() {
+            panic!("the operating system's random number generator failed");
+        }
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: context.as_bytes(),
+                },
+            )
+            // Encryption only fails for inputs beyond 256 GiB.
+            .unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens what [`Vault::seal`] sealed with the same `context`.
+    pub fn unseal(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        if sealed.len() < NONCE_LEN {
+            return Err(ResourceError::Unseal);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| ResourceError::Unseal)
+    }
+}
+
+/// Writes a file only its owner can read, atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A secret name is an environment-variable-like identifier.
+pub fn valid_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A resource as users see it: never its credentials.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ResourceInfo {
+    pub kind: String,
+    pub name: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub updated_at: i64,
+}
+
+/// What a machine gets (the file `$HANGAR_RESOURCES` names).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineResources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresCredentials>,
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// How an app reaches its database.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct PostgresCredentials {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for PostgresCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresCredentials")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Postgres server apps get their databases on.
+#[derive(Debug, Clone)]
+pub struct PostgresServer {
+    /// A superuser (or CREATEROLE + CREATEDB) connection string.
+    admin_url: String,
+    /// Where apps connect (from the admin URL).
+    host: String,
+    port: u16,
+}
+
+impl PostgresServer {
+    /// The server at `admin_url` (`postgres://user[:pw]@host[:port]/db`).
+    pub fn new(admin_url: &str) -> Result<PostgresServer> {
+        let config: tokio_postgres::Config = admin_url
+            .parse()
+            .map_err(|e| ResourceError::Postgres(format!("--postgres-url: {e}")))?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => {
+                return Err(ResourceError::Postgres(
+                    "--postgres-url must name a TCP host (machines connect over TCP)".into(),
+                ));
+            }
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        Ok(PostgresServer {
+            admin_url: admin_url.to_owned(),
+            host,
+            port,
+        })
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| ResourceError::Postgres(format!("cannot connect as admin: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "postgres admin connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// Role and database name of an app: `hangar_` + the name with `-` → `_`
+/// (app names are DNS labels, so the result is a plain identifier).
+pub fn database_name(app: &str) -> String {
+    format!("hangar_{}", app.replace('-', "_"))
+}
+
+fn pg_err(e: tokio_postgres::Error) -> ResourceError {
+    match e.as_db_error() {
+        Some(db) => ResourceError::Postgres(db.message().to_owned()),
+        None => ResourceError::Postgres(e.to_string()),
+    }
+}
+
+/// Provisions, lists and drops the resources of apps.
+#[derive(Clone)]
+pub struct Resources {
+    store: Store,
+    vault: Vault,
+    postgres: Option<PostgresServer>,
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resources")
+            .field("postgres", &self.postgres)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resources {
+    pub fn new(store: Store, vault: Vault, postgres: Option<PostgresServer>) -> Resources {
+        Resources {
+            store,
+            vault,
+            postgres,
+        }
+    }
+
+    fn context(app_id: &str, what: &str) -> String {
+        format!("{app_id}/{what}")
+    }
+
+    /// Makes sure every resource in `kinds` exists for `app`; `progress`
+    /// gets one line per step, for the build log. Idempotent: a ready
+    /// resource is left as it is.
+    pub async fn provision(
+        &self,
+        app: &App,
+        kinds: &BTreeSet<ResourceKind>,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<()> {
+        let existing = self.store.resources(&app.id).await?;
+        for kind in kinds {
+            let ready = existing
+                .iter()
+                .any(|r| r.kind == kind.as_str() && r.status == "ready");
+            if ready {
+                progress(format!("{kind}: ready"));
+                continue;
+            }
+            match kind {
+                ResourceKind::Secrets => {
+                    self.put(app, *kind, "secrets", "ready", None, None).await?;
+                    progress("secrets: ready (set them with `hangar secrets set`)".into());
+                }
+                ResourceKind::Postgres => {
+                    let name = database_name(&app.name);
+                    progress(format!("postgres: creating database {name} and its role"));
+                    self.put(app, *kind, &name, "provisioning", None, None)
+                        .await?;
+                    match self.create_postgres(&name).await {
+                        Ok(creds) => {
+                            let json = serde_json::to_vec(&creds).unwrap_or_default();
+                            let sealed = self.vault.seal(&Self::context(&app.id, "postgres"), &json);
+                            self.put(app, *kind, &name, "ready", None, Some(sealed))
+                                .await?;
+                            progress(format!("postgres: database {name} ready"));
+                        }
+                        Err(e) => {
+                            self.put(app, *kind, &name, "failed", Some(e.to_string()), None)
+                                .await?;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn put(
+        &self,
+        app: &App,
+        kind: ResourceKind,
+        name: &str,
+        status: &str,
+        detail: Option<String>,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<()> {
+        self.store
+            .put_resource(ResourceRow {
+                app_id: app.id.clone(),
+                kind: kind.as_str().to_owned(),
+                name: name.to_owned(),
+                status: status.to_owned(),
+                detail,
+                sealed,
+                updated_at: 0,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates (or re-keys) the role and creates the database, owned by the
+    /// role and closed to everyone else.
+    async fn create_postgres(&self, name: &str) -> Result<PostgresCredentials> {
+        let server = self.postgres.as_ref().ok_or(ResourceError::NoPostgres)?;
+        let client = server.connect().await?;
+        let mut pw = [0u8; 24];
+        getrandom::fill(&mut pw).map_err(|e| ResourceError::Postgres(e.to_string()))?;
+        let password = hex::encode(pw);
+        // `name` is hangar_[a-z0-9_]+ and the password hex: both safe to
+        // quote into DDL, which takes no bind parameters.
+        let role_exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(pg_err)?
+            .is_some();
+        let verb = if role_exists { "ALTER" } else { "CREATE" };
+        client
+            .batch_execute(&format!(
+                "{verb} ROLE \"{name}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{password}'"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let db_exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .await
+            .map_err(pg_err)?
+            .is_some();
+        if !db_exists {
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""))
+                .await
+                .map_err(pg_err)?;
+        }
+        client
+            .batch_execute(&format!(
+                "REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC; \
+                 GRANT ALL ON DATABASE \"{name}\" TO \"{name}\""
+            ))
+            .await
+            .map_err(pg_err)?;
+        Ok(PostgresCredentials {
+            url: format!(
+                "postgres://{name}:{password}@{}:{}/{name}",
+                server.host, server.port
+            ),
+            host: server.host.clone(),
+            port: server.port,
+            database: name.to_owned(),
+            user: name.to_owned(),
+            password,
+        })
+    }
+
+    /// Drops everything provisioned for `app` (its database and role) and
+    /// forgets its resources and secrets.
+    pub async fn deprovision(&self, app: &App) -> Result<()> {
+        for r in self.store.resources(&app.id).await? {
+            if r.kind == ResourceKind::Postgres.as_str() {
+                let server = self.postgres.as_ref().ok_or(ResourceError::NoPostgres)?;
+                let client = server.connect().await?;
+                let name = database_name(&app.name);
+                client
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); DROP ROLE IF EXISTS \"{name}\""
+                    ))
+                    .await
+                    .map_err(pg_err)?;
+            }
+            self.store.delete_resource(&app.id, &r.kind).await?;
+        }
+        let names = self
+            .store
+            .secrets(&app.id)
+            .await?
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        self.store.unset_secrets(&app.id, names).await?;
+        Ok(())
+    }
+
+    /// The app's resources as users see them.
+    pub async fn list(&self, app_id: &str) -> Result<Vec<ResourceInfo>> {
+        Ok(self
+            .store
+            .resources(app_id)
+            .await?
+            .into_iter()
+            .map(|r| ResourceInfo {
+                kind: r.kind,
+                name: r.name,
+                status: r.status,
+                detail: r.detail,
+                updated_at: r.updated_at,
+            })
+            .collect())
+    }
+
+    /// Sets secrets (sealed before they reach the store).
+    pub async fn set_secrets(&self, app_id: &str, values: BTreeMap<String, String>) -> Result<()> {
+        let mut sealed = Vec::new();
+        for (name, value) in values {
+            if !valid_secret_name(&name) {
+                return Err(ResourceError::SecretName(name));
+            }
+            let s = self
+                .vault
+                .seal(&Self::context(app_id, &format!("secret/{name}")), value.as_bytes());
+            sealed.push((name, s));
+        }
+        self.store.set_secrets(app_id, sealed).await?;
+        Ok(())
+    }
+
+    /// Removes secrets; returns the names that existed.
+    pub async fn unset_secrets(&self, app_id: &str, names: Vec<String>) -> Result<Vec<String>> {
+        Ok(self.store.unset_secrets(app_id, names).await?)
+    }
+
+    /// Secret names and when each was last set; never the values.
+    pub async fn secret_names(&self, app_id: &str) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .store
+            .secrets(app_id)
+            .await?
+            .into_iter()
+            .map(|(n, _, t)| (n, t))
+            .collect())
+    }
+
+    /// What a machine of the app gets: its database credentials (if
+    /// provisioned) and every secret, unsealed.
+    pub async fn for_machine(&self, app_id: &str) -> Result<MachineResources> {
+        let mut out = MachineResources::default();
+        for r in self.store.resources(app_id).await? {
+            if r.kind == ResourceKind::Postgres.as_str()
+                && r.status == "ready"
+                && let Some(sealed) = &r.sealed
+            {
+                let json = self
+                    .vault
+                    .unseal(&Self::context(app_id, "postgres"), sealed)?;
+                out.postgres =
+                    Some(serde_json::from_slice(&json).map_err(|_| ResourceError::Unseal)?);
+            }
+        }
+        for (name, sealed, _) in self.store.secrets(app_id).await? {
+            let plain = self
+                .vault
+                .unseal(&Self::context(app_id, &format!("secret/{name}")), &sealed)?;
+            out.secrets
+                .insert(name, String::from_utf8_lossy(&plain).into_owned());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_in_their_context_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("secrets.key");
+        let vault = Vault::open(&key).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let sealed = vault.seal("app1/secret/A", b"hunter2");
+        assert!(!sealed.windows(7).any(|w| w == b"hunter2"), "not in the clear");
+        assert_eq!(vault.unseal("app1/secret/A", &sealed).unwrap(), b"hunter2");
+        // Moved to another row, or tampered with: refused.
+        assert!(vault.unseal("app2/secret/A", &sealed).is_err());
+        let mut bad = sealed.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(vault.unseal("app1/secret/A", &bad).is_err());
+        // The same key reopens; another key does not.
+        assert!(Vault::open(&key).unwrap().unseal("app1/secret/A", &sealed).is_ok());
+        let other = Vault::open(&dir.path().join("other.key")).unwrap();
+        assert!(other.unseal("app1/secret/A", &sealed).is_err());
+        std::fs::write(&key, "nothex").unwrap();
+        assert!(matches!(Vault::open(&key), Err(ResourceError::BadKey(_))));
+    }
+
+    #[test]
+    fn secret_names() {
+        for ok in ["A", "API_KEY", "_x1"] {
+            assert!(valid_secret_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "é"] {
+            assert!(!valid_secret_name(bad), "{bad}");
+        }
+        assert_eq!(database_name("my-app"), "hangar_my_app");
+    }
+}
