@@ -16,8 +16,8 @@
 //! fails it, with the reason, after repeated crashes).
 
 mod cargo;
-mod sync;
 pub mod resources;
+mod sync;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

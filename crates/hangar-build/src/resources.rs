@@ -160,11 +160,16 @@ mod tests {
     #[test]
     fn plain_programs_and_broken_files_declare_nothing() {
         assert_eq!(declared_in("fn main() {}"), Declared::default());
-        assert_eq!(declared_in("#[tokio::main] async fn main() {}"), Declared::default());
+        assert_eq!(
+            declared_in("#[tokio::main] async fn main() {}"),
+            Declared::default()
+        );
         assert_eq!(declared_in("fn main( {"), Declared::default());
         // An attribute in a comment or a string is not a declaration.
         assert_eq!(
-            declared_in("// #[hangar_runtime::main]\nfn main() { let _ = \"#[hangar_runtime::Postgres]\"; }"),
+            declared_in(
+                "// #[hangar_runtime::main]\nfn main() { let _ = \"#[hangar_runtime::Postgres]\"; }"
+            ),
             Declared::default()
         );
     }

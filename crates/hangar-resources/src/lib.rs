@@ -34,7 +34,9 @@ pub enum ResourceError {
     Store(#[from] StoreError),
     #[error("Postgres: {0}")]
     Postgres(String),
-    #[error("this app declares a Postgres database, but Hangar has no Postgres server configured (start hangar with --postgres-url)")]
+    #[error(
+        "this app declares a Postgres database, but Hangar has no Postgres server configured (start hangar with --postgres-url)"
+    )]
     NoPostgres,
     #[error("invalid secret name {0:?}: use letters, digits and '_', not starting with a digit")]
     SecretName(String),
@@ -195,13 +197,23 @@ impl std::fmt::Debug for PostgresCredentials {
 }
 
 /// The Postgres server apps get their databases on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresServer {
     /// A superuser (or CREATEROLE + CREATEDB) connection string.
     admin_url: String,
     /// Where apps connect (from the admin URL).
     host: String,
     port: u16,
+}
+
+impl std::fmt::Debug for PostgresServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the admin URL: it may carry a password.
+        f.debug_struct("PostgresServer")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostgresServer {
@@ -312,7 +324,8 @@ impl Resources {
                     match self.create_postgres(&name).await {
                         Ok(creds) => {
                             let json = serde_json::to_vec(&creds).unwrap_or_default();
-                            let sealed = self.vault.seal(&Self::context(&app.id, "postgres"), &json);
+                            let sealed =
+                                self.vault.seal(&Self::context(&app.id, "postgres"), &json);
                             self.put(app, *kind, &name, "ready", None, Some(sealed))
                                 .await?;
                             progress(format!("postgres: database {name} ready"));
@@ -413,12 +426,14 @@ impl Resources {
                 let server = self.postgres.as_ref().ok_or(ResourceError::NoPostgres)?;
                 let client = server.connect().await?;
                 let name = database_name(&app.name);
-                client
-                    .batch_execute(&format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE); DROP ROLE IF EXISTS \"{name}\""
-                    ))
-                    .await
-                    .map_err(pg_err)?;
+                // Two statements: DROP DATABASE refuses to run in the
+                // implicit transaction of a multi-statement batch.
+                for sql in [
+                    format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                    format!("DROP ROLE IF EXISTS \"{name}\""),
+                ] {
+                    client.batch_execute(&sql).await.map_err(pg_err)?;
+                }
             }
             self.store.delete_resource(&app.id, &r.kind).await?;
         }
@@ -457,9 +472,10 @@ impl Resources {
             if !valid_secret_name(&name) {
                 return Err(ResourceError::SecretName(name));
             }
-            let s = self
-                .vault
-                .seal(&Self::context(app_id, &format!("secret/{name}")), value.as_bytes());
+            let s = self.vault.seal(
+                &Self::context(app_id, &format!("secret/{name}")),
+                value.as_bytes(),
+            );
             sealed.push((name, s));
         }
         self.store.set_secrets(app_id, sealed).await?;
@@ -524,7 +540,10 @@ mod tests {
             0o600
         );
         let sealed = vault.seal("app1/secret/A", b"hunter2");
-        assert!(!sealed.windows(7).any(|w| w == b"hunter2"), "not in the clear");
+        assert!(
+            !sealed.windows(7).any(|w| w == b"hunter2"),
+            "not in the clear"
+        );
         assert_eq!(vault.unseal("app1/secret/A", &sealed).unwrap(), b"hunter2");
         // Moved to another row, or tampered with: refused.
         assert!(vault.unseal("app2/secret/A", &sealed).is_err());
@@ -532,7 +551,12 @@ mod tests {
         *bad.last_mut().unwrap() ^= 1;
         assert!(vault.unseal("app1/secret/A", &bad).is_err());
         // The same key reopens; another key does not.
-        assert!(Vault::open(&key).unwrap().unseal("app1/secret/A", &sealed).is_ok());
+        assert!(
+            Vault::open(&key)
+                .unwrap()
+                .unseal("app1/secret/A", &sealed)
+                .is_ok()
+        );
         let other = Vault::open(&dir.path().join("other.key")).unwrap();
         assert!(other.unseal("app1/secret/A", &sealed).is_err());
         std::fs::write(&key, "nothex").unwrap();
