@@ -72,10 +72,9 @@ async fn each_app_gets_its_own_database_closed_to_others() {
         "postgres://{}:{}@127.0.0.1:5432/{}",
         creds_b.user, creds_b.password, creds_a.database
     );
-    let err = connect(&b_into_a)
-        .await
-        .err()
-        .expect("B must not open A's database");
+    let Err(err) = connect(&b_into_a).await else {
+        panic!("B must not open A's database");
+    };
     assert!(
         err.to_string().contains("permission denied")
             || format!("{err:?}").contains("permission denied"),
