@@ -80,3 +80,16 @@ impl From<hangar_node::NodeError> for ApiError {
         }
     }
 }
+
+impl From<hangar_resources::ResourceError> for ApiError {
+    fn from(e: hangar_resources::ResourceError) -> ApiError {
+        use hangar_resources::ResourceError as R;
+        match e {
+            e @ R::SecretName(_) => ApiError::bad_request(e.to_string()),
+            R::Store(e) => e.into(),
+            // Provisioning and key problems are the platform's, not the
+            // caller's, but their message is what the operator needs.
+            other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
+        }
+    }
+}

@@ -71,6 +71,8 @@ pub struct ApiState {
     pub agent: Agent,
     /// The image store (imports).
     pub images: hangar_image::ImageStore,
+    /// Declared resources and secrets.
+    pub resources: hangar_resources::Resources,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
 }

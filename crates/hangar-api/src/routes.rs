@@ -29,6 +29,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/apps/{app}", get(app_status).delete(destroy_app))
         .route("/api/v1/apps/{app}/deploys", post(deploy))
         .route("/api/v1/apps/{app}/logs", get(app_logs))
+        .route(
+            "/api/v1/apps/{app}/secrets",
+            get(list_secrets).put(set_secrets),
+        )
+        .route(
+            "/api/v1/apps/{app}/secrets/{name}",
+            axum::routing::delete(unset_secret),
+        )
+        .route("/api/v1/apps/{app}/resources", get(list_resources))
         .route("/api/v1/builds/{id}", get(build_status))
         .route("/api/v1/builds/{id}/log", get(build_log))
         .route("/api/v1/orgs", post(create_org))
@@ -312,8 +321,90 @@ async fn destroy_app(
 ) -> Result<Json<Value>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
     state.agent.destroy_app(&app).await?;
+    // Machines first (they hold connections to the database), then what
+    // was provisioned for the app, then its rows.
+    let resources = state.resources.list(&app.id).await?;
+    state.resources.deprovision(&app).await?;
     state.store.delete_app(&app.id).await?;
-    Ok(Json(json!({ "destroyed": app.name })))
+    let dropped: Vec<String> = resources
+        .into_iter()
+        .map(|r| format!("{} {}", r.kind, r.name))
+        .collect();
+    Ok(Json(
+        json!({ "destroyed": app.name, "resources_dropped": dropped }),
+    ))
+}
+
+/// `GET /api/v1/apps/{app}/secrets`: names and when each was set; values
+/// never leave the platform through the API.
+async fn list_secrets(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let names: Vec<Value> = state
+        .resources
+        .secret_names(&app.id)
+        .await?
+        .into_iter()
+        .map(|(n, t)| json!({"name": n, "updated_at": hangar_core::rfc3339(t)}))
+        .collect();
+    Ok(Json(json!({ "secrets": names })))
+}
+
+/// `PUT /api/v1/apps/{app}/secrets` with `{"NAME": "value", ...}`: sets
+/// them (sealed at rest); machines get them at their next start.
+async fn set_secrets(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let values: std::collections::BTreeMap<String, String> = serde_json::from_slice(&body)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body must be a JSON object of secret names to string values: {e}"
+            ))
+        })?;
+    if values.is_empty() {
+        return Err(ApiError::bad_request("no secrets given"));
+    }
+    let names: Vec<String> = values.keys().cloned().collect();
+    state.resources.set_secrets(&app.id, values).await?;
+    Ok(Json(json!({ "set": names })))
+}
+
+/// `DELETE /api/v1/apps/{app}/secrets/{name}`.
+async fn unset_secret(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app_name, secret)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &app_name).await?;
+    let removed = state
+        .resources
+        .unset_secrets(&app.id, vec![secret.clone()])
+        .await?;
+    if removed.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "app {app_name:?} has no secret named {secret:?}"
+        )));
+    }
+    Ok(Json(json!({ "unset": removed })))
+}
+
+/// `GET /api/v1/apps/{app}/resources`: what the app's code declared and
+/// its state; never credentials.
+async fn list_resources(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let list = state.resources.list(&app.id).await?;
+    Ok(Json(json!({ "resources": list })))
 }
 
 #[derive(Deserialize)]

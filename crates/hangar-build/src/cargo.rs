@@ -121,11 +121,13 @@ pub async fn pick_binary(cargo: &Path, src: &Path) -> Result<String, String> {
 /// Runs `cargo build --release --bin <bin>` with output appended to `log`.
 /// `on_pgid` is told the process group while cargo runs (and `None` after),
 /// so a restarted hangar can kill an orphaned build.
+#[allow(clippy::too_many_arguments)]
 pub async fn build<F, Fut>(
     cargo: &Path,
     src: &Path,
     target_dir: &Path,
     bin: &str,
+    extra_args: &[String],
     log: &Path,
     timeout: Duration,
     on_pgid: F,
@@ -144,6 +146,7 @@ where
     let mut cmd = cargo_command(cargo);
     cmd.args(["build", "--release", "--bin", bin, "--manifest-path"])
         .arg(src.join("Cargo.toml"))
+        .args(extra_args)
         .env("CARGO_TARGET_DIR", target_dir)
         .current_dir(src)
         .stdout(open()?)

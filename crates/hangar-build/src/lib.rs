@@ -53,6 +53,9 @@ pub struct BuildConfig {
     pub timeout: Duration,
     /// Caps on what an uploaded archive may unpack to.
     pub limits: Limits,
+    /// Hangar's copy of the `hangar-runtime` crates: apps that use it are
+    /// built against it (a cargo `[patch]`).
+    pub runtime_dir: Option<PathBuf>,
 }
 
 /// Errors of the builder that are not a build failing (which is recorded
@@ -92,6 +95,8 @@ struct Inner {
     wake: Notify,
     /// Receives the id of each release a build created, for rollout.
     releases: mpsc::UnboundedSender<String>,
+    /// Provisions what an app's code declares, before its image exists.
+    resources: std::sync::OnceLock<hangar_resources::Resources>,
 }
 
 impl Builder {
@@ -117,8 +122,14 @@ impl Builder {
                 cfg,
                 wake: Notify::new(),
                 releases,
+                resources: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Lets builds provision the resources apps declare (set once, at start).
+    pub fn set_resources(&self, resources: hangar_resources::Resources) {
+        let _ = self.inner.resources.set(resources);
     }
 
     /// Validates an uploaded `.tar.gz` (already on disk at `upload`) and
@@ -280,6 +291,52 @@ impl Builder {
         .map_err(|e| format!("unpacking: {e}"))??;
         append(log, &format!("==> source unpacked: {unpacked}\n")).await;
 
+        // What the code declares, read without running it; provisioned
+        // before cargo runs, so a misconfiguration fails in seconds.
+        let declared = {
+            let src = src.clone();
+            tokio::task::spawn_blocking(move || resources::declared(&src))
+                .await
+                .map_err(|e| format!("reading the source: {e}"))?
+        };
+        let mut extra_args = Vec::new();
+        if let Some(runtime) = declared.runtime {
+            let kinds: Vec<&str> = declared.kinds.iter().map(|k| k.as_str()).collect();
+            let list = if kinds.is_empty() {
+                "none".to_owned()
+            } else {
+                kinds.join(", ")
+            };
+            append(log, &format!("==> resources declared in code: {list}\n")).await;
+            if !declared.kinds.is_empty() {
+                let Some(res) = inner.resources.get() else {
+                    return Err(
+                        "this app declares resources, but this Hangar provisions none".into(),
+                    );
+                };
+                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+                let progress = move |line: String| {
+                    let _ = tx.send(line);
+                };
+                let provisioned = res.provision(&app, &declared.kinds, &progress).await;
+                drop(progress);
+                while let Some(line) = rx.recv().await {
+                    append(log, &format!("    {line}\n")).await;
+                }
+                provisioned.map_err(|e| format!("provisioning: {e}"))?;
+            }
+            if runtime == resources::Runtime::Hangar
+                && let Some(dir) = &inner.cfg.runtime_dir
+            {
+                let path = dir.join("hangar-runtime");
+                extra_args.push("--config".to_owned());
+                extra_args.push(format!(
+                    "patch.crates-io.hangar-runtime.path={}",
+                    toml_string(&path.to_string_lossy())
+                ));
+            }
+        }
+
         let target_dir = inner.cfg.target_root.join(&app.name);
         let bin = cargo::pick_binary(&inner.cfg.cargo, &src).await?;
         append(log, &format!("==> cargo build --release --bin {bin}\n")).await;
@@ -290,6 +347,7 @@ impl Builder {
             &src,
             &target_dir,
             &bin,
+            &extra_args,
             log,
             inner.cfg.timeout,
             move |pgid| {
@@ -326,6 +384,22 @@ impl Builder {
         let _ = inner.releases.send(release.id.clone());
         Ok(release.version)
     }
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Appends a line to a build log (best effort: a log write failing must not

@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub drain: Duration,
     /// The region label of this node.
     pub region: String,
+    /// Where machines' resources files go (a tmpfs such as
+    /// `/run/hangar/<node>`: credentials and secrets are never at rest).
+    pub run_dir: PathBuf,
 }
 
 /// Errors of the node agent.
@@ -67,6 +70,9 @@ pub enum NodeError {
     /// The machine asks for GPUs this node does not have.
     #[error("config.guest.gpus: {wanted} GPU(s) requested but this node has {available} free")]
     NoGpu { wanted: u32, available: u32 },
+    /// The app's resources could not be handed to the machine.
+    #[error("resources: {0}")]
+    Resources(String),
 }
 
 /// The node agent; cheap to clone.
@@ -100,6 +106,8 @@ struct Inner {
     /// own worker threads; their work (store, runc, monitors) runs here so
     /// nothing the agent spawns lives on a proxy worker.
     runtime: Option<tokio::runtime::Handle>,
+    /// Declared resources and secrets, handed to machines at start.
+    resources: std::sync::OnceLock<hangar_resources::Resources>,
 }
 
 impl Agent {
@@ -124,6 +132,7 @@ impl Agent {
                 locks: Mutex::new(HashMap::new()),
                 publish: tokio::sync::Mutex::new(()),
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                resources: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -419,6 +428,47 @@ impl Agent {
         Ok((rootfs, image, env))
     }
 
+    /// Writes the machine's resources file (database credentials and
+    /// secrets, unsealed) where only the machine's user can read it, on
+    /// tmpfs so it is never at rest on disk; `None` when no resources are
+    /// configured on this node.
+    async fn write_resources(
+        &self,
+        m: &Machine,
+        user: (u32, u32),
+    ) -> Result<Option<PathBuf>, NodeError> {
+        let Some(resources) = self.inner.resources.get() else {
+            return Ok(None);
+        };
+        let content = resources
+            .for_machine(&m.app_id)
+            .await
+            .map_err(|e| NodeError::Resources(e.to_string()))?;
+        let json = serde_json::to_vec(&content).unwrap_or_default();
+        let dir = self.resources_dir(&m.id);
+        tokio::task::spawn_blocking(move || write_private_file(&dir, &json, user).map(|()| dir))
+            .await
+            .map_err(|e| NodeError::Resources(e.to_string()))?
+            .map(Some)
+            .map_err(|e| NodeError::Resources(format!("writing the resources file: {e}")))
+    }
+
+    /// The host directory of a machine's resources file.
+    fn resources_dir(&self, machine_id: &str) -> PathBuf {
+        self.inner.cfg.run_dir.join(machine_id)
+    }
+
+    /// Removes a machine's resources file (it is written anew at each start).
+    fn remove_resources(&self, machine_id: &str) {
+        let _ = std::fs::remove_dir_all(self.resources_dir(machine_id));
+    }
+
+    /// Lets machines receive the resources their app declares and its
+    /// secrets (set once, at start).
+    pub fn set_resources(&self, resources: hangar_resources::Resources) {
+        let _ = self.inner.resources.set(resources);
+    }
+
     /// Starts the machine's process (from created or stopped).
     async fn launch(&self, m: &Machine, app_name: &str) -> Result<Machine, NodeError> {
         let inner = &self.inner;
@@ -441,6 +491,8 @@ impl Agent {
             let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
             env.push(format!("NVIDIA_VISIBLE_DEVICES={}", list.join(",")));
         }
+        let user = parse_user(image.config.user.as_deref());
+        let resources = self.write_resources(m, user).await?;
         let spec = MachineSpec {
             id: m.id.clone(),
             hostname: app_name.to_owned(),
@@ -453,7 +505,7 @@ impl Agent {
                 .working_dir
                 .clone()
                 .unwrap_or_else(|| "/".into()),
-            user: parse_user(image.config.user.as_deref()),
+            user,
             log: self.log_path(app_name, &m.id),
             limits: Limits {
                 memory_mb: guest.memory_mb,
@@ -461,6 +513,7 @@ impl Agent {
                 pids: inner.cfg.limits.pids,
             },
             gpus,
+            resources,
         };
         inner
             .store
@@ -893,6 +946,7 @@ impl Agent {
         };
         driver.stop(&m.id, pid_of(m), signal, grace).await?;
         self.release_gpus(&m.id);
+        self.remove_resources(&m.id);
         let state = if destroy {
             let _ = std::fs::remove_dir_all(inner.cfg.machines_dir.join(&m.id));
             MachineState::Destroyed
@@ -1180,6 +1234,38 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Writes `dir/resources.json` readable only by `user` (the directory is
+/// traversable so a runc machine can reach the file through its bind mount;
+/// its parent is private to root).
+fn write_private_file(
+    dir: &std::path::Path,
+    bytes: &[u8],
+    user: (u32, u32),
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let path = dir.join(crate::driver::RESOURCES_FILE);
+    let tmp = dir.join(".resources.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o400)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    // Only root can hand a file to another user; a non-root hangar (the
+    // process driver) runs machines as itself anyway.
+    let _ = std::os::unix::fs::chown(&tmp, Some(user.0), Some(user.1));
+    std::fs::rename(&tmp, &path)
 }
 
 #[cfg(test)]

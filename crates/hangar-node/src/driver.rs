@@ -66,7 +66,17 @@ pub struct MachineSpec {
     pub limits: Limits,
     /// Indexes of the NVIDIA GPUs passed in (`/dev/nvidia<i>`).
     pub gpus: Vec<u32>,
+    /// Host directory holding `resources.json` (credentials and secrets,
+    /// on tmpfs): bound read-only at [`RESOURCES_DIR`] in a runc machine;
+    /// a process machine reads it in place. `$HANGAR_RESOURCES` names the
+    /// file either way.
+    pub resources: Option<PathBuf>,
 }
+
+/// Where a runc machine sees its resources directory.
+pub const RESOURCES_DIR: &str = "/run/hangar";
+/// The resources file's name in that directory.
+pub const RESOURCES_FILE: &str = "resources.json";
 
 /// Why a driver could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -225,8 +235,11 @@ impl Driver {
                 cmd.args(args)
                     .current_dir(&cwd)
                     .env_clear()
-                    .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')))
-                    .stdin(Stdio::null())
+                    .envs(spec.env.iter().filter_map(|kv| kv.split_once('=')));
+                if let Some(dir) = &spec.resources {
+                    cmd.env("HANGAR_RESOURCES", dir.join(RESOURCES_FILE));
+                }
+                cmd.stdin(Stdio::null())
                     .stdout(log)
                     .stderr(log2)
                     // Its own process group: stopping signals the whole group,
@@ -634,6 +647,12 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "nodev", "mode=1777", "size=262144k"]}),
     ];
+    let mut env = spec.env.clone();
+    if let Some(dir) = &spec.resources {
+        mounts.push(json!({"destination": RESOURCES_DIR, "type": "bind",
+            "source": dir, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
+        env.push(format!("HANGAR_RESOURCES={RESOURCES_DIR}/{RESOURCES_FILE}"));
+    }
     if Path::new("/etc/resolv.conf").exists() {
         mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind",
             "source": "/etc/resolv.conf", "options": ["rbind", "ro"]}));
@@ -677,7 +696,7 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
             "terminal": false,
             "user": {"uid": spec.user.0, "gid": spec.user.1},
             "args": spec.argv,
-            "env": spec.env,
+            "env": env,
             "cwd": spec.cwd,
             "noNewPrivileges": true,
             "capabilities": {"bounding": [], "effective": [], "permitted": [], "ambient": []},

@@ -290,8 +290,105 @@ pub async fn destroy(app: &str, yes: bool) -> Result<()> {
             bail!("not confirmed; nothing was destroyed");
         }
     }
-    api.delete(&format!("/api/v1/apps/{app}")).await?;
+    let answer = api.delete(&format!("/api/v1/apps/{app}")).await?;
     println!("Destroyed {app}");
+    for dropped in answer["resources_dropped"].as_array().into_iter().flatten() {
+        if let Some(what) = dropped.as_str() {
+            println!("  dropped {what}");
+        }
+    }
+    Ok(())
+}
+
+/// `hangar secrets set APP NAME=VALUE...`.
+pub async fn secrets_set(app: &str, pairs: &[String]) -> Result<()> {
+    let api = api()?;
+    let mut values = serde_json::Map::new();
+    for pair in pairs {
+        let Some((name, value)) = pair.split_once('=') else {
+            bail!("{pair:?} is not NAME=VALUE (use NAME=- to read the value from stdin)");
+        };
+        let value = if value == "-" {
+            let mut v = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut v)?;
+            v.strip_suffix('\n').map(str::to_owned).unwrap_or(v)
+        } else {
+            value.to_owned()
+        };
+        values.insert(name.to_owned(), Value::String(value));
+    }
+    let body = serde_json::to_vec(&values)?;
+    let answer = api
+        .json(
+            hyper::Method::PUT,
+            &format!("/api/v1/apps/{app}/secrets"),
+            body.into(),
+            "application/json",
+        )
+        .await?;
+    let names: Vec<&str> = answer["set"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!(
+        "Set {} on {app}; machines get them at their next start (deploy or restart).",
+        names.join(", ")
+    );
+    Ok(())
+}
+
+/// `hangar secrets list APP`: names only.
+pub async fn secrets_list(app: &str) -> Result<()> {
+    let answer = api()?.get(&format!("/api/v1/apps/{app}/secrets")).await?;
+    let list = answer["secrets"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("{app} has no secrets (set some with `hangar secrets set {app} NAME=VALUE`)");
+        return Ok(());
+    }
+    println!("{:<32} UPDATED", "NAME");
+    for s in list {
+        println!(
+            "{:<32} {}",
+            s["name"].as_str().unwrap_or("?"),
+            s["updated_at"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// `hangar secrets unset APP NAME...`.
+pub async fn secrets_unset(app: &str, names: &[String]) -> Result<()> {
+    let api = api()?;
+    for name in names {
+        api.delete(&format!("/api/v1/apps/{app}/secrets/{name}"))
+            .await?;
+        println!("Unset {name} on {app}");
+    }
+    Ok(())
+}
+
+/// `hangar resources APP`.
+pub async fn resources(app: &str) -> Result<()> {
+    let answer = api()?.get(&format!("/api/v1/apps/{app}/resources")).await?;
+    let list = answer["resources"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("{app} declares no resources");
+        return Ok(());
+    }
+    println!("{:<10} {:<32} STATUS", "KIND", "NAME");
+    for r in list {
+        let mut status = r["status"].as_str().unwrap_or("?").to_owned();
+        if let Some(detail) = r["detail"].as_str() {
+            status.push_str(&format!(": {detail}"));
+        }
+        println!(
+            "{:<10} {:<32} {status}",
+            r["kind"].as_str().unwrap_or("?"),
+            r["name"].as_str().unwrap_or("?")
+        );
+    }
     Ok(())
 }
 

@@ -14,4 +14,5 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod pack;
+pub mod runtime_src;
 pub mod up;

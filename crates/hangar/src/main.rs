@@ -60,6 +60,11 @@ enum Command {
         /// Memory limit of each machine, in MiB.
         #[arg(long, default_value_t = 512)]
         memory_mb: u64,
+        /// Postgres server apps get their databases on: a role that may
+        /// create roles and databases, e.g.
+        /// postgres://postgres@127.0.0.1:5432/postgres.
+        #[arg(long, env = "HANGAR_POSTGRES_URL")]
+        postgres_url: Option<String>,
     },
     /// Store a token (and API URL) for this CLI.
     Login {
@@ -102,6 +107,31 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Manage an app's secrets (sealed at rest; machines get them at start).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+    /// List the resources an app's code declares and their state.
+    Resources { app: String },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Set secrets: NAME=VALUE ...; `NAME=-` reads the value from stdin.
+    Set {
+        app: String,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// List secret names (never values).
+    List { app: String },
+    /// Remove secrets by name.
+    Unset {
+        app: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +167,7 @@ async fn run(cli: Cli) -> Result<()> {
             max_image_bytes,
             build_target_root,
             memory_mb,
+            postgres_url,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -160,6 +191,7 @@ async fn run(cli: Cli) -> Result<()> {
                 max_image_bytes,
                 build_target_root,
                 memory_mb,
+                postgres_url,
             })
             .await
         }
@@ -172,6 +204,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { app } => commands::status(&app).await,
         Command::Logs { app, follow } => commands::logs(&app, follow).await,
         Command::Destroy { app, yes } => commands::destroy(&app, yes).await,
+        Command::Secrets { command } => match command {
+            SecretsCommand::Set { app, pairs } => commands::secrets_set(&app, &pairs).await,
+            SecretsCommand::List { app } => commands::secrets_list(&app).await,
+            SecretsCommand::Unset { app, names } => commands::secrets_unset(&app, &names).await,
+        },
+        Command::Resources { app } => commands::resources(&app).await,
         Command::Image {
             command: ImageCommand::Import { path, name },
         } => commands::image_import(&path, &name).await,

@@ -22,6 +22,7 @@ use hangar_core::archive::Limits as ArchiveLimits;
 use hangar_image::ImageStore;
 use hangar_node::{Agent, Driver, DriverChoice, Limits, NodeConfig};
 use hangar_proxy::RouteTable;
+use hangar_resources::{PostgresServer, Resources, Vault};
 use hangar_store::Store;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -51,6 +52,9 @@ pub struct UpOptions {
     pub build_target_root: Option<PathBuf>,
     /// Machine memory limit.
     pub memory_mb: u64,
+    /// Postgres server for apps' databases (none: apps declaring one fail
+    /// to deploy with a message saying so).
+    pub postgres_url: Option<String>,
 }
 
 /// The default data dir: `/var/lib/hangar` for root, else under the user's
@@ -115,8 +119,19 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             stop_grace: Duration::from_secs(10),
             drain: Duration::from_millis(500),
             region: "local".to_owned(),
+            run_dir: run_dir(&data),
         },
     );
+    let vault = Vault::open(&data.join("secrets.key")).context("opening the secrets key")?;
+    let postgres = opts
+        .postgres_url
+        .as_deref()
+        .map(PostgresServer::new)
+        .transpose()?;
+    let resources = Resources::new(store.clone(), vault, postgres);
+    agent.set_resources(resources.clone());
+    let runtime_dir = crate::runtime_src::install(&data.join("runtime"))
+        .context("installing hangar-runtime's sources")?;
     let (release_tx, mut release_rx) = mpsc::unbounded_channel::<String>();
     let builder = Builder::new(
         store.clone(),
@@ -133,9 +148,11 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             max_attempts: 3,
             timeout: Duration::from_secs(30 * 60),
             limits: ArchiveLimits::default(),
+            runtime_dir: Some(runtime_dir),
         },
         release_tx.clone(),
     )?;
+    builder.set_resources(resources.clone());
     let uploads = data.join("uploads");
     // Half-received uploads from a previous run are garbage.
     let _ = std::fs::remove_dir_all(&uploads);
@@ -204,6 +221,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         builder,
         agent,
         images,
+        resources,
         cfg: Arc::new(ApiConfig {
             max_upload_bytes: opts.max_upload_bytes,
             max_image_bytes: opts.max_image_bytes,
@@ -318,5 +336,27 @@ fn remember_for_cli(api_url: &str, token: &str) {
     match cfg.save() {
         Ok(path) => println!("hangar: CLI configured in {}", path.display()),
         Err(e) => eprintln!("hangar: could not write the CLI config: {e:#}"),
+    }
+}
+
+/// Where machines' resources files go: under `/run/hangar` (tmpfs, so
+/// credentials and secrets are never at rest), one directory per data dir
+/// so several hangars on one host stay apart; under the data dir when
+/// `/run` is not writable (then said once, loudly).
+fn run_dir(data: &std::path::Path) -> PathBuf {
+    use sha2::Digest;
+    let tag = hex::encode(&sha2::Sha256::digest(data.as_os_str().as_encoded_bytes())[..6]);
+    let dir = PathBuf::from("/run/hangar").join(tag);
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => dir,
+        Err(e) => {
+            let fallback = data.join("run");
+            warn!(
+                "cannot use {} ({e}): machines' resources files go to {} (on disk)",
+                dir.display(),
+                fallback.display()
+            );
+            fallback
+        }
     }
 }

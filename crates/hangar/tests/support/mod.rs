@@ -242,6 +242,17 @@ impl TestPlatform {
         (status, body)
     }
 
+    /// POST a JSON `body` to `path` of `app` through the edge proxy.
+    pub fn post_json(&self, app: &str, path: &str, body: &str) -> (u16, String) {
+        self.request(
+            &format!("http://127.0.0.1:{}{path}", self.proxy_port),
+            "POST",
+            Some(&format!("{app}.localhost:{}", self.proxy_port)),
+            None,
+            Bytes::from(body.to_owned()),
+        )
+    }
+
     /// The Prometheus text of the admin port.
     pub fn metrics(&self) -> String {
         let (status, body) = self.request(&self.metrics_url, "GET", None, None, Bytes::new());
@@ -323,6 +334,9 @@ impl TestPlatform {
             }
             if let Some(t) = token {
                 req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            if !body.is_empty() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
             }
             let resp = client
                 .request(req.body(Full::new(body)).unwrap())

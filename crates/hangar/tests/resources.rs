@@ -1,0 +1,134 @@
+//! Infrastructure from code: examples/todo declares a Postgres database and
+//! its secrets on `main`; Hangar reads that from the source at deploy,
+//! provisions the database on the real server (127.0.0.1:5432), hands the
+//! credentials and secrets to the machine, keeps the data across deploys,
+//! and drops it all on destroy.
+
+mod support;
+
+use serde_json::Value;
+use support::{TestPlatform, example, wait_for};
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Runs `sql` as the admin and returns the first column of each row.
+fn admin_query(sql: &str, param: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "this test needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth): {e}"
+                )
+            });
+        tokio::spawn(conn);
+        client
+            .query(sql, &[&param])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    })
+}
+
+fn database_exists(name: &str) -> bool {
+    !admin_query(
+        "SELECT datname::text FROM pg_database WHERE datname = $1",
+        name,
+    )
+    .is_empty()
+}
+
+#[test]
+fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
+    // Fails loudly, naming what is missing, when Postgres is down.
+    let _ = admin_query("SELECT $1::text", "ping");
+    let p = TestPlatform::start_with(&["--postgres-url", ADMIN_URL]);
+    let app = "todo";
+    let database = "hangar_todo";
+    // A database left by an interrupted earlier run is simply reused
+    // (provisioning is idempotent and re-keys the role).
+
+    let out = p.deploy(&example("todo"));
+    assert!(out.contains("is live"), "{out}");
+    assert!(database_exists(database), "database provisioned at deploy");
+
+    // The app works against its database through the proxy.
+    assert_eq!(p.get(app, "/greeting"), (200, "no greeting set".to_owned()));
+    let (code, body) = p.post_json(app, "/todos", r#"{"title": "buy milk"}"#);
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = p.post_json(app, "/todos", r#"{"title": ""}"#);
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = p.get(app, "/todos");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("buy milk"), "{body}");
+
+    // A secret: listed by name only, handed to machines at their next start.
+    let secret = "s3cr3t-greeting-4242";
+    let out = p.hangar(&["secrets", "set", app, &format!("GREETING={secret}")]);
+    assert!(out.status.success());
+    let out = p.hangar(&["secrets", "list", app]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listed.contains("GREETING"), "{listed}");
+    assert!(!listed.contains(secret), "values are never listed");
+    let bad = p.hangar(&["secrets", "set", app, "1BAD=x"]);
+    assert!(!bad.status.success(), "invalid names are refused");
+    // Not at rest in the clear: the state store holds it sealed.
+    let db_bytes = std::fs::read(p.data_dir().join("state.db")).unwrap();
+    let wal = std::fs::read(p.data_dir().join("state.db-wal")).unwrap_or_default();
+    for bytes in [&db_bytes, &wal] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is in the store in the clear"
+        );
+    }
+
+    // Redeploy: the data is still there and the secret has arrived.
+    let out = p.deploy(&example("todo"));
+    assert!(out.contains("is live"), "{out}");
+    let (code, body) = p.get(app, "/todos");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("buy milk"),
+        "data survives a redeploy: {body}"
+    );
+    assert_eq!(p.get(app, "/greeting"), (200, secret.to_owned()));
+
+    // Never in API answers or logs.
+    let status = p.api_get(&format!("/api/v1/apps/{app}")).to_string();
+    assert!(!status.contains(secret));
+    let logs = p.hangar(&["logs", app]);
+    assert!(!String::from_utf8_lossy(&logs.stdout).contains(secret));
+
+    // Resources are listed with their state, without credentials.
+    let out = p.hangar(&["resources", app]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("postgres") && text.contains(database) && text.contains("ready"),
+        "{text}"
+    );
+    let (code, listed) = p.call("GET", &format!("/api/v1/apps/{app}/resources"), Value::Null);
+    assert_eq!(code, 200);
+    assert!(!listed.to_string().contains("password"), "{listed}");
+
+    // Destroy drops the database and its role.
+    let out = p.hangar(&["destroy", app, "--yes"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(database));
+    wait_for(10, "the database to be dropped", || {
+        (!database_exists(database)).then_some(())
+    });
+    assert!(
+        admin_query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname = $1",
+            database
+        )
+        .is_empty(),
+        "role dropped"
+    );
+}
