@@ -86,7 +86,10 @@ fn forkbomb() {
             }
         }
         if children.len() >= 100_000 {
-            println!("toolbox: spawned {} children without being stopped", children.len());
+            println!(
+                "toolbox: spawned {} children without being stopped",
+                children.len()
+            );
             break;
         }
     }

@@ -128,7 +128,11 @@ impl FromPostgres for sqlx::PgPool {
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&url)
             .await
-            .map_err(|e| Error::msg(format!("cannot connect to the app's Postgres database: {e}")))?;
+            .map_err(|e| {
+                Error::msg(format!(
+                    "cannot connect to the app's Postgres database: {e}"
+                ))
+            })?;
         Ok(pool)
     }
 }
