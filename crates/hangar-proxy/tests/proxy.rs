@@ -667,7 +667,12 @@ async fn concurrent_requests_all_answered() {
             from_a += 1;
         }
     }
-    assert_eq!(from_a, 32, "round-robin splits evenly");
+    // Least in flight, ties round-robin: an even split give or take what
+    // the timing of 64 concurrent requests on two workers shifts.
+    assert!(
+        (16..=48).contains(&from_a),
+        "both upstreams share the load: a answered {from_a} of 64"
+    );
     let Ok(proxy) = Arc::try_unwrap(proxy) else {
         panic!("proxy still shared");
     };
