@@ -164,26 +164,22 @@ impl AppActivity {
                 n.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "hangar_proxy_in_flight{{app=\"{app}\"}} {}",
-            self.in_flight.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "hangar_proxy_wakes_total{{app=\"{app}\"}} {}",
-            self.wakes.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "hangar_proxy_queued{{app=\"{app}\"}} {}",
-            self.queued.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "hangar_proxy_rejected_total{{app=\"{app}\"}} {}",
-            self.rejected.load(Ordering::Relaxed)
-        );
+        let in_flight = self.in_flight.load(Ordering::Relaxed) as u64;
+        let queued = self.queued.load(Ordering::Relaxed) as u64;
+        for (name, value) in [
+            ("hangar_proxy_in_flight", in_flight),
+            (
+                "hangar_proxy_wakes_total",
+                self.wakes.load(Ordering::Relaxed),
+            ),
+            ("hangar_proxy_queued", queued),
+            (
+                "hangar_proxy_rejected_total",
+                self.rejected.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "{name}{{app=\"{app}\"}} {value}");
+        }
         self.latency
             .render(out, "hangar_proxy_request_duration_seconds", app);
         self.wake_latency
