@@ -357,10 +357,7 @@ impl MachineConfig {
             }
         }
         for key in self.env.keys() {
-            let ok = !key.is_empty()
-                && !key.as_bytes()[0].is_ascii_digit()
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !ok {
+            if !crate::name::is_env_name(key) {
                 return Err(invalid(
                     &format!("env.{key}"),
                     "environment variable names are letters, digits and '_', not starting with a digit",

@@ -7,6 +7,14 @@ use std::fmt;
 pub const APP_NAME_RULE: &str = "an app name is a DNS label: 1 to 63 characters, \
 lowercase letters a-z, digits and '-', starting with a letter and not ending with '-'";
 
+/// Whether `s` is an environment-variable-style name: ASCII letters,
+/// digits and `_`, not empty, not starting with a digit. Machine `env` keys
+/// and secret names follow this rule.
+pub fn is_env_name(s: &str) -> bool {
+    s.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// A validated app name. Construct with [`AppName::parse`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AppName(

@@ -149,10 +149,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// A secret name is an environment-variable-like identifier.
 pub fn valid_secret_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.as_bytes()[0].is_ascii_digit()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    name.len() <= 128 && hangar_core::name::is_env_name(name)
 }
 
 /// A resource as users see it: never its credentials.
