@@ -446,7 +446,7 @@ impl Agent {
             .map_err(|e| NodeError::Resources(e.to_string()))?;
         let json = serde_json::to_vec(&content).unwrap_or_default();
         let dir = self.resources_dir(&m.id);
-        tokio::task::spawn_blocking(move || write_private_file(&dir, &json, user).map(|()| dir))
+        tokio::task::spawn_blocking(move || write_resources_file(&dir, &json, user).map(|()| dir))
             .await
             .map_err(|e| NodeError::Resources(e.to_string()))?
             .map(Some)
@@ -1239,33 +1239,24 @@ fn free_port() -> std::io::Result<u16> {
 /// Writes `dir/resources.json` readable only by `user` (the directory is
 /// traversable so a runc machine can reach the file through its bind mount;
 /// its parent is private to root).
-fn write_private_file(
+fn write_resources_file(
     dir: &std::path::Path,
     bytes: &[u8],
     user: (u32, u32),
 ) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
     }
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    let path = dir.join(crate::driver::RESOURCES_FILE);
-    let tmp = dir.join(".resources.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o400)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    drop(f);
-    // Only root can hand a file to another user; a non-root hangar (the
-    // process driver) runs machines as itself anyway.
-    let _ = std::os::unix::fs::chown(&tmp, Some(user.0), Some(user.1));
-    std::fs::rename(&tmp, &path)
+    hangar_resources::write_private_file(
+        &dir.join(crate::driver::RESOURCES_FILE),
+        bytes,
+        0o400,
+        Some(user),
+    )
 }
 
 #[cfg(test)]

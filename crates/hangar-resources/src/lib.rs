@@ -72,7 +72,7 @@ impl Vault {
                 getrandom::fill(&mut key)
                     .map_err(|e| key_err(std::io::Error::other(e.to_string())))?;
                 let text = hex::encode(key);
-                write_private(path, text.as_bytes()).map_err(key_err)?;
+                write_private_file(path, text.as_bytes(), 0o600, None).map_err(key_err)?;
                 text
             }
             Err(e) => return Err(key_err(e)),
@@ -128,8 +128,16 @@ impl Vault {
     }
 }
 
-/// Writes a file only its owner can read, atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `path` atomically (a sibling temporary file, synced, renamed)
+/// with permissions `mode` from the start, handed to `owner` (uid, gid)
+/// when given. The chown is best effort: only root can give a file away,
+/// and a hangar that is not root runs machines as itself anyway.
+pub fn write_private_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
@@ -140,10 +148,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    drop(f);
+    if let Some((uid, gid)) = owner {
+        let _ = std::os::unix::fs::chown(&tmp, Some(uid), Some(gid));
+    }
     std::fs::rename(&tmp, path)
 }
 
