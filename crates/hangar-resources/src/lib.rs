@@ -298,8 +298,15 @@ impl Resources {
         }
     }
 
-    fn context(app_id: &str, what: &str) -> String {
-        format!("{app_id}/{what}")
+    /// What a sealed Postgres credential is bound to; sealing and
+    /// unsealing both go through here so they cannot drift apart.
+    fn postgres_context(app_id: &str) -> String {
+        format!("{app_id}/postgres")
+    }
+
+    /// What a sealed secret is bound to (see [`Self::postgres_context`]).
+    fn secret_context(app_id: &str, name: &str) -> String {
+        format!("{app_id}/secret/{name}")
     }
 
     /// Makes sure every resource in `kinds` exists for `app`; `progress`
@@ -333,8 +340,7 @@ impl Resources {
                     match self.create_postgres(&name).await {
                         Ok(creds) => {
                             let json = serde_json::to_vec(&creds).unwrap_or_default();
-                            let sealed =
-                                self.vault.seal(&Self::context(&app.id, "postgres"), &json);
+                            let sealed = self.vault.seal(&Self::postgres_context(&app.id), &json);
                             self.put(app, *kind, &name, "ready", None, Some(sealed))
                                 .await?;
                             progress(format!("postgres: database {name} ready"));
@@ -481,10 +487,9 @@ impl Resources {
             if !valid_secret_name(&name) {
                 return Err(ResourceError::SecretName(name));
             }
-            let s = self.vault.seal(
-                &Self::context(app_id, &format!("secret/{name}")),
-                value.as_bytes(),
-            );
+            let s = self
+                .vault
+                .seal(&Self::secret_context(app_id, &name), value.as_bytes());
             sealed.push((name, s));
         }
         self.store.set_secrets(app_id, sealed).await?;
@@ -516,9 +521,7 @@ impl Resources {
                 && r.status == "ready"
                 && let Some(sealed) = &r.sealed
             {
-                let json = self
-                    .vault
-                    .unseal(&Self::context(app_id, "postgres"), sealed)?;
+                let json = self.vault.unseal(&Self::postgres_context(app_id), sealed)?;
                 out.postgres =
                     Some(serde_json::from_slice(&json).map_err(|_| ResourceError::Unseal)?);
             }
@@ -526,7 +529,7 @@ impl Resources {
         for (name, sealed, _) in self.store.secrets(app_id).await? {
             let plain = self
                 .vault
-                .unseal(&Self::context(app_id, &format!("secret/{name}")), &sealed)?;
+                .unseal(&Self::secret_context(app_id, &name), &sealed)?;
             out.secrets
                 .insert(name, String::from_utf8_lossy(&plain).into_owned());
         }
