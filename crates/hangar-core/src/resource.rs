@@ -10,26 +10,40 @@ pub enum ResourceKind {
     Postgres,
     /// The app's secrets (`hangar secrets set`).
     Secrets,
+    /// A Redis user of its own, limited to the app's key prefix.
+    Redis,
+    /// Publish/subscribe on NATS, under the app's subject prefix.
+    PubSub,
 }
 
 impl ResourceKind {
     /// Every kind, in display order.
-    pub const ALL: [ResourceKind; 2] = [ResourceKind::Postgres, ResourceKind::Secrets];
+    pub const ALL: [ResourceKind; 4] = [
+        ResourceKind::Postgres,
+        ResourceKind::Redis,
+        ResourceKind::PubSub,
+        ResourceKind::Secrets,
+    ];
 
     /// The stored and displayed name.
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceKind::Postgres => "postgres",
             ResourceKind::Secrets => "secrets",
+            ResourceKind::Redis => "redis",
+            ResourceKind::PubSub => "pubsub",
         }
     }
 
     /// The kind an attribute names by its last path segment
-    /// (`#[hangar_runtime::Postgres]`, `#[shuttle_shared_db::Postgres]`).
+    /// (`#[hangar_runtime::Postgres]`, `#[shuttle_shared_db::Postgres]`,
+    /// `#[hangar_runtime::Redis]`, `#[hangar_runtime::PubSub]`).
     pub fn from_attribute(last_segment: &str) -> Option<ResourceKind> {
         match last_segment {
             "Postgres" => Some(ResourceKind::Postgres),
             "Secrets" => Some(ResourceKind::Secrets),
+            "Redis" => Some(ResourceKind::Redis),
+            "PubSub" => Some(ResourceKind::PubSub),
             _ => None,
         }
     }

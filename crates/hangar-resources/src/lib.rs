@@ -8,6 +8,9 @@
 //!   and a role of its own per app), lists it, drops it, and renders the
 //!   per-machine resources file the runtime reads.
 
+pub mod local_pg;
+pub mod redis;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -16,6 +19,8 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hangar_core::resource::ResourceKind;
 use hangar_store::{App, ResourceRow, Store, StoreError};
 use serde::{Deserialize, Serialize};
+
+pub use crate::redis::{RedisCredentials, RedisServer};
 
 /// Everything that can go wrong here.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,18 @@ pub enum ResourceError {
         "this app declares a Postgres database, but Hangar has no Postgres server configured (start hangar with --postgres-url)"
     )]
     NoPostgres,
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+    #[error("Redis: {0}")]
+    Redis(String),
+    #[error(
+        "this app declares Redis, but Hangar has no Redis server configured (start hangar with --redis-url)"
+    )]
+    NoRedis,
+    #[error(
+        "this app declares PubSub, but Hangar has no NATS server configured (start hangar with --nats-url)"
+    )]
+    NoNats,
     #[error("invalid secret name {0:?}: use letters, digits and '_', not starting with a digit")]
     SecretName(String),
 }
@@ -178,9 +195,28 @@ pub struct ResourceInfo {
 /// What a machine gets (the file `$HANGAR_RESOURCES` names).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct MachineResources {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresCredentials>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisCredentials>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pubsub: Option<PubSubConfig>,
+    #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+}
+
+/// Where an app publishes and subscribes: a NATS server and the subject
+/// prefix its messages live under.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PubSubConfig {
+    pub url: String,
+    /// `hangar.<app>.`: the runtime puts it in front of every subject.
+    pub prefix: String,
+}
+
+/// The NATS subject prefix of an app.
+pub fn pubsub_prefix(app: &str) -> String {
+    format!("hangar.{app}.")
 }
 
 /// How an app reaches its database.
@@ -260,6 +296,13 @@ impl PostgresServer {
     }
 }
 
+/// A fresh password: 24 random bytes, hex.
+fn random_password() -> Result<String> {
+    let mut pw = [0u8; 24];
+    getrandom::fill(&mut pw).map_err(|e| ResourceError::Random(e.to_string()))?;
+    Ok(hex::encode(pw))
+}
+
 /// Role and database name of an app: `hangar_` + the name with `-` → `_`
 /// (app names are DNS labels, so the result is a plain identifier).
 pub fn database_name(app: &str) -> String {
@@ -279,12 +322,15 @@ pub struct Resources {
     store: Store,
     vault: Vault,
     postgres: Option<PostgresServer>,
+    redis: Option<RedisServer>,
+    nats_url: Option<String>,
 }
 
 impl std::fmt::Debug for Resources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resources")
             .field("postgres", &self.postgres)
+            .field("redis", &self.redis)
             .finish_non_exhaustive()
     }
 }
@@ -295,7 +341,26 @@ impl Resources {
             store,
             vault,
             postgres,
+            redis: None,
+            nats_url: None,
         }
+    }
+
+    /// Apps that declare Redis get a user of their own on `server`.
+    pub fn with_redis(mut self, server: RedisServer) -> Resources {
+        self.redis = Some(server);
+        self
+    }
+
+    /// Apps that declare PubSub publish on the NATS server at `url`.
+    pub fn with_nats(mut self, url: String) -> Resources {
+        self.nats_url = Some(url);
+        self
+    }
+
+    /// What a sealed Redis credential is bound to.
+    fn redis_context(app_id: &str) -> String {
+        format!("{app_id}/redis")
     }
 
     /// What a sealed Postgres credential is bound to; sealing and
@@ -331,6 +396,36 @@ impl Resources {
                 ResourceKind::Secrets => {
                     self.put(app, *kind, "secrets", "ready", None, None).await?;
                     progress("secrets: ready (set them with `hangar secrets set`)".into());
+                }
+                ResourceKind::Redis => {
+                    let server = self.redis.as_ref().ok_or(ResourceError::NoRedis)?;
+                    let user = redis::redis_user(&app.name);
+                    progress(format!("redis: creating user {user}"));
+                    match server.ensure_user(&app.name, &random_password()?).await {
+                        Ok(creds) => {
+                            let json = serde_json::to_vec(&creds).unwrap_or_default();
+                            let sealed = self.vault.seal(&Self::redis_context(&app.id), &json);
+                            self.put(app, *kind, &user, "ready", None, Some(sealed))
+                                .await?;
+                            progress(format!(
+                                "redis: user {user} ready (keys under {})",
+                                creds.prefix
+                            ));
+                        }
+                        Err(e) => {
+                            self.put(app, *kind, &user, "failed", Some(e.to_string()), None)
+                                .await?;
+                            return Err(e);
+                        }
+                    }
+                }
+                ResourceKind::PubSub => {
+                    if self.nats_url.is_none() {
+                        return Err(ResourceError::NoNats);
+                    }
+                    let prefix = pubsub_prefix(&app.name);
+                    self.put(app, *kind, &prefix, "ready", None, None).await?;
+                    progress(format!("pubsub: subjects under {prefix}"));
                 }
                 ResourceKind::Postgres => {
                     let name = database_name(&app.name);
@@ -385,9 +480,7 @@ impl Resources {
     async fn create_postgres(&self, name: &str) -> Result<PostgresCredentials> {
         let server = self.postgres.as_ref().ok_or(ResourceError::NoPostgres)?;
         let client = server.connect().await?;
-        let mut pw = [0u8; 24];
-        getrandom::fill(&mut pw).map_err(|e| ResourceError::Postgres(e.to_string()))?;
-        let password = hex::encode(pw);
+        let password = random_password()?;
         // `name` is hangar_[a-z0-9_]+ and the password hex: both safe to
         // quote into DDL, which takes no bind parameters.
         let role_exists = client
@@ -433,7 +526,8 @@ impl Resources {
         })
     }
 
-    /// Drops everything provisioned for `app` (its database and role) and
+    /// Drops everything provisioned for `app` (its database and role, its
+    /// Redis user and keys) and
     /// forgets its resources and secrets.
     pub async fn deprovision(&self, app: &App) -> Result<()> {
         for r in self.store.resources(&app.id).await? {
@@ -449,6 +543,10 @@ impl Resources {
                 ] {
                     client.batch_execute(&sql).await.map_err(pg_err)?;
                 }
+            }
+            if r.kind == ResourceKind::Redis.as_str() {
+                let server = self.redis.as_ref().ok_or(ResourceError::NoRedis)?;
+                server.drop_user(&app.name).await?;
             }
             self.store.delete_resource(&app.id, &r.kind).await?;
         }
@@ -524,6 +622,32 @@ impl Resources {
                 let json = self.vault.unseal(&Self::postgres_context(app_id), sealed)?;
                 out.postgres =
                     Some(serde_json::from_slice(&json).map_err(|_| ResourceError::Unseal)?);
+            }
+            if r.kind == ResourceKind::Redis.as_str()
+                && r.status == "ready"
+                && let Some(sealed) = &r.sealed
+            {
+                let json = self.vault.unseal(&Self::redis_context(app_id), sealed)?;
+                let creds: RedisCredentials =
+                    serde_json::from_slice(&json).map_err(|_| ResourceError::Unseal)?;
+                // Redis keeps ACL users in memory unless it has an ACL
+                // file: after a Redis restart the user is gone. Re-assert
+                // it (same password) at every start; a Redis that is down
+                // now is the app's to retry, not a reason not to start.
+                if let Some(server) = &self.redis
+                    && let Err(e) = server.reassert(&creds).await
+                {
+                    tracing::warn!(app_id, error = %e, "could not re-assert the app's Redis user");
+                }
+                out.redis = Some(creds);
+            }
+            if r.kind == ResourceKind::PubSub.as_str()
+                && let Some(url) = &self.nats_url
+            {
+                out.pubsub = Some(PubSubConfig {
+                    url: url.clone(),
+                    prefix: r.name.clone(),
+                });
             }
         }
         for (name, sealed, _) in self.store.secrets(app_id).await? {
