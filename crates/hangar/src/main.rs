@@ -26,6 +26,8 @@ enum DriverArg {
     Process,
 }
 
+// Parsed once per process: the size of `Up` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole platform (API, builder, node agent, proxy) in this process.
@@ -65,6 +67,14 @@ enum Command {
         /// postgres://postgres@127.0.0.1:5432/postgres.
         #[arg(long, env = "HANGAR_POSTGRES_URL")]
         postgres_url: Option<String>,
+        /// Redis server apps get a user of their own on (an admin
+        /// connection that may run ACL SETUSER), e.g. redis://127.0.0.1:6379.
+        #[arg(long, env = "HANGAR_REDIS_URL")]
+        redis_url: Option<String>,
+        /// NATS server apps publish and subscribe on (PubSub), e.g.
+        /// nats://127.0.0.1:4222.
+        #[arg(long, env = "HANGAR_NATS_URL")]
+        nats_url: Option<String>,
     },
     /// Store a token (and API URL) for this CLI.
     Login {
@@ -168,6 +178,8 @@ async fn run(cli: Cli) -> Result<()> {
             build_target_root,
             memory_mb,
             postgres_url,
+            redis_url,
+            nats_url,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -192,6 +204,8 @@ async fn run(cli: Cli) -> Result<()> {
                 build_target_root,
                 memory_mb,
                 postgres_url,
+                redis_url,
+                nats_url,
             })
             .await
         }

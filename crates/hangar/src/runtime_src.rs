@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 /// (path under the runtime dir, contents)
-const FILES: [(&str, &str); 4] = [
+const FILES: [(&str, &str); 6] = [
     (
         "hangar-runtime/Cargo.toml",
         include_str!("../../../runtime/hangar-runtime/Cargo.toml"),
@@ -15,6 +15,14 @@ const FILES: [(&str, &str); 4] = [
     (
         "hangar-runtime/src/lib.rs",
         include_str!("../../../runtime/hangar-runtime/src/lib.rs"),
+    ),
+    (
+        "hangar-runtime/src/cache.rs",
+        include_str!("../../../runtime/hangar-runtime/src/cache.rs"),
+    ),
+    (
+        "hangar-runtime/src/pubsub.rs",
+        include_str!("../../../runtime/hangar-runtime/src/pubsub.rs"),
     ),
     (
         "hangar-runtime-macros/Cargo.toml",
@@ -40,4 +48,27 @@ pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
         std::fs::write(&path, contents)?;
     }
     Ok(dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every source file of the runtime crates is embedded: a module added
+    /// there and forgotten here would break every app's build.
+    #[test]
+    fn every_runtime_source_file_is_embedded() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runtime");
+        for krate in ["hangar-runtime", "hangar-runtime-macros"] {
+            let src = root.join(krate).join("src");
+            for entry in std::fs::read_dir(&src).unwrap() {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                let rel = format!("{krate}/src/{name}");
+                assert!(
+                    FILES.iter().any(|(p, _)| *p == rel),
+                    "{rel} is not in runtime_src::FILES"
+                );
+            }
+        }
+    }
 }

@@ -22,7 +22,7 @@ use hangar_core::archive::Limits as ArchiveLimits;
 use hangar_image::ImageStore;
 use hangar_node::{Agent, Driver, DriverChoice, Limits, NodeConfig};
 use hangar_proxy::RouteTable;
-use hangar_resources::{PostgresServer, Resources, Vault};
+use hangar_resources::{PostgresServer, RedisServer, Resources, Vault};
 use hangar_store::Store;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -55,6 +55,11 @@ pub struct UpOptions {
     /// Postgres server for apps' databases (none: apps declaring one fail
     /// to deploy with a message saying so).
     pub postgres_url: Option<String>,
+    /// Redis server for apps' users (none: apps declaring Redis fail to
+    /// deploy with a message saying so).
+    pub redis_url: Option<String>,
+    /// NATS server for apps' PubSub.
+    pub nats_url: Option<String>,
 }
 
 /// The default data dir: `/var/lib/hangar` for root, else under the user's
@@ -128,7 +133,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         .as_deref()
         .map(PostgresServer::new)
         .transpose()?;
-    let resources = Resources::new(store.clone(), vault, postgres);
+    let mut resources = Resources::new(store.clone(), vault, postgres);
+    if let Some(url) = &opts.redis_url {
+        resources = resources.with_redis(RedisServer::new(url)?);
+    }
+    if let Some(url) = &opts.nats_url {
+        resources = resources.with_nats(url.clone());
+    }
     agent.set_resources(resources.clone());
     let runtime_dir = crate::runtime_src::install(&data.join("runtime"))
         .context("installing hangar-runtime's sources")?;

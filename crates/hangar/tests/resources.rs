@@ -1,8 +1,9 @@
-//! Infrastructure from code: examples/todo declares a Postgres database and
-//! its secrets on `main`; Hangar reads that from the source at deploy,
-//! provisions the database on the real server (127.0.0.1:5432), hands the
-//! credentials and secrets to the machine, keeps the data across deploys,
-//! and drops it all on destroy.
+//! Infrastructure from code: examples/todo declares a Postgres database,
+//! Redis, PubSub and its secrets on `main`; Hangar reads that from the
+//! source at deploy, provisions the database and the Redis user on the real
+//! servers (127.0.0.1:5432, :6379; NATS at :4222), hands the credentials
+//! and secrets to the machine, keeps the data across deploys, and drops it
+//! all on destroy.
 
 mod support;
 
@@ -48,7 +49,14 @@ fn database_exists(name: &str) -> bool {
 fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
     // Fails loudly, naming what is missing, when Postgres is down.
     let _ = admin_query("SELECT $1::text", "ping");
-    let p = TestPlatform::start_with(&["--postgres-url", ADMIN_URL]);
+    let p = TestPlatform::start_with(&[
+        "--postgres-url",
+        ADMIN_URL,
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--nats-url",
+        "nats://127.0.0.1:4222",
+    ]);
     let app = "todo";
     let database = "hangar_todo";
     // A database left by an interrupted earlier run is simply reused
@@ -58,7 +66,19 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
     assert!(out.contains("is live"), "{out}");
     assert!(database_exists(database), "database provisioned at deploy");
 
-    // The app works against its database through the proxy.
+    // The app works against its database through the proxy. (Counters
+    // are compared with their first values: an interrupted earlier run
+    // may have left some in Redis.)
+    let stats = |p: &TestPlatform| -> (i64, i64) {
+        let (code, body) = p.get(app, "/stats");
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        (
+            v["views"].as_i64().unwrap(),
+            v["created_events"].as_i64().unwrap(),
+        )
+    };
+    let (views0, created0) = stats(&p);
     assert_eq!(p.get(app, "/greeting"), (200, "no greeting set".to_owned()));
     let (code, body) = p.post_json(app, "/todos", r#"{"title": "buy milk"}"#);
     assert_eq!(code, 201, "{body}");
@@ -67,6 +87,13 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
     let (code, body) = p.get(app, "/todos");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("buy milk"), "{body}");
+    // The cache (Redis, the app's own user) counted the view, and the
+    // event published on NATS came back to the app's subscriber.
+    let (views, _) = wait_for(10, "the todos.created event", || {
+        let s = stats(&p);
+        (s.1 == created0 + 1).then_some(s)
+    });
+    assert_eq!(views, views0 + 1);
 
     // A secret: listed by name only, handed to machines at their next start.
     let secret = "s3cr3t-greeting-4242";
@@ -98,6 +125,7 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
         "data survives a redeploy: {body}"
     );
     assert_eq!(p.get(app, "/greeting"), (200, secret.to_owned()));
+    assert_eq!(stats(&p).0, views0 + 2, "the cache survives a redeploy");
 
     // Never in API answers or logs.
     let status = p.api_get(&format!("/api/v1/apps/{app}")).to_string();
@@ -110,6 +138,14 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         text.contains("postgres") && text.contains(database) && text.contains("ready"),
+        "{text}"
+    );
+    assert!(
+        text.contains("redis") && text.contains("hangar_todo"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pubsub") && text.contains("hangar.todo."),
         "{text}"
     );
     let (code, listed) = p.call("GET", &format!("/api/v1/apps/{app}/resources"), Value::Null);
@@ -130,5 +166,15 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
         )
         .is_empty(),
         "role dropped"
+    );
+    // And the Redis user with the app's keys.
+    let out = std::process::Command::new("redis-cli")
+        .args(["ACL", "GETUSER", "hangar_todo"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "Redis user dropped: {}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

@@ -9,7 +9,7 @@ use syn::{parse_macro_input, FnArg, ItemFn, Pat};
 
 /// The resource kinds a parameter can ask for, by the last segment of its
 /// attribute's path (`#[hangar_runtime::Postgres]`, `#[Postgres]`).
-const KINDS: [&str; 2] = ["Postgres", "Secrets"];
+const KINDS: [&str; 4] = ["Postgres", "Redis", "PubSub", "Secrets"];
 
 /// Marks the app's entry point; see the `hangar_runtime` crate docs.
 #[proc_macro_attribute]
@@ -59,7 +59,7 @@ fn expand(user: &mut ItemFn) -> syn::Result<proc_macro2::TokenStream> {
         let Some((kind, span)) = kind else {
             return Err(syn::Error::new(
                 param.span(),
-                "every parameter of main is a resource: mark it #[hangar_runtime::Postgres] or #[hangar_runtime::Secrets]",
+                "every parameter of main is a resource: mark it #[hangar_runtime::Postgres], #[hangar_runtime::Redis], #[hangar_runtime::PubSub] or #[hangar_runtime::Secrets]",
             ));
         };
         let name = match &*param.pat {
@@ -70,6 +70,12 @@ fn expand(user: &mut ItemFn) -> syn::Result<proc_macro2::TokenStream> {
         let load = match kind.as_str() {
             "Postgres" => quote_spanned! {span=>
                 let #name: #ty = __resources.postgres::<#ty>().await?;
+            },
+            "Redis" => quote_spanned! {span=>
+                let #name: #ty = __resources.redis::<#ty>().await?;
+            },
+            "PubSub" => quote_spanned! {span=>
+                let #name: #ty = __resources.pubsub::<#ty>().await?;
             },
             _ => quote_spanned! {span=>
                 let #name: #ty = __resources.secrets::<#ty>();

@@ -15,6 +15,12 @@
 //! - `#[hangar_runtime::Postgres]`: a database and a role of its own, for
 //!   this app only. Takes a `sqlx::PgPool` (feature `postgres`) or a
 //!   `String` connection URL.
+//! - `#[hangar_runtime::Redis]`: a Redis user of the app's own, limited to
+//!   the app's keys, as an `Arc<dyn Cache>` (feature `redis`; an in-memory
+//!   cache in a local run without Redis) or a `String` URL.
+//! - `#[hangar_runtime::PubSub]`: publish/subscribe between the app's
+//!   machines on NATS, as an `Arc<dyn PubSub>` (feature `nats`; in-process
+//!   in a local run).
 //! - `#[hangar_runtime::Secrets]`: the app's secrets (`hangar secrets set`),
 //!   as a [`SecretStore`].
 //!
@@ -30,6 +36,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use hangar_runtime_macros::main;
+
+pub mod cache;
+pub mod pubsub;
+
+#[cfg(feature = "redis")]
+pub use cache::RedisCache;
+pub use cache::{Cache, FromRedis, MemoryCache};
+#[cfg(feature = "nats")]
+pub use pubsub::NatsPubSub;
+pub use pubsub::{FromPubSub, MemoryPubSub, Message, PubSub, Subscription};
+
+/// The future a [`Cache`] or [`PubSub`] method returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What `main` returns: any error converts into [`Error`] with `?`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -196,12 +215,23 @@ pub mod __private {
         #[serde(default)]
         postgres: Option<Postgres>,
         #[serde(default)]
+        redis: Option<Prefixed>,
+        #[serde(default)]
+        pubsub: Option<Prefixed>,
+        #[serde(default)]
         secrets: BTreeMap<String, String>,
     }
 
     #[derive(Debug, serde::Deserialize)]
     struct Postgres {
         url: String,
+    }
+
+    /// A server URL and the prefix of everything the app owns there.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    struct Prefixed {
+        url: String,
+        prefix: String,
     }
 
     impl Resources {
@@ -229,6 +259,14 @@ pub mod __private {
                      deploy it with `hangar deploy`, or run it with `hangar run`",
                 )),
             }
+        }
+
+        pub async fn redis<T: FromRedis>(&self) -> Result<T> {
+            T::from_redis(self.redis.clone().map(|r| (r.url, r.prefix))).await
+        }
+
+        pub async fn pubsub<T: FromPubSub>(&self) -> Result<T> {
+            T::from_pubsub(self.pubsub.clone().map(|r| (r.url, r.prefix))).await
         }
 
         pub fn secrets<T: FromSecrets>(&self) -> T {
