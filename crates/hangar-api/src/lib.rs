@@ -18,11 +18,15 @@
 //! - `POST /api/v1/orgs` — admin org only: a new org and its first token
 //! - `POST /api/v1/images?name=NAME[:TAG]` — body: an OCI layout or `docker save` tar
 //! - `/v1/apps…` — the Fly-compatible Machines API (see [`fly`])
+//! - `/shuttle/projects/{project}/resources…` — what Shuttle's runtime
+//!   calls at start (see [`shuttle`]); authenticated with the app's own
+//!   token, not an org token
 
 mod auth;
 mod error;
 mod fly;
 mod routes;
+mod shuttle;
 mod tail;
 
 use std::path::PathBuf;

@@ -43,6 +43,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/orgs", post(create_org))
         .route("/api/v1/images", post(import_image))
         .merge(crate::fly::routes())
+        .merge(crate::shuttle::routes())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .with_state(state)
 }
@@ -361,7 +362,14 @@ async fn set_secrets(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let app = find_app(&state, &caller, &name).await?;
+    // Secrets may be set before the first deploy (as `hangar deploy` does
+    // with a Shuttle project's Secrets.toml): the app is created if need be.
+    let name = AppName::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(app) = state.store.app_by_name(name.as_str()).await?
+        && app.org_id != caller.org.id
+    {
+        return Err(hangar_store::StoreError::NameTaken(name.to_string()).into());
+    }
     let values: std::collections::BTreeMap<String, String> = serde_json::from_slice(&body)
         .map_err(|e| {
             ApiError::bad_request(format!(
@@ -372,6 +380,16 @@ async fn set_secrets(
         return Err(ApiError::bad_request("no secrets given"));
     }
     let names: Vec<String> = values.keys().cloned().collect();
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !hangar_resources::valid_secret_name(n))
+    {
+        return Err(hangar_resources::ResourceError::SecretName(bad.clone()).into());
+    }
+    let app = state
+        .store
+        .get_or_create_app(&caller.org.id, name.as_str())
+        .await?;
     state.resources.set_secrets(&app.id, values).await?;
     Ok(Json(json!({ "set": names })))
 }

@@ -361,12 +361,18 @@ impl Builder {
 
         let binary = target_dir.join("release").join(&bin);
         let images = inner.images.clone();
-        let (app_name, bin_name) = (app.name.clone(), bin.clone());
+        let mut env = vec![format!("HANGAR_APP={}", app.name)];
+        if declared.runtime == Some(resources::Runtime::Shuttle) {
+            // The fixed part of Shuttle's runtime contract; the node adds
+            // the per-machine part at launch.
+            env.extend(hangar_resources::shuttle::image_env(&app));
+        }
+        let bin_name = bin.clone();
         let digest = tokio::task::spawn_blocking(move || {
             images.build_from_binary(&BinaryImage {
                 binary: &binary,
                 name: &bin_name,
-                env: vec![format!("HANGAR_APP={app_name}")],
+                env,
             })
         })
         .await

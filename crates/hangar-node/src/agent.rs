@@ -481,6 +481,11 @@ impl Agent {
             format!("FLY_APP_NAME={app_name}"),
             format!("FLY_REGION={}", m.region),
         ]);
+        if hangar_resources::shuttle::is_shuttle_image(&env)
+            && let Some(resources) = inner.resources.get()
+        {
+            env.extend(resources.shuttle_env(&m.app_id, m.port));
+        }
         let guest = m.config.guest();
         let argv = m.config.argv(
             image.config.entrypoint.as_deref().unwrap_or_default(),

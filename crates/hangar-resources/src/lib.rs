@@ -10,6 +10,7 @@
 
 pub mod local_pg;
 pub mod redis;
+pub mod shuttle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -65,6 +66,9 @@ type Result<T, E = ResourceError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Vault {
     cipher: ChaCha20Poly1305,
+    /// For tokens (HMAC-SHA256), derived from the key so the same bytes
+    /// never serve two algorithms.
+    mac_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Vault {
@@ -98,9 +102,42 @@ impl Vault {
             .ok()
             .filter(|b| b.len() == 32)
             .ok_or_else(|| ResourceError::BadKey(path.display().to_string()))?;
+        use sha2::Digest;
+        let mac_key: [u8; 32] = sha2::Sha256::new()
+            .chain_update(b"hangar vault token key\0")
+            .chain_update(&bytes)
+            .finalize()
+            .into();
         Ok(Vault {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
+            mac_key,
         })
+    }
+
+    /// A bearer token for `context` (who it is for and what it opens):
+    /// the same for the same key and context, unguessable without the key,
+    /// so nothing needs storing.
+    pub fn token(&self, context: &str) -> String {
+        use hmac::Mac;
+        hex::encode(self.mac(context).finalize().into_bytes())
+    }
+
+    /// Whether `token` is [`Self::token`]'s for `context` (constant time).
+    pub fn verify_token(&self, context: &str, token: &str) -> bool {
+        use hmac::Mac;
+        match hex::decode(token) {
+            Ok(bytes) => self.mac(context).verify_slice(&bytes).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    fn mac(&self, context: &str) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        // HMAC takes keys of any length: this cannot fail.
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.mac_key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(context.as_bytes());
+        mac
     }
 
     /// Seals `plain`, bound to `context` (who owns it and what it is).
@@ -324,6 +361,8 @@ pub struct Resources {
     postgres: Option<PostgresServer>,
     redis: Option<RedisServer>,
     nats_url: Option<String>,
+    /// Hangar's API as machines reach it (the Shuttle contract).
+    platform_api: Option<String>,
 }
 
 impl std::fmt::Debug for Resources {
@@ -343,6 +382,7 @@ impl Resources {
             postgres,
             redis: None,
             nats_url: None,
+            platform_api: None,
         }
     }
 

@@ -62,6 +62,26 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
     let api = api()?;
     let name = app_name(dir, app)?;
     let started = Instant::now();
+    // A Shuttle project keeps its secrets in Secrets.toml: they are set
+    // (sealed) before the build, and never packed with the source.
+    if let Some((path, secrets)) = crate::secrets_file::find(dir, &["Secrets.toml"])?
+        && !secrets.is_empty()
+    {
+        let names: Vec<&str> = secrets.keys().map(String::as_str).collect();
+        println!(
+            "==> Setting {} secret(s) from {}: {}",
+            names.len(),
+            path.display(),
+            names.join(", ")
+        );
+        api.json(
+            Method::PUT,
+            &format!("/api/v1/apps/{name}/secrets"),
+            serde_json::to_vec(&secrets)?.into(),
+            "application/json",
+        )
+        .await?;
+    }
     println!("==> Packing {} as app {name}", dir.display());
     let dir = dir.to_owned();
     let packed =

@@ -6,6 +6,7 @@
 //! - [`client`]: a small HTTP client for Hangar's API.
 //! - [`pack`]: packing a cargo project into a `.tar.gz` (respects .gitignore).
 //! - [`up`]: `hangar up`, which wires every role into one process.
+//! - [`secrets_file`]: a project's `Secrets.toml`.
 //! - [`commands`]: the other subcommands.
 //!
 //! This crate is thin: it parses arguments and wires the library crates.
@@ -15,4 +16,5 @@ pub mod commands;
 pub mod config;
 pub mod pack;
 pub mod runtime_src;
+pub mod secrets_file;
 pub mod up;

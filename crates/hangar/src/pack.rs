@@ -45,7 +45,16 @@ pub fn pack(dir: &Path, max_bytes: u64) -> Result<Packed> {
         .require_git(false)
         .follow_links(false)
         .add_custom_ignore_filename(".hangarignore")
-        .filter_entry(move |e| e.file_name() != ".git" && e.path() != target)
+        .filter_entry(move |e| {
+            e.file_name() != ".git"
+                && e.path() != target
+                // Secrets travel through the secrets API, sealed; never
+                // in the source archive.
+                && !(e.depth() == 1
+                    && crate::secrets_file::FILES
+                        .iter()
+                        .any(|f| e.file_name() == std::ffi::OsStr::new(f)))
+        })
         .build();
     let mut entries = Vec::new();
     for entry in walker {
@@ -130,7 +139,7 @@ mod tests {
     }
 
     #[test]
-    fn respects_gitignore_and_skips_target_and_git() {
+    fn respects_gitignore_and_skips_target_git_and_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         fs::create_dir_all(d.join("src/target")).unwrap();
@@ -145,6 +154,8 @@ mod tests {
         fs::write(d.join(".gitignore"), "data/\n*.log\n").unwrap();
         fs::write(d.join("data/big.bin"), "x").unwrap();
         fs::write(d.join("debug.log"), "x").unwrap();
+        fs::write(d.join("Secrets.toml"), "A = 'x'").unwrap();
+        fs::write(d.join("Secrets.dev.toml"), "A = 'y'").unwrap();
         let packed = pack(d, DEFAULT_MAX_BYTES).unwrap();
         assert_eq!(
             names(&packed.data),

@@ -140,6 +140,16 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     if let Some(url) = &opts.nats_url {
         resources = resources.with_nats(url.clone());
     }
+    // Machines share the host's network: they reach the API where it
+    // listens (loopback when it listens on every address).
+    let mut reachable = api_addr;
+    if reachable.ip().is_unspecified() {
+        reachable.set_ip(match reachable {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    resources = resources.with_platform_api(format!("http://{reachable}"));
     agent.set_resources(resources.clone());
     let runtime_dir = crate::runtime_src::install(&data.join("runtime"))
         .context("installing hangar-runtime's sources")?;

@@ -1,0 +1,112 @@
+//! Coming from Shuttle: examples/shuttle-compat is an app written for
+//! Shuttle (`#[shuttle_runtime::main]`, `shuttle_shared_db::Postgres`,
+//! `shuttle_runtime::Secrets`, Secrets.toml), built against the real
+//! shuttle crates, unchanged. Hangar sets the runtime's environment and
+//! answers its calls for secrets and the database; the database is the
+//! app's own on the real Postgres server (127.0.0.1:5432).
+
+mod support;
+
+use support::{TestPlatform, example, require_runc_and_root};
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The environment of the running process called `name` (root reads any).
+fn environ_of(name: &str) -> Vec<(String, String)> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-x", name])
+        .output()
+        .expect("pgrep");
+    let pids = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid = pids
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no process {name}"));
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_shuttle_app_deploys_unchanged() {
+    require_runc_and_root();
+    let p = TestPlatform::start_with(&["--postgres-url", ADMIN_URL]);
+    let app = "shuttle-compat";
+
+    let out = p.deploy(&example(app));
+    assert!(
+        out.contains("Setting 1 secret(s) from") && out.contains("GREETING"),
+        "Secrets.toml is read and set: {out}"
+    );
+    assert!(
+        out.contains("resources declared in code: postgres, secrets"),
+        "{out}"
+    );
+    assert!(out.contains("is live"), "{out}");
+
+    // The secret from Secrets.toml and the shared database both work.
+    assert_eq!(p.get(app, "/"), (200, "hello from Secrets.toml".to_owned()));
+    let (code, body) = p.post_json(app, "/guests", r#"{"name": "ada"}"#);
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = p.get(app, "/guests");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"ada\""), "{body}");
+    let listed = p.hangar(&["resources", app]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("hangar_shuttle_compat") && listed.contains("ready"),
+        "{listed}"
+    );
+
+    // The runtime's contract: its environment, and the API answering only
+    // with the app's own token.
+    let env = environ_of(app);
+    let var = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k} is not set"))
+    };
+    assert_eq!(var("SHUTTLE_ENV"), "production");
+    assert_eq!(var("SHUTTLE_RUNTIME_PORT"), var("PORT"));
+    let project = var("SHUTTLE_PROJECT_ID");
+    let key = var("SHUTTLE_API_KEY");
+    let api = var("SHUTTLE_API");
+    let path = format!("/shuttle/projects/{project}/resources/secrets");
+    assert!(api.ends_with("/shuttle"), "{api}");
+    let (code, body) = p.api_request("GET", &path, Some(&key), Vec::new());
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["type"], "secrets");
+    assert_eq!(v["output"]["GREETING"], "hello from Secrets.toml");
+    for token in [None, Some("00ff"), Some(p.token.as_str())] {
+        let (code, body) = p.api_request("GET", &path, token, Vec::new());
+        assert_eq!(code, 401, "token {token:?}: {body}");
+        assert!(!body.contains("Secrets.toml"), "{body}");
+    }
+    let (code, body) = p.api_request(
+        "POST",
+        &format!("/shuttle/projects/{project}/resources"),
+        Some(&key),
+        br#"{"type": "database::aws_rds::mysql", "config": null}"#.to_vec(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not supported"), "{body}");
+
+    // Redeploy: the guestbook survives; destroy drops the database.
+    let out = p.deploy(&example(app));
+    assert!(out.contains("is live"), "{out}");
+    let (_, body) = p.get(app, "/guests");
+    assert!(body.contains("\"ada\""), "{body}");
+    let out = p.hangar(&["destroy", app, "--yes"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("hangar_shuttle_compat"),
+        "{text}"
+    );
+}
