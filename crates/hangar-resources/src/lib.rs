@@ -41,7 +41,7 @@ pub enum ResourceError {
     #[error("Postgres: {0}")]
     Postgres(String),
     #[error(
-        "this app declares a Postgres database, but Hangar has no Postgres server configured (start hangar with --postgres-url)"
+        "this app declares a Postgres database, but Hangar has no Postgres server configured (start hangar with --postgres-url, or install PostgreSQL so that Hangar runs its own)"
     )]
     NoPostgres,
     #[error("the operating system's random number generator failed: {0}")]
@@ -353,12 +353,22 @@ fn pg_err(e: tokio_postgres::Error) -> ResourceError {
     }
 }
 
+/// Hangar's own Postgres cluster, started on first need.
+struct LocalCluster {
+    bins: local_pg::PostgresBinaries,
+    dir: std::path::PathBuf,
+    server: tokio::sync::OnceCell<PostgresServer>,
+}
+
 /// Provisions, lists and drops the resources of apps.
 #[derive(Clone)]
 pub struct Resources {
     store: Store,
     vault: Vault,
     postgres: Option<PostgresServer>,
+    /// With no server configured: Hangar's own cluster, started the first
+    /// time an app needs a database.
+    local_postgres: Option<std::sync::Arc<LocalCluster>>,
     redis: Option<RedisServer>,
     nats_url: Option<String>,
     /// Hangar's API as machines reach it (the Shuttle contract).
@@ -369,6 +379,10 @@ impl std::fmt::Debug for Resources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resources")
             .field("postgres", &self.postgres)
+            .field(
+                "local_postgres",
+                &self.local_postgres.as_ref().map(|l| &l.dir),
+            )
             .field("redis", &self.redis)
             .finish_non_exhaustive()
     }
@@ -380,10 +394,50 @@ impl Resources {
             store,
             vault,
             postgres,
+            local_postgres: None,
             redis: None,
             nats_url: None,
             platform_api: None,
         }
+    }
+
+    /// Without a Postgres server, apps that declare one get their database
+    /// on a cluster Hangar runs itself under `dir` (started on first need,
+    /// left running for the machines that use it).
+    pub fn with_local_postgres(
+        mut self,
+        bins: local_pg::PostgresBinaries,
+        dir: std::path::PathBuf,
+    ) -> Resources {
+        self.local_postgres = Some(std::sync::Arc::new(LocalCluster {
+            bins,
+            dir,
+            server: tokio::sync::OnceCell::new(),
+        }));
+        self
+    }
+
+    /// The server apps' databases live on.
+    async fn postgres_server(&self) -> Result<PostgresServer> {
+        if let Some(server) = &self.postgres {
+            return Ok(server.clone());
+        }
+        let Some(local) = &self.local_postgres else {
+            return Err(ResourceError::NoPostgres);
+        };
+        local
+            .server
+            .get_or_try_init(|| async {
+                let cluster = local_pg::LocalPostgres::start(&local.bins, &local.dir).await?;
+                tracing::info!(
+                    port = cluster.port(),
+                    dir = %local.dir.display(),
+                    "started the local Postgres cluster"
+                );
+                PostgresServer::new(&cluster.admin_url())
+            })
+            .await
+            .cloned()
     }
 
     /// Apps that declare Redis get a user of their own on `server`.
@@ -518,7 +572,7 @@ impl Resources {
     /// Creates (or re-keys) the role and creates the database, owned by the
     /// role and closed to everyone else.
     async fn create_postgres(&self, name: &str) -> Result<PostgresCredentials> {
-        let server = self.postgres.as_ref().ok_or(ResourceError::NoPostgres)?;
+        let server = self.postgres_server().await?;
         let client = server.connect().await?;
         let password = random_password()?;
         // `name` is hangar_[a-z0-9_]+ and the password hex: both safe to
@@ -572,7 +626,7 @@ impl Resources {
     pub async fn deprovision(&self, app: &App) -> Result<()> {
         for r in self.store.resources(&app.id).await? {
             if r.kind == ResourceKind::Postgres.as_str() {
-                let server = self.postgres.as_ref().ok_or(ResourceError::NoPostgres)?;
+                let server = self.postgres_server().await?;
                 let client = server.connect().await?;
                 let name = database_name(&app.name);
                 // Two statements: DROP DATABASE refuses to run in the

@@ -52,8 +52,9 @@ pub struct UpOptions {
     pub build_target_root: Option<PathBuf>,
     /// Machine memory limit.
     pub memory_mb: u64,
-    /// Postgres server for apps' databases (none: apps declaring one fail
-    /// to deploy with a message saying so).
+    /// Postgres server for apps' databases (none: Hangar's own cluster
+    /// under the data dir if PostgreSQL is installed, else apps declaring
+    /// one fail to deploy with a message saying so).
     pub postgres_url: Option<String>,
     /// Redis server for apps' users (none: apps declaring Redis fail to
     /// deploy with a message saying so).
@@ -133,7 +134,22 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         .as_deref()
         .map(PostgresServer::new)
         .transpose()?;
+    let no_server = postgres.is_none();
     let mut resources = Resources::new(store.clone(), vault, postgres);
+    if no_server {
+        match hangar_resources::local_pg::PostgresBinaries::find() {
+            Some(bins) => {
+                tracing::info!(
+                    version = %bins.version,
+                    "no --postgres-url: apps that declare a database get it on Hangar's own cluster (started on first need)"
+                );
+                resources = resources.with_local_postgres(bins, data.join("postgres"));
+            }
+            None => tracing::info!(
+                "no --postgres-url and no PostgreSQL installed: apps that declare a database will fail to deploy"
+            ),
+        }
+    }
     if let Some(url) = &opts.redis_url {
         resources = resources.with_redis(RedisServer::new(url)?);
     }

@@ -110,3 +110,56 @@ fn a_shuttle_app_deploys_unchanged() {
         "{text}"
     );
 }
+
+/// The embedded default: with no --postgres-url but PostgreSQL installed,
+/// Hangar runs its own cluster under its data dir, started when the first
+/// app needs a database.
+#[test]
+fn without_a_postgres_url_hangar_runs_its_own_cluster() {
+    require_runc_and_root();
+    let bins = hangar_resources::local_pg::PostgresBinaries::find()
+        .expect("this test needs PostgreSQL's binaries (initdb, pg_ctl, postgres): apt-get install postgresql");
+    let p = TestPlatform::start();
+    let cluster = p.data_dir().join("postgres");
+    let _stop_on_panic = StopCluster(cluster.clone());
+    assert!(!cluster.exists(), "not started before an app needs it");
+    let app = "shuttle-compat";
+    let out = p.deploy(&example(app));
+    assert!(out.contains("is live"), "{out}");
+    let (code, body) = p.post_json(app, "/guests", r#"{"name": "grace"}"#);
+    assert_eq!(code, 201, "{body}");
+    let (_, body) = p.get(app, "/guests");
+    assert!(body.contains("\"grace\""), "{body}");
+    assert!(cluster.join("data/PG_VERSION").is_file());
+    let port: u16 = std::fs::read_to_string(cluster.join("port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(port, 5432);
+    // The cluster outlives hangar (machines may still use it): stop it
+    // while its directory is still there.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let pg = hangar_resources::local_pg::LocalPostgres::start(&bins, &cluster)
+            .await
+            .unwrap();
+        assert_eq!(pg.port(), port, "the running cluster");
+        pg.stop().await.unwrap();
+    });
+    drop(p);
+}
+
+/// Stops a cluster left running by a test that failed half-way (its
+/// postmaster's pid is the first line of postmaster.pid).
+struct StopCluster(std::path::PathBuf);
+
+impl Drop for StopCluster {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(self.0.join("data/postmaster.pid"))
+            && let Some(pid) = text.lines().next()
+        {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
