@@ -15,7 +15,7 @@
 //! [`Builder::recover`] kills an orphaned cargo and re-queues the build (or
 //! fails it, with the reason, after repeated crashes).
 
-mod cargo;
+pub mod cargo;
 pub mod resources;
 mod sync;
 
@@ -328,12 +328,7 @@ impl Builder {
             if runtime == resources::Runtime::Hangar
                 && let Some(dir) = &inner.cfg.runtime_dir
             {
-                let path = dir.join("hangar-runtime");
-                extra_args.push("--config".to_owned());
-                extra_args.push(format!(
-                    "patch.crates-io.hangar-runtime.path={}",
-                    toml_string(&path.to_string_lossy())
-                ));
+                extra_args.extend(runtime_patch_args(dir));
             }
         }
 
@@ -390,6 +385,20 @@ impl Builder {
         let _ = inner.releases.send(release.id.clone());
         Ok(release.version)
     }
+}
+
+/// The cargo arguments that build an app against Hangar's copy of the
+/// runtime crates in `runtime_dir` (what `hangar-runtime = "0.1"` resolves
+/// to), for the builder and for `hangar run`.
+pub fn runtime_patch_args(runtime_dir: &std::path::Path) -> [String; 2] {
+    let path = runtime_dir.join("hangar-runtime");
+    [
+        "--config".to_owned(),
+        format!(
+            "patch.crates-io.hangar-runtime.path={}",
+            toml_string(&path.to_string_lossy())
+        ),
+    ]
 }
 
 /// A TOML basic string holding `s`.

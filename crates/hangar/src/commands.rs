@@ -32,7 +32,7 @@ pub fn login(token: &str, api_url: Option<&str>) -> Result<()> {
 }
 
 /// The app name for `dir`: `--app`, else `[package] name` of its Cargo.toml.
-fn app_name(dir: &Path, explicit: Option<&str>) -> Result<String> {
+pub(crate) fn app_name(dir: &Path, explicit: Option<&str>) -> Result<String> {
     if let Some(name) = explicit {
         return Ok(name.to_owned());
     }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod pack;
+pub mod run;
 pub mod runtime_src;
 pub mod secrets_file;
 pub mod up;

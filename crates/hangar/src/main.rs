@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use hangar::{commands, up};
+use hangar::{commands, run, up};
 
 #[derive(Parser)]
 #[command(
@@ -124,6 +124,33 @@ enum Command {
     },
     /// List the resources an app's code declares and their state.
     Resources { app: String },
+    /// Run the hangar-runtime app in DIR on this machine, without Docker,
+    /// with the resources it declares: a local Postgres cluster (or
+    /// --postgres-url), in-memory cache and pub/sub unless --redis-url /
+    /// --nats-url, secrets from Secrets.dev.toml (else Secrets.toml).
+    Run {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The port the app listens on ($PORT).
+        #[arg(long, env = "PORT", default_value_t = 8000)]
+        port: u16,
+        /// Build with --release.
+        #[arg(long)]
+        release: bool,
+        /// Hangar's data dir; local runs keep their state under <data-dir>/local.
+        #[arg(long, env = "HANGAR_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// A Postgres server for the app's database (a role that may create
+        /// roles and databases) instead of a local cluster.
+        #[arg(long, env = "HANGAR_POSTGRES_URL")]
+        postgres_url: Option<String>,
+        /// A Redis server for the app's cache (else in memory).
+        #[arg(long, env = "HANGAR_REDIS_URL")]
+        redis_url: Option<String>,
+        /// A NATS server for the app's PubSub (else in process).
+        #[arg(long, env = "HANGAR_NATS_URL")]
+        nats_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +251,27 @@ async fn run(cli: Cli) -> Result<()> {
             SecretsCommand::Unset { app, names } => commands::secrets_unset(&app, &names).await,
         },
         Command::Resources { app } => commands::resources(&app).await,
+        Command::Run {
+            dir,
+            port,
+            release,
+            data_dir,
+            postgres_url,
+            redis_url,
+            nats_url,
+        } => {
+            let code = run::run(run::RunOptions {
+                dir,
+                port,
+                release,
+                data_dir: data_dir.unwrap_or_else(up::default_data_dir),
+                postgres_url,
+                redis_url,
+                nats_url,
+            })
+            .await?;
+            std::process::exit(code)
+        }
         Command::Image {
             command: ImageCommand::Import { path, name },
         } => commands::image_import(&path, &name).await,
