@@ -12,6 +12,7 @@
 //! This crate does no I/O of its own except in [`archive`], and knows nothing of
 //! HTTP, SQL or runc.
 
+pub mod app_config;
 pub mod archive;
 pub mod id;
 pub mod machine;
