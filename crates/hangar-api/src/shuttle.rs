@@ -75,8 +75,8 @@ async fn secrets(
         Ok(app) => app,
         Err(resp) => return resp,
     };
-    match state.resources.for_machine(&app.id).await {
-        Ok(r) => ready(SECRETS, Value::Null, json!(r.secrets)),
+    match state.resources.secret_values(&app.id).await {
+        Ok(secrets) => ready(SECRETS, Value::Null, json!(secrets)),
         Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
     }
 }
@@ -112,8 +112,8 @@ async fn provision(
             Ok(url) => ready(SHARED_POSTGRES, req.config, Value::String(url)),
             Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
         },
-        SECRETS => match state.resources.for_machine(&app.id).await {
-            Ok(r) => ready(SECRETS, req.config, json!(r.secrets)),
+        SECRETS => match state.resources.secret_values(&app.id).await {
+            Ok(secrets) => ready(SECRETS, req.config, json!(secrets)),
             Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
         },
         other => error(

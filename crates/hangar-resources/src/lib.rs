@@ -709,21 +709,13 @@ impl Resources {
     pub async fn for_machine(&self, app_id: &str) -> Result<MachineResources> {
         let mut out = MachineResources::default();
         for r in self.store.resources(app_id).await? {
-            if r.kind == ResourceKind::Postgres.as_str()
-                && r.status == "ready"
-                && let Some(sealed) = &r.sealed
-            {
-                let json = self.vault.unseal(&Self::postgres_context(app_id), sealed)?;
-                out.postgres =
-                    Some(serde_json::from_slice(&json).map_err(|_| ResourceError::Unseal)?);
+            if r.kind == ResourceKind::Postgres.as_str() {
+                out.postgres = self.opened(&r, &Self::postgres_context(app_id))?;
             }
             if r.kind == ResourceKind::Redis.as_str()
-                && r.status == "ready"
-                && let Some(sealed) = &r.sealed
+                && let Some(creds) =
+                    self.opened::<RedisCredentials>(&r, &Self::redis_context(app_id))?
             {
-                let json = self.vault.unseal(&Self::redis_context(app_id), sealed)?;
-                let creds: RedisCredentials =
-                    serde_json::from_slice(&json).map_err(|_| ResourceError::Unseal)?;
                 // Redis keeps ACL users in memory unless it has an ACL
                 // file: after a Redis restart the user is gone. Re-assert
                 // it (same password) at every start; a Redis that is down
@@ -744,14 +736,48 @@ impl Resources {
                 });
             }
         }
+        out.secrets = self.secret_values(app_id).await?;
+        Ok(out)
+    }
+
+    /// The app's database credentials, if its database is ready.
+    pub async fn postgres_credentials(&self, app_id: &str) -> Result<Option<PostgresCredentials>> {
+        for r in self.store.resources(app_id).await? {
+            if r.kind == ResourceKind::Postgres.as_str() {
+                return self.opened(&r, &Self::postgres_context(app_id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every secret of the app, unsealed.
+    pub async fn secret_values(&self, app_id: &str) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
         for (name, sealed, _) in self.store.secrets(app_id).await? {
             let plain = self
                 .vault
                 .unseal(&Self::secret_context(app_id, &name), &sealed)?;
-            out.secrets
-                .insert(name, String::from_utf8_lossy(&plain).into_owned());
+            out.insert(name, String::from_utf8_lossy(&plain).into_owned());
         }
         Ok(out)
+    }
+
+    /// The sealed credentials of a ready resource, opened (none while it
+    /// is not ready).
+    fn opened<T: serde::de::DeserializeOwned>(
+        &self,
+        r: &ResourceRow,
+        context: &str,
+    ) -> Result<Option<T>> {
+        match &r.sealed {
+            Some(sealed) if r.status == "ready" => {
+                let json = self.vault.unseal(context, sealed)?;
+                serde_json::from_slice(&json)
+                    .map(Some)
+                    .map_err(|_| ResourceError::Unseal)
+            }
+            _ => Ok(None),
+        }
     }
 }
 

@@ -76,8 +76,8 @@ impl Resources {
     pub async fn shuttle_postgres(&self, app: &App) -> Result<String> {
         let kinds = [ResourceKind::Postgres].into();
         self.provision(app, &kinds, &|_| {}).await?;
-        let creds = self.for_machine(&app.id).await?.postgres;
-        creds
+        self.postgres_credentials(&app.id)
+            .await?
             .map(|c| c.url)
             .ok_or_else(|| crate::ResourceError::Postgres("the database is not ready".into()))
     }
