@@ -26,8 +26,6 @@ enum DriverArg {
     Process,
 }
 
-// Parsed once per process: the size of `Up` does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole platform (API, builder, node agent, proxy) in this process.
@@ -62,19 +60,8 @@ enum Command {
         /// Memory limit of each machine, in MiB.
         #[arg(long, default_value_t = 512)]
         memory_mb: u64,
-        /// Postgres server apps get their databases on: a role that may
-        /// create roles and databases, e.g.
-        /// postgres://postgres@127.0.0.1:5432/postgres.
-        #[arg(long, env = "HANGAR_POSTGRES_URL")]
-        postgres_url: Option<String>,
-        /// Redis server apps get a user of their own on (an admin
-        /// connection that may run ACL SETUSER), e.g. redis://127.0.0.1:6379.
-        #[arg(long, env = "HANGAR_REDIS_URL")]
-        redis_url: Option<String>,
-        /// NATS server apps publish and subscribe on (PubSub), e.g.
-        /// nats://127.0.0.1:4222.
-        #[arg(long, env = "HANGAR_NATS_URL")]
-        nats_url: Option<String>,
+        #[command(flatten)]
+        servers: Servers,
     },
     /// Store a token (and API URL) for this CLI.
     Login {
@@ -140,17 +127,29 @@ enum Command {
         /// Hangar's data dir; local runs keep their state under <data-dir>/local.
         #[arg(long, env = "HANGAR_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// A Postgres server for the app's database (a role that may create
-        /// roles and databases) instead of a local cluster.
-        #[arg(long, env = "HANGAR_POSTGRES_URL")]
-        postgres_url: Option<String>,
-        /// A Redis server for the app's cache (else in memory).
-        #[arg(long, env = "HANGAR_REDIS_URL")]
-        redis_url: Option<String>,
-        /// A NATS server for the app's PubSub (else in process).
-        #[arg(long, env = "HANGAR_NATS_URL")]
-        nats_url: Option<String>,
+        #[command(flatten)]
+        servers: Servers,
     },
+}
+
+/// The servers apps' declared resources live on (`up` and `run`).
+#[derive(clap::Args)]
+struct Servers {
+    /// Postgres server apps get their databases on: a role that may create
+    /// roles and databases, e.g. postgres://postgres@127.0.0.1:5432/postgres.
+    /// Without it: a cluster Hangar runs itself, if PostgreSQL is installed.
+    #[arg(long, env = "HANGAR_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// Redis server apps get a user of their own on (an admin that may run
+    /// ACL SETUSER), e.g. redis://127.0.0.1:6379. Without it: `up` refuses
+    /// apps that declare Redis, `run` gives them an in-memory cache.
+    #[arg(long, env = "HANGAR_REDIS_URL")]
+    redis_url: Option<String>,
+    /// NATS server apps' PubSub uses, e.g. nats://127.0.0.1:4222. Without
+    /// it: `up` refuses apps that declare PubSub, `run` gives them
+    /// in-process pub/sub.
+    #[arg(long, env = "HANGAR_NATS_URL")]
+    nats_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -204,9 +203,7 @@ async fn run(cli: Cli) -> Result<()> {
             max_image_bytes,
             build_target_root,
             memory_mb,
-            postgres_url,
-            redis_url,
-            nats_url,
+            servers,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -230,9 +227,9 @@ async fn run(cli: Cli) -> Result<()> {
                 max_image_bytes,
                 build_target_root,
                 memory_mb,
-                postgres_url,
-                redis_url,
-                nats_url,
+                postgres_url: servers.postgres_url,
+                redis_url: servers.redis_url,
+                nats_url: servers.nats_url,
             })
             .await
         }
@@ -256,18 +253,16 @@ async fn run(cli: Cli) -> Result<()> {
             port,
             release,
             data_dir,
-            postgres_url,
-            redis_url,
-            nats_url,
+            servers,
         } => {
             let code = run::run(run::RunOptions {
                 dir,
                 port,
                 release,
                 data_dir: data_dir.unwrap_or_else(up::default_data_dir),
-                postgres_url,
-                redis_url,
-                nats_url,
+                postgres_url: servers.postgres_url,
+                redis_url: servers.redis_url,
+                nats_url: servers.nats_url,
             })
             .await?;
             std::process::exit(code)
