@@ -5,45 +5,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hangar_resources::local_pg::{LocalPostgres, PostgresBinaries};
+use hangar_resources::local_pg::PostgresBinaries;
+use support::{StopCluster, copy_example, free_port, workspace};
 
-/// The workspace root.
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Copies `from` to `to`, without `target/`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_name() == "target" {
-            continue;
-        }
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
 
 /// A plain HTTP/1.1 request: (status, body), None if nothing answers.
 fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
@@ -164,34 +134,6 @@ impl Drop for HangarRun {
     }
 }
 
-/// Stops the local cluster `hangar run` left running, whatever happens.
-struct StopCluster {
-    bins: PostgresBinaries,
-    dir: PathBuf,
-}
-
-impl Drop for StopCluster {
-    fn drop(&mut self) {
-        if !self.dir.join("data/postmaster.pid").exists() {
-            return;
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            match LocalPostgres::start(&self.bins, &self.dir).await {
-                Ok(pg) => {
-                    if let Err(e) = pg.stop().await {
-                        eprintln!("stopping the local cluster: {e}");
-                    }
-                }
-                Err(e) => eprintln!("finding the local cluster: {e}"),
-            }
-        });
-    }
-}
-
 #[test]
 fn runs_todo_locally_with_local_postgres_memory_cache_and_dev_secrets() {
     let bins = PostgresBinaries::find().expect(
@@ -205,8 +147,7 @@ fn runs_todo_locally_with_local_postgres_memory_cache_and_dev_secrets() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let app = tmp.path().join("todo");
-    copy_dir(&workspace().join("examples/todo"), &app);
+    let app = copy_example("todo", tmp.path());
     std::fs::write(
         app.join("Secrets.dev.toml"),
         "GREETING = \"hello from local\"\n",

@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{TestPlatform, example, require_runc_and_root};
+use support::{StopCluster, TestPlatform, example, require_runc_and_root};
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -121,7 +121,10 @@ fn without_a_postgres_url_hangar_runs_its_own_cluster() {
         .expect("this test needs PostgreSQL's binaries (initdb, pg_ctl, postgres): apt-get install postgresql");
     let p = TestPlatform::start();
     let cluster = p.data_dir().join("postgres");
-    let _stop_on_panic = StopCluster(cluster.clone());
+    let _stop_on_panic = StopCluster {
+        bins: bins.clone(),
+        dir: cluster.clone(),
+    };
     assert!(!cluster.exists(), "not started before an app needs it");
     let app = "shuttle-compat";
     let out = p.deploy(&example(app));
@@ -148,18 +151,4 @@ fn without_a_postgres_url_hangar_runs_its_own_cluster() {
         pg.stop().await.unwrap();
     });
     drop(p);
-}
-
-/// Stops a cluster left running by a test that failed half-way (its
-/// postmaster's pid is the first line of postmaster.pid).
-struct StopCluster(std::path::PathBuf);
-
-impl Drop for StopCluster {
-    fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string(self.0.join("data/postmaster.pid"))
-            && let Some(pid) = text.lines().next()
-        {
-            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-        }
-    }
 }

@@ -32,6 +32,45 @@ pub fn example(name: &str) -> PathBuf {
     workspace().join("examples").join(name)
 }
 
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Stops a local Postgres cluster (hangar's own, or `hangar run`'s) when
+/// dropped, so a test that fails half-way leaves none running. Drop it
+/// while the cluster's directory still exists.
+pub struct StopCluster {
+    pub bins: hangar_resources::local_pg::PostgresBinaries,
+    pub dir: PathBuf,
+}
+
+impl Drop for StopCluster {
+    fn drop(&mut self) {
+        if !self.dir.join("data/postmaster.pid").exists() {
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            match hangar_resources::local_pg::LocalPostgres::start(&self.bins, &self.dir).await {
+                Ok(pg) => {
+                    if let Err(e) = pg.stop().await {
+                        eprintln!("stopping the local cluster: {e}");
+                    }
+                }
+                Err(e) => eprintln!("finding the local cluster: {e}"),
+            }
+        });
+    }
+}
+
 /// Copies an example to a temp dir (without `target/`), for tests that edit it.
 pub fn copy_example(name: &str, into: &Path) -> PathBuf {
     let dest = into.join(name);
