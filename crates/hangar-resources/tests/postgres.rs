@@ -4,9 +4,11 @@
 
 use std::collections::BTreeSet;
 
+use common::{Fixture, fixture};
 use hangar_core::resource::ResourceKind;
-use hangar_resources::{PostgresServer, Resources, Vault, database_name};
-use hangar_store::Store;
+use hangar_resources::{PostgresServer, Resources, database_name};
+
+mod common;
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -32,16 +34,14 @@ fn unique(prefix: &str) -> String {
 #[tokio::test]
 async fn each_app_gets_its_own_database_closed_to_others() {
     require_postgres().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).unwrap();
-    let org = store
-        .create_org_with_token("acme", "t", "hash")
-        .await
-        .unwrap();
     let (a, b) = (unique("pg-a"), unique("pg-b"));
-    let app_a = store.get_or_create_app(&org.id, &a).await.unwrap();
-    let app_b = store.get_or_create_app(&org.id, &b).await.unwrap();
-    let vault = Vault::open(&dir.path().join("secrets.key")).unwrap();
+    let Fixture {
+        dir: _dir,
+        store,
+        vault,
+        apps,
+    } = fixture(&[&a, &b]).await;
+    let (app_a, app_b) = (apps[0].clone(), apps[1].clone());
     let res = Resources::new(
         store.clone(),
         vault,

@@ -5,9 +5,11 @@
 
 use std::collections::BTreeSet;
 
+use common::{Fixture, fixture};
 use hangar_core::resource::ResourceKind;
-use hangar_resources::{RedisServer, Resources, Vault};
-use hangar_store::Store;
+use hangar_resources::{RedisServer, Resources};
+
+mod common;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -49,18 +51,16 @@ fn is_nil(reply: &str) -> bool {
 #[tokio::test]
 async fn each_app_gets_a_user_confined_to_its_prefix() {
     redis(&[&["PING"]]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).unwrap();
-    let org = store
-        .create_org_with_token("acme", "t", "hash")
-        .await
-        .unwrap();
     let pid = std::process::id();
     let (a, b) = (format!("rd-a-{pid}"), format!("rd-b-{pid}"));
-    let app_a = store.get_or_create_app(&org.id, &a).await.unwrap();
-    let app_b = store.get_or_create_app(&org.id, &b).await.unwrap();
-    let vault = Vault::open(&dir.path().join("secrets.key")).unwrap();
-    let res = Resources::new(store.clone(), vault, None)
+    let Fixture {
+        dir: _dir,
+        store,
+        vault,
+        apps,
+    } = fixture(&[&a, &b]).await;
+    let (app_a, app_b) = (apps[0].clone(), apps[1].clone());
+    let res = Resources::new(store, vault, None)
         .with_redis(RedisServer::new("redis://127.0.0.1:6379").unwrap());
     let kinds: BTreeSet<_> = [ResourceKind::Redis].into();
     let log = |_: String| {};
@@ -124,21 +124,20 @@ async fn each_app_gets_a_user_confined_to_its_prefix() {
 
 #[tokio::test]
 async fn without_a_redis_server_declaring_redis_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).unwrap();
-    let org = store
-        .create_org_with_token("acme", "t", "hash")
-        .await
-        .unwrap();
-    let app = store.get_or_create_app(&org.id, "no-redis").await.unwrap();
-    let vault = Vault::open(&dir.path().join("secrets.key")).unwrap();
+    let Fixture {
+        dir: _dir,
+        store,
+        vault,
+        apps,
+    } = fixture(&["no-redis"]).await;
+    let app = &apps[0];
     let res = Resources::new(store, vault, None);
     for (kind, flag) in [
         (ResourceKind::Redis, "--redis-url"),
         (ResourceKind::PubSub, "--nats-url"),
     ] {
         let err = res
-            .provision(&app, &[kind].into(), &|_| {})
+            .provision(app, &[kind].into(), &|_| {})
             .await
             .unwrap_err()
             .to_string();
