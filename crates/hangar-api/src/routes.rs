@@ -380,12 +380,8 @@ async fn set_secrets(
         return Err(ApiError::bad_request("no secrets given"));
     }
     let names: Vec<String> = values.keys().cloned().collect();
-    if let Some(bad) = names
-        .iter()
-        .find(|n| !hangar_resources::valid_secret_name(n))
-    {
-        return Err(hangar_resources::ResourceError::SecretName(bad.clone()).into());
-    }
+    // Checked before the app is created.
+    hangar_resources::check_secret_names(&names)?;
     let app = state
         .store
         .get_or_create_app(&caller.org.id, name.as_str())

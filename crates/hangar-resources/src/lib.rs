@@ -218,6 +218,14 @@ pub fn valid_secret_name(name: &str) -> bool {
     name.len() <= 128 && hangar_core::name::is_env_name(name)
 }
 
+/// The first name that is not a valid secret name, as an error.
+pub fn check_secret_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    match names.into_iter().find(|n| !valid_secret_name(n)) {
+        Some(bad) => Err(ResourceError::SecretName(bad.clone())),
+        None => Ok(()),
+    }
+}
+
 /// A resource as users see it: never its credentials.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ResourceInfo {
@@ -674,11 +682,9 @@ impl Resources {
 
     /// Sets secrets (sealed before they reach the store).
     pub async fn set_secrets(&self, app_id: &str, values: BTreeMap<String, String>) -> Result<()> {
+        check_secret_names(values.keys())?;
         let mut sealed = Vec::new();
         for (name, value) in values {
-            if !valid_secret_name(&name) {
-                return Err(ResourceError::SecretName(name));
-            }
             let s = self
                 .vault
                 .seal(&Self::secret_context(app_id, &name), value.as_bytes());

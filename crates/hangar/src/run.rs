@@ -323,15 +323,9 @@ type SecretsFile = Option<(PathBuf, BTreeMap<String, String>)>;
 
 fn read_secrets(dir: &Path) -> Result<SecretsFile> {
     let found = crate::secrets_file::find(dir, &SECRETS_FILES)?;
-    if let Some((path, values)) = &found
-        && let Some(bad) = values
-            .keys()
-            .find(|n| !hangar_resources::valid_secret_name(n))
-    {
-        bail!(
-            "{}: {bad:?} is not a valid secret name: use letters, digits and '_', not starting with a digit",
-            path.display()
-        );
+    if let Some((path, values)) = &found {
+        hangar_resources::check_secret_names(values.keys())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     Ok(found)
 }
