@@ -63,4 +63,14 @@ pub trait Activity: Send + Sync + 'static {
     /// `None` while a request (or a streaming response) is in flight or the
     /// app is unknown; otherwise the time since the last request ended.
     fn idle_for(&self, app: &str) -> Option<Duration>;
+    /// Requests the proxy has picked `upstream` for and whose response has
+    /// not finished (body streamed, tunnel closed), including upstreams a
+    /// later [`RouteSink::publish`] removed from the app's route; 0 for an
+    /// unknown app or upstream.
+    ///
+    /// For draining: publish a set without the machine, wait until this is
+    /// 0 (bounded), then stop it. A request that raced the publish is either
+    /// counted here or re-routed, so once this reads 0 after the publish
+    /// returned, no new request reaches the removed upstream.
+    fn in_flight_to(&self, app: &str, upstream: SocketAddr) -> usize;
 }

@@ -3,6 +3,7 @@
 //! response on the way back.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::error::ProxyError;
-use crate::pool::{Lease, Pool};
+use crate::pool::{Lease, Pool, SendError, UpstreamError};
 use crate::table::{ActivityGuard, AppRoute, Pick, RouteTable};
 
 /// The body the proxy answers with: the upstream's, streamed through
@@ -74,6 +75,15 @@ impl http_body::Body for Tracked {
 
 /// How long a request waits for its app to wake before a 503.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many other machines a request is tried on after a connect to the
+/// one picked failed (the request certainly unsent), before the 502.
+const MAX_FAILOVERS: usize = 2;
+
+/// How often a request picks again because a publish replaced the route it
+/// had claimed a machine on; past this (publishes in a tight loop) it keeps
+/// its last claim.
+const REPICK_ATTEMPTS: usize = 4;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -208,23 +218,19 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
             }
         }
     }
-    let (index, guard) = match route.try_pick() {
-        Pick::Chosen(index, guard) => (index, guard),
+    let (route, pick) = claim(shared, host_str, route, &[])?;
+    let (mut route, mut index, mut guard) = match pick {
+        Pick::Chosen(index, guard) => (route, index, guard),
         Pick::NoMachine => {
             return Err(ProxyError::NoMachine {
                 app: route.name.to_string(),
             });
         }
-        Pick::Full => {
-            let (r, index, guard) = wait_for_slot(shared, host_str, route, started).await?;
-            route = r;
-            (index, guard)
-        }
+        Pick::Full => wait_for_slot(shared, host_str, route, started, &[]).await?,
     };
     if route.over_soft_limit(index) {
         shared.routes.grow(&route);
     }
-    let upstream = &route.upstreams[index];
 
     // Upstreams get the origin form ("/path?query"), as from any client; an
     // absolute-form request URI is cut down to it.
@@ -252,16 +258,61 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
     if !headers.contains_key(header::HOST) {
         // Absolute-form request without Host: name the app's host, not the
         // upstream's address the client would otherwise fill in.
-        headers.insert(header::HOST, original_host);
+        headers.insert(header::HOST, original_host.clone());
     }
 
-    let req = Request::from_parts(parts, body);
-    let (mut resp, lease) = match shared.pool.send(upstream.addr, req).await {
-        Ok(exchange) => exchange,
-        Err(err) => {
+    let mut req = Request::from_parts(parts, body);
+    // Upstreams a connect failed to for this request; allocates only then.
+    let mut failed: Vec<SocketAddr> = Vec::new();
+    let (mut resp, lease) = loop {
+        let addr = route.upstreams[index].addr;
+        let error = match shared.pool.send(addr, req).await {
+            Ok(exchange) => break exchange,
+            Err(SendError {
+                error,
+                unsent: Some(unsent),
+            }) if failed.len() < MAX_FAILOVERS => {
+                req = unsent;
+                error
+            }
+            Err(SendError { error, .. }) => {
+                route.activity.record(502, started.elapsed());
+                return Err(ProxyError::upstream(&route.name, error));
+            }
+        };
+        // The request never left: try it on another machine of the app's
+        // current route, releasing this one's slot first.
+        failed.push(addr);
+        drop(guard);
+        let give_up = |route: &AppRoute, error: UpstreamError| {
             route.activity.record(502, started.elapsed());
-            return Err(ProxyError::upstream(&route.name, err));
-        }
+            ProxyError::upstream(&route.name, error)
+        };
+        let Ok(current) = shared.routes.resolve(host_str) else {
+            return Err(give_up(&route, error));
+        };
+        let (current, pick) = match claim(shared, host_str, current, &failed) {
+            Ok(claimed) => claimed,
+            Err(_) => return Err(give_up(&route, error)),
+        };
+        (route, index, guard) = match pick {
+            Pick::Chosen(index, guard) => (current, index, guard),
+            Pick::NoMachine => return Err(give_up(&current, error)),
+            Pick::Full => match wait_for_slot(shared, host_str, current, started, &failed).await {
+                Ok(claimed) => claimed,
+                Err(ProxyError::NoMachine { .. }) => return Err(give_up(&route, error)),
+                Err(other) => return Err(other),
+            },
+        };
+        let to = route.upstreams[index].addr;
+        route.activity.failovers.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            app = %route.name,
+            failed = %addr,
+            %to,
+            error = %error,
+            "connect failed, request not sent: trying another machine"
+        );
     };
     route
         .activity
@@ -304,14 +355,40 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
 /// How long a request waits for a machine under its hard limit before 503.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Waits, in the app's bounded queue, until a machine has room under its
-/// hard limit; the route is re-read on every try so machines published
-/// meanwhile count. Full queue or [`QUEUE_TIMEOUT`] → 503 `AtCapacity`.
+/// Claims a machine of `route` (not one in `failed`). If a publish has
+/// replaced `route` by the time the slot is claimed, the claim is released
+/// and made again on the current route, so a request never goes to a
+/// machine the node may already be draining (see
+/// [`AppRoute::is_replaced`]). Returns the route the pick was made on.
+fn claim(
+    shared: &Shared,
+    host: &str,
+    route: Arc<AppRoute>,
+    failed: &[SocketAddr],
+) -> Result<(Arc<AppRoute>, Pick), ProxyError> {
+    let mut route = route;
+    for _ in 1..REPICK_ATTEMPTS {
+        let pick = route.try_pick_excluding(failed);
+        if !(matches!(pick, Pick::Chosen(..)) && route.is_replaced()) {
+            return Ok((route, pick));
+        }
+        drop(pick);
+        route = shared.routes.resolve(host)?;
+    }
+    let pick = route.try_pick_excluding(failed);
+    Ok((route, pick))
+}
+
+/// Waits, in the app's bounded queue, until a machine (not one in
+/// `failed`) has room under its hard limit; the route is re-read on every
+/// try so machines published meanwhile count. Full queue or
+/// [`QUEUE_TIMEOUT`] → 503 `AtCapacity`.
 async fn wait_for_slot(
     shared: &Shared,
     host: &str,
     route: Arc<AppRoute>,
     started: std::time::Instant,
+    failed: &[SocketAddr],
 ) -> Result<(Arc<AppRoute>, usize, ActivityGuard), ProxyError> {
     let activity = Arc::clone(&route.activity);
     let at_capacity = |route: &AppRoute| {
@@ -342,7 +419,8 @@ async fn wait_for_slot(
         // Registered before looking, so a slot freed in between wakes us.
         notified.as_mut().enable();
         let route = shared.routes.resolve(host)?;
-        match route.try_pick() {
+        let (route, pick) = claim(shared, host, route, failed)?;
+        match pick {
             Pick::Chosen(index, guard) => return Ok((route, index, guard)),
             Pick::NoMachine => {
                 return Err(ProxyError::NoMachine {

@@ -21,13 +21,19 @@
 //!    (ties round-robin), claimed with one atomic compare-and-swap so its
 //!    hard concurrency limit always holds; all at the limit → the app's
 //!    bounded wait queue, then 503 + `Retry-After: 1`; past the soft limit
-//!    → the [`hangar_core::route::Waker`] starts another machine.
+//!    → the [`hangar_core::route::Waker`] starts another machine. A route
+//!    replaced by a publish while the slot was claimed is picked again on
+//!    the current one, so a removed machine gets no new request.
 //! 5. **Forward.** The request URI is sent in origin form (`/path?query`);
 //!    hop-by-hop headers go; `X-Forwarded-For/-Proto/-Host` are set; the
 //!    client's `Host` stays as sent. The worker's own pool of hyper HTTP/1
 //!    connections carries it: kept alive, handed back once the response
 //!    body has ended, and a request a stale pooled connection could not take
-//!    goes out again on a new one. Bodies stream in
+//!    goes out again on a new one. If connecting to the machine fails
+//!    (refused, reset, timed out: the request certainly unsent), the request
+//!    is tried on up to two other machines of the app's current route
+//!    (counted in `hangar_proxy_failovers_total`); a request that may have
+//!    been sent is never replayed. Bodies stream in
 //!    both directions: the client's `Incoming` body is the upstream request
 //!    body and the upstream's `Incoming` body is the response body.
 //! 6. **Answer.** Hop-by-hop headers are stripped from the response. A
@@ -35,6 +41,10 @@
 //!    short reason. The app's activity (in-flight count, last request) is
 //!    held from the pick until the response body has finished streaming;
 //!    the node's idle loop reads it through [`hangar_core::route::Activity`].
+//!    So does its drain: each machine's in-flight count outlives the
+//!    machine's removal from the route (a draining list on the route, kept
+//!    while requests to it are in flight), so the node can wait for
+//!    `in_flight_to` to reach 0 before it stops a replaced machine.
 //!
 //! # Design choices
 //!

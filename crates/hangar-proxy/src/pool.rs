@@ -30,17 +30,56 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// to the client.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
+    /// The TCP connect failed (refused, reset, unreachable).
     #[error("cannot connect: {0}")]
     Connect(#[source] std::io::Error),
+    /// The TCP connect did not complete within [`CONNECT_TIMEOUT`].
     #[error("cannot connect: no answer within {} s", CONNECT_TIMEOUT.as_secs())]
     ConnectTimeout,
+    /// The HTTP exchange failed (handshake, write, or no valid response).
     #[error("{0}")]
     Http(#[source] hyper::Error),
 }
 
+/// A failed [`Pool::send`], handing the request back when it certainly
+/// never reached the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub(crate) struct SendError {
+    /// What failed; the client's 502 names it if no other machine takes
+    /// the request.
+    #[source]
+    pub(crate) error: UpstreamError,
+    /// The request, when not a byte of it was written (the connect failed or
+    /// timed out, or the new connection closed before taking it), so the
+    /// caller may try another upstream. `None` once it may have been sent:
+    /// a sent request is never replayed.
+    pub(crate) unsent: Option<Request<Incoming>>,
+}
+
+impl SendError {
+    /// A failure before the request was handed to any connection.
+    fn unsent(error: UpstreamError, req: Request<Incoming>) -> Self {
+        SendError {
+            error,
+            unsent: Some(req),
+        }
+    }
+
+    /// A failure after the request may have been written.
+    fn sent(error: UpstreamError) -> Self {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// An idle connection and when it was last used.
 struct Idle {
+    /// The connection's request handle; its driver task runs on this worker.
     sender: SendRequest<Incoming>,
+    /// When it was handed back, for [`IDLE_TIMEOUT`].
     since: Instant,
 }
 
@@ -48,6 +87,7 @@ struct Idle {
 /// is only ever taken by the worker's own thread, so it is uncontended.
 #[derive(Default)]
 pub(crate) struct Pool {
+    /// Idle keep-alive connections per upstream, most recently used last.
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
 }
 
@@ -60,7 +100,9 @@ impl std::fmt::Debug for Pool {
 /// A connection on loan for one exchange; hand it back with
 /// [`Pool::give_back`] once the response body has ended.
 pub(crate) struct Lease {
+    /// The upstream the connection goes to: the pool's key on return.
     pub(crate) addr: SocketAddr,
+    /// The connection's request handle.
     pub(crate) sender: SendRequest<Incoming>,
 }
 
@@ -74,28 +116,39 @@ impl Pool {
     /// Sends `req` to `addr` over a pooled connection, or a new one. A
     /// request the pooled connection could not take (the upstream closed it
     /// while idle) is sent again on a new connection; one that was sent is
-    /// never repeated.
+    /// never repeated. When the new connection cannot be made (or closes
+    /// before taking the request), the error hands the request back in
+    /// [`SendError::unsent`] so the caller can try another upstream.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
         req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
         let mut req = req;
         if let Some(mut sender) = self.checkout(addr) {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, Lease { addr, sender })),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Http(err.into_error())),
+                    None => return Err(SendError::sent(UpstreamError::Http(err.into_error()))),
                 },
             }
         }
-        let mut sender = connect(addr).await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Http)?;
-        Ok((resp, Lease { addr, sender }))
+        let mut sender = match connect(addr).await {
+            Ok(sender) => sender,
+            Err(error) => return Err(SendError::unsent(error, req)),
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Lease { addr, sender })),
+            // hyper hands the message back only if none of it was written.
+            Err(mut err) => match err.take_message() {
+                Some(unsent) => Err(SendError::unsent(
+                    UpstreamError::Http(err.into_error()),
+                    unsent,
+                )),
+                None => Err(SendError::sent(UpstreamError::Http(err.into_error()))),
+            },
+        }
     }
 
     /// A ready idle connection to `addr`, dropping closed and stale ones.

@@ -25,7 +25,9 @@ pub(crate) struct Upstream {
     /// Where the machine listens.
     pub(crate) addr: SocketAddr,
     /// Requests in flight on this machine; carried over (by address) when
-    /// the route is replaced, so limits hold across updates.
+    /// the route is replaced, so limits hold across updates, and kept in
+    /// [`AppRoute::draining`] after the machine left the route, so the node
+    /// can wait for them before it stops the machine.
     pub(crate) in_flight: Arc<AtomicUsize>,
 }
 
@@ -45,6 +47,18 @@ pub(crate) struct AppRoute {
     /// Requests in flight and the last activity; carried over when the
     /// route is replaced, so an update does not reset the idle clock.
     pub(crate) activity: Arc<AppActivity>,
+    /// Machines a publish removed from the route, with their counters:
+    /// never picked, only read by [`Activity::in_flight_to`] so the node can
+    /// drain a machine before stopping it. Those removed by the publish
+    /// that made this route are all here (a request that resolved the old
+    /// route may still be claiming one); older ones only while requests
+    /// are still in flight to them.
+    pub(crate) draining: Box<[Upstream]>,
+    /// Set once a publish has replaced this route: a request that claimed
+    /// an upstream on it re-picks on the current route (see
+    /// [`AppRoute::is_replaced`]), so no new request reaches a machine the
+    /// node is draining.
+    replaced: AtomicBool,
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -116,6 +130,10 @@ pub(crate) struct AppActivity {
     pub(crate) queued: AtomicUsize,
     /// Requests refused (503) because every machine stayed at its hard limit.
     pub(crate) rejected: AtomicU64,
+    /// Requests sent to another machine because connecting to the one
+    /// picked failed (counted per retry), so a dead machine still in the
+    /// route shows in the metrics even though its requests succeed.
+    pub(crate) failovers: AtomicU64,
     /// Woken when a request ends or the route changes, for queued requests.
     pub(crate) released: Notify,
     /// An extra machine is being started for the soft limit.
@@ -137,6 +155,7 @@ impl AppActivity {
             wake_latency: Histogram::default(),
             queued: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
             released: Notify::new(),
             growing: AtomicBool::new(false),
             grow_not_before_ms: AtomicU64::new(0),
@@ -176,6 +195,10 @@ impl AppActivity {
             (
                 "hangar_proxy_rejected_total",
                 self.rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "hangar_proxy_failovers_total",
+                self.failovers.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(out, "{name}{{app=\"{app}\"}} {value}");
@@ -224,7 +247,10 @@ impl AppActivity {
 /// streamed, the WebSocket tunnel has closed, or on error).
 #[derive(Debug)]
 pub(crate) struct ActivityGuard {
+    /// The app's activity, whose in-flight count this request holds.
     activity: Arc<AppActivity>,
+    /// The machine's in-flight counter (the one in [`Upstream`]), whose
+    /// slot this request holds.
     machine: Arc<AtomicUsize>,
 }
 
@@ -249,7 +275,8 @@ pub(crate) enum Pick {
     Chosen(usize, ActivityGuard),
     /// Every machine is at its hard limit.
     Full,
-    /// The app has no machine up.
+    /// The app has no machine up (or, for
+    /// [`AppRoute::try_pick_excluding`], none but the excluded ones).
     NoMachine,
 }
 
@@ -261,6 +288,26 @@ impl AppRoute {
     /// single place the balancing policy lives: least in flight, ties taken
     /// round-robin, never past the hard limit.
     pub(crate) fn try_pick(&self) -> Pick {
+        self.pick_where(|_| true)
+    }
+
+    /// [`AppRoute::try_pick`] among the machines not in `failed` (those a
+    /// connect to has already failed for this request).
+    pub(crate) fn try_pick_excluding(&self, failed: &[SocketAddr]) -> Pick {
+        if failed.is_empty() {
+            return self.try_pick();
+        }
+        if self.upstreams.iter().all(|u| failed.contains(&u.addr)) {
+            return Pick::NoMachine;
+        }
+        self.pick_where(|u| !failed.contains(&u.addr))
+    }
+
+    /// The balancing policy over the machines `usable` accepts; at least
+    /// one must be, or the route be empty. Inlined, so `try_pick`'s
+    /// always-true filter costs nothing.
+    #[inline(always)]
+    fn pick_where(&self, usable: impl Fn(&Upstream) -> bool) -> Pick {
         let n = self.upstreams.len();
         if n == 0 {
             return Pick::NoMachine;
@@ -272,7 +319,11 @@ impl AppRoute {
             let (mut best, mut best_load) = (start % n, usize::MAX);
             for k in 0..n {
                 let i = (start + k) % n;
-                let load = self.upstreams[i].in_flight.load(Ordering::SeqCst);
+                let upstream = &self.upstreams[i];
+                if !usable(upstream) {
+                    continue;
+                }
+                let load = upstream.in_flight.load(Ordering::SeqCst);
                 if load < best_load {
                     (best, best_load) = (i, load);
                     if load == 0 {
@@ -309,6 +360,16 @@ impl AppRoute {
             return Pick::Chosen(best, guard);
         }
         Pick::Full
+    }
+
+    /// Whether a publish has replaced this route since it was resolved. A
+    /// request checks this after [`AppRoute::try_pick`] claimed its slot and
+    /// picks again on the current route if so: the claim (SeqCst) comes
+    /// before this read, and the publish marks the route (SeqCst) before
+    /// [`Activity::in_flight_to`] can read the removed machine's counter, so
+    /// either the node sees the claim or the request sees the mark.
+    pub(crate) fn is_replaced(&self) -> bool {
+        self.replaced.load(Ordering::SeqCst)
     }
 
     /// Whether the machine at `index` is past the soft limit; as it was the
@@ -349,6 +410,10 @@ pub struct RouteTable {
     /// Wakes under way, one per app: concurrent requests share it, so N
     /// requests to a stopped app cause one start.
     wakes: Mutex<HashMap<Box<str>, Shared<WakeFuture>>>,
+    /// Serialises [`RouteSink`] writers, so each publish builds on the
+    /// route the previous one left and no in-flight counter (live or
+    /// draining) is lost to two racing updates. Never taken by requests.
+    writes: Mutex<()>,
 }
 
 impl std::fmt::Debug for RouteTable {
@@ -372,6 +437,7 @@ impl RouteTable {
             routes: ArcSwap::from_pointee(HashMap::new()),
             waker: OnceLock::new(),
             wakes: Mutex::new(HashMap::new()),
+            writes: Mutex::new(()),
         }
     }
 
@@ -514,38 +580,71 @@ fn strip_port(host: &str) -> &str {
 impl RouteSink for RouteTable {
     fn publish(&self, app: &str, upstreams: Vec<SocketAddr>, limits: Limits) {
         let name: Box<str> = app.to_ascii_lowercase().into_boxed_str();
+        let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.routes.load().get(&name).cloned();
-        let in_flight_of = |addr: SocketAddr| {
-            previous
-                .as_ref()
-                .and_then(|r| r.upstreams.iter().find(|u| u.addr == addr))
-                .map(|u| Arc::clone(&u.in_flight))
-                .unwrap_or_default()
-        };
-        let upstreams: Box<[Upstream]> = upstreams
-            .into_iter()
-            .map(|addr| Upstream {
-                addr,
-                in_flight: in_flight_of(addr),
-            })
+        // Every machine the app had, live or draining: an address keeps its
+        // counter across updates, even one that left and came back.
+        let known: Vec<&Upstream> = previous
+            .iter()
+            .flat_map(|r| r.upstreams.iter().chain(r.draining.iter()))
             .collect();
-        tracing::info!(app = %name, upstreams = upstreams.len(), "route set");
+        let mut live: Vec<Upstream> = Vec::with_capacity(upstreams.len());
+        for addr in upstreams {
+            // A repeated address shares its counter: the limits are per machine.
+            let in_flight = live
+                .iter()
+                .chain(known.iter().copied())
+                .find(|u| u.addr == addr)
+                .map(|u| Arc::clone(&u.in_flight))
+                .unwrap_or_default();
+            live.push(Upstream { addr, in_flight });
+        }
+        // Removed now: kept whatever their count (a request that resolved
+        // the old route may be claiming one). Removed earlier: kept while
+        // requests to them are in flight.
+        let mut draining: Vec<Upstream> = Vec::new();
+        if let Some(prev) = &previous {
+            let busy = |u: &&Upstream| u.in_flight.load(Ordering::SeqCst) > 0;
+            for u in prev
+                .upstreams
+                .iter()
+                .chain(prev.draining.iter().filter(busy))
+            {
+                let gone = !live.iter().any(|l| l.addr == u.addr);
+                if gone && !draining.iter().any(|d| d.addr == u.addr) {
+                    draining.push(u.clone());
+                }
+            }
+        }
+        tracing::info!(
+            app = %name,
+            upstreams = live.len(),
+            draining = draining.len(),
+            "route set"
+        );
         let activity = previous
             .as_ref()
             .map(|r| Arc::clone(&r.activity))
             .unwrap_or_else(|| Arc::new(AppActivity::new()));
         let route = Arc::new(AppRoute {
             name: name.clone(),
-            upstreams,
+            upstreams: live.into_boxed_slice(),
             next: AtomicUsize::new(0),
             limits,
             activity: Arc::clone(&activity),
+            draining: draining.into_boxed_slice(),
+            replaced: AtomicBool::new(false),
         });
         self.routes.rcu(|current| {
             let mut next = HashMap::clone(current);
             next.insert(name.clone(), Arc::clone(&route));
             next
         });
+        // After the swap, before anyone can read a removed machine's
+        // counter from the new route: see `AppRoute::is_replaced`.
+        if let Some(prev) = &previous {
+            prev.replaced.store(true, Ordering::SeqCst);
+        }
         // Queued requests look again: a new machine or new limits may
         // have room for them.
         activity.released.notify_waiters();
@@ -553,6 +652,7 @@ impl RouteSink for RouteTable {
 
     fn remove_app(&self, app: &str) {
         let name = app.to_ascii_lowercase();
+        let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         tracing::info!(app = %name, "route removed");
         self.routes.rcu(|current| {
             let mut next = HashMap::clone(current);
@@ -576,6 +676,8 @@ impl RouteTable {
              # TYPE hangar_proxy_queued gauge\n\
              # HELP hangar_proxy_rejected_total Requests refused: every machine stayed at its hard limit.\n\
              # TYPE hangar_proxy_rejected_total counter\n\
+             # HELP hangar_proxy_failovers_total Requests retried on another machine after a connect failed.\n\
+             # TYPE hangar_proxy_failovers_total counter\n\
              # HELP hangar_proxy_request_duration_seconds Time to the response head.\n\
              # TYPE hangar_proxy_request_duration_seconds histogram\n\
              # HELP hangar_proxy_wake_duration_seconds Time from wake to routed.\n\
@@ -594,6 +696,20 @@ impl RouteTable {
 impl Activity for RouteTable {
     fn idle_for(&self, app: &str) -> Option<Duration> {
         self.routes.load().get(app)?.activity.idle_for()
+    }
+
+    fn in_flight_to(&self, app: &str, upstream: SocketAddr) -> usize {
+        let routes = self.routes.load();
+        let Some(route) = routes.get(app) else {
+            return 0;
+        };
+        route
+            .upstreams
+            .iter()
+            .chain(route.draining.iter())
+            .find(|u| u.addr == upstream)
+            // SeqCst: pairs with the claim and `AppRoute::is_replaced`.
+            .map_or(0, |u| u.in_flight.load(Ordering::SeqCst))
     }
 }
 
@@ -720,6 +836,74 @@ mod tests {
         drop((first, second));
         assert_eq!(pick(&route).expect("room on a again").0, a);
         assert_eq!(route.queue_capacity(), 4);
+    }
+
+    #[test]
+    fn removed_upstreams_drain_and_keep_their_counter() {
+        let t = RouteTable::new("localhost");
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        t.set_route("hello", vec![a]);
+        let old = t.resolve("hello.localhost").expect("route");
+        let (to, held) = pick(&old).expect("a");
+        assert_eq!((to, t.in_flight_to("hello", a)), (a, 1));
+        assert!(!old.is_replaced());
+
+        // a leaves the route: still counted, never picked, old route marked.
+        t.set_route("hello", vec![b]);
+        assert!(old.is_replaced());
+        let route = t.resolve("hello.localhost").expect("route");
+        assert_eq!(route.draining.len(), 1);
+        assert_eq!(t.in_flight_to("hello", a), 1);
+        for _ in 0..4 {
+            assert_eq!(pick(&route).expect("b").0, b);
+        }
+        // Carried over by later publishes while busy.
+        t.set_route("hello", vec![b]);
+        assert_eq!(t.in_flight_to("hello", a), 1);
+        drop(held);
+        assert_eq!(t.in_flight_to("hello", a), 0);
+        // Idle and removed two publishes ago: forgotten.
+        t.set_route("hello", vec![b]);
+        let route = t.resolve("hello.localhost").expect("route");
+        assert!(route.draining.is_empty());
+        assert_eq!(t.in_flight_to("hello", a), 0);
+        assert_eq!(t.in_flight_to("nope", a), 0);
+    }
+
+    #[test]
+    fn an_address_that_comes_back_reuses_its_counter() {
+        let t = RouteTable::new("localhost");
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        t.set_route("hello", vec![a, b]);
+        let (_, on_a) = pick(&t.resolve("hello.localhost").expect("route")).expect("a");
+        t.set_route("hello", vec![b]);
+        t.set_route("hello", vec![b, a]);
+        let route = t.resolve("hello.localhost").expect("route");
+        assert!(route.draining.is_empty());
+        assert_eq!(t.in_flight_to("hello", a), 1);
+        // a still has one in flight, so the least loaded is b.
+        assert_eq!(pick(&route).expect("b").0, b);
+        drop(on_a);
+        assert_eq!(t.in_flight_to("hello", a), 0);
+    }
+
+    #[test]
+    fn excluded_upstreams_are_not_picked() {
+        let t = RouteTable::new("localhost");
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        t.set_route("hello", vec![a, b]);
+        let route = t.resolve("hello.localhost").expect("route");
+        for _ in 0..4 {
+            match route.try_pick_excluding(&[a]) {
+                Pick::Chosen(i, _guard) => assert_eq!(route.upstreams[i].addr, b),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(route.try_pick_excluding(&[b, a]), Pick::NoMachine));
+        assert_eq!(t.in_flight_to("hello", a) + t.in_flight_to("hello", b), 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hangar_core::route::RouteSink;
+use hangar_core::route::{Activity, RouteSink};
 use hangar_proxy::{ProxyError, RouteTable, serve};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -84,6 +84,8 @@ async fn echo(
     }
     match req.uri().path() {
         "/slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+        // Long enough for a test to republish routes while it is in flight.
+        "/slower" => tokio::time::sleep(Duration::from_millis(1500)).await,
         "/hop" => {
             // Hop-by-hop headers the proxy must not pass back to the client.
             resp = resp
@@ -1100,6 +1102,195 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
         accepted.load(Ordering::SeqCst),
         4,
         "a new connection each time"
+    );
+    proxy.shutdown().await;
+}
+
+/// Polls `cond` every 10 ms until it holds; fails after [`TIMEOUT`].
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of the metrics line for `series` (name and labels), if any.
+fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// An address nothing listens on: bound, then dropped.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_upstream_is_drained_and_never_picked_again() {
+    let (a, b) = (start_upstream("a").await, start_upstream("b").await);
+    let proxy = Arc::new(start_proxy().await);
+    proxy.routes.set_route("hello", vec![a.addr]);
+    let routes = Arc::clone(&proxy.routes);
+    assert_eq!(routes.in_flight_to("hello", a.addr), 0);
+    assert_eq!(routes.in_flight_to("nope", a.addr), 0, "unknown app");
+
+    let slow = {
+        let (proxy, client) = (Arc::clone(&proxy), client());
+        tokio::spawn(async move { proxy.get(&client, &proxy.host("hello"), "/slower").await })
+    };
+    eventually("the slow request is picked for a", || {
+        routes.in_flight_to("hello", a.addr) == 1
+    })
+    .await;
+
+    // The node replaces a with b: the request to a is still counted.
+    routes.set_route("hello", vec![b.addr]);
+    assert_eq!(routes.upstreams("hello"), Some(vec![b.addr]));
+    assert_eq!(routes.in_flight_to("hello", a.addr), 1, "a is draining");
+    let client = client();
+    for i in 0..10 {
+        let answer = proxy.get(&client, &proxy.host("hello"), "/").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body, "hello from b", "request {i} after the publish");
+    }
+    assert_eq!(routes.in_flight_to("hello", b.addr), 0);
+    // A republish of the same set keeps counting it.
+    routes.set_route("hello", vec![b.addr]);
+    assert_eq!(
+        routes.in_flight_to("hello", a.addr),
+        1,
+        "the slow request is still running"
+    );
+
+    let answer = tokio::time::timeout(TIMEOUT, slow)
+        .await
+        .expect("slow request in time")
+        .expect("task");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "hello from a");
+    eventually("a drained once its response ended", || {
+        routes.in_flight_to("hello", a.addr) == 0
+    })
+    .await;
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst),
+        1,
+        "a saw only the slow request's connection"
+    );
+    drop(routes);
+    let Ok(proxy) = Arc::try_unwrap(proxy) else {
+        panic!("proxy still shared");
+    };
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_connect_fails_over_to_another_machine() {
+    let dead = closed_port().await;
+    let live = start_upstream("live").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![dead, live.addr]);
+    let (client, host) = (client(), proxy.host("hello"));
+
+    for i in 0..50 {
+        let answer = proxy.get(&client, &host, "/").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body, "hello from live");
+    }
+    let metrics = proxy.routes.render_metrics();
+    let failovers = metric(&metrics, "hangar_proxy_failovers_total{app=\"hello\"}")
+        .unwrap_or_else(|| panic!("no failover counter in:\n{metrics}"));
+    // Ties go round-robin, so the dead machine is picked first about half
+    // the time; each of those is retried on the live one.
+    assert!((1..=50).contains(&failovers), "{failovers} failovers");
+    assert_eq!(
+        metric(
+            &metrics,
+            "hangar_proxy_requests_total{app=\"hello\",code=\"2xx\"}"
+        ),
+        Some(50)
+    );
+    assert_eq!(proxy.routes.in_flight_to("hello", dead), 0);
+    assert_eq!(proxy.routes.in_flight_to("hello", live.addr), 0);
+
+    // With nowhere else to go it is still the 502.
+    proxy.routes.set_route("hello", vec![dead]);
+    let answer = proxy.get(&client, &host, "/").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        answer
+            .body
+            .starts_with("app 'hello' is not answering: cannot connect"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        metric(
+            &proxy.routes.render_metrics(),
+            "hangar_proxy_failovers_total{app=\"hello\"}"
+        ),
+        Some(failovers),
+        "no other machine: no failover"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_reached_the_upstream_is_not_replayed() {
+    use tokio::io::AsyncReadExt;
+    // An upstream that reads the request, then closes without answering.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closer = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+        }
+    });
+    let live = start_upstream("live").await;
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("hello", vec![closer, live.addr]);
+    let (client, host) = (client(), proxy.host("hello"));
+
+    let mut bad_gateways = 0;
+    for i in 0..6 {
+        let answer = proxy.get(&client, &host, "/").await;
+        match answer.status {
+            StatusCode::OK => assert_eq!(answer.body, "hello from live"),
+            StatusCode::BAD_GATEWAY => bad_gateways += 1,
+            other => panic!("request {i}: {other}: {}", answer.body),
+        }
+    }
+    // Every request the closer took is a 502, none went on to the live one.
+    assert!(bad_gateways > 0, "the closer was never picked");
+    assert_eq!(accepted.load(Ordering::SeqCst), bad_gateways);
+    assert_eq!(
+        metric(
+            &proxy.routes.render_metrics(),
+            "hangar_proxy_failovers_total{app=\"hello\"}"
+        ),
+        Some(0)
     );
     proxy.shutdown().await;
 }
