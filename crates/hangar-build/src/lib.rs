@@ -291,6 +291,10 @@ impl Builder {
         .map_err(|e| format!("unpacking: {e}"))??;
         append(log, &format!("==> source unpacked: {unpacked}\n")).await;
 
+        // The deploy configuration travels with the release, so a rollback
+        // re-applies it with the image. Checked before cargo runs.
+        let config = read_app_config(&src, &app.name, log).await?;
+
         // What the code declares, read without running it; provisioned
         // before cargo runs, so a misconfiguration fails in seconds.
         let declared = {
@@ -377,7 +381,7 @@ impl Builder {
 
         let release = inner
             .store
-            .complete_build(&build.id, &digest)
+            .complete_build(&build.id, &digest, config)
             .await
             .map_err(|e| e.to_string())?;
         // The receiver lives as long as hangar; if it is gone we are shutting
@@ -385,6 +389,33 @@ impl Builder {
         let _ = inner.releases.send(release.id.clone());
         Ok(release.version)
     }
+}
+
+/// The text of `src/hangar.toml`, validated (its warnings go to the build
+/// log), or None when the app has none. `Err` is the reason the build
+/// fails: the error names the line and the key.
+async fn read_app_config(src: &Path, app: &str, log: &Path) -> Result<Option<String>, String> {
+    use hangar_core::app_config::{AppConfig, FILE_NAME};
+    let text = match tokio::fs::read_to_string(src.join(FILE_NAME)).await {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {FILE_NAME}: {e}")),
+    };
+    let config = AppConfig::parse(&text).map_err(|e| e.to_string())?;
+    config.check_app(app).map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        append(log, &format!("warning: {warning}\n")).await;
+    }
+    append(
+        log,
+        &format!(
+            "==> {FILE_NAME}: {} machine(s), {} deploys\n",
+            config.count,
+            config.deploy.strategy.as_str()
+        ),
+    )
+    .await;
+    Ok(Some(text))
 }
 
 /// The cargo arguments that build an app against Hangar's copy of the

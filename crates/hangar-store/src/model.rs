@@ -26,6 +26,8 @@ pub struct App {
     pub name: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// Machines set by `hangar scale`; overrides the count in hangar.toml.
+    pub scale: Option<i64>,
 }
 
 /// One build in the durable queue.
@@ -74,6 +76,11 @@ pub struct Release {
     pub error: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// The text of the app's `hangar.toml` at build time (validated by the
+    /// builder), None without one; a rollback re-applies it with the image.
+    pub config: Option<String>,
+    /// Where it came from: `deploy` or `rollback to vN`.
+    pub description: String,
 }
 
 /// A machine on this node: an instance of a release (deploys) or a machine

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("schema2.sql"),
     include_str!("schema3.sql"),
+    include_str!("schema4.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.
@@ -158,7 +159,7 @@ impl Store {
         let name = name.to_owned();
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT id, org_id, name, created_at FROM apps WHERE name = ?1",
+                &format!("SELECT {APP_COLS} FROM apps WHERE name = ?1"),
                 [name],
                 app_row,
             )
@@ -172,7 +173,7 @@ impl Store {
         let id = id.to_owned();
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT id, org_id, name, created_at FROM apps WHERE id = ?1",
+                &format!("SELECT {APP_COLS} FROM apps WHERE id = ?1"),
                 [id],
                 app_row,
             )
@@ -188,7 +189,7 @@ impl Store {
             let tx = c.transaction()?;
             let existing = tx
                 .query_row(
-                    "SELECT id, org_id, name, created_at FROM apps WHERE name = ?1",
+                    &format!("SELECT {APP_COLS} FROM apps WHERE name = ?1"),
                     [&name],
                     app_row,
                 )
@@ -202,6 +203,7 @@ impl Store {
                         org_id,
                         name,
                         created_at: now_unix(),
+                        scale: None,
                     };
                     tx.execute(
                         "INSERT INTO apps (id, org_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -220,9 +222,9 @@ impl Store {
     pub async fn apps(&self, org_id: &str) -> Result<Vec<App>> {
         let org_id = org_id.to_owned();
         self.call(move |c| {
-            let mut st = c.prepare(
-                "SELECT id, org_id, name, created_at FROM apps WHERE org_id = ?1 ORDER BY name",
-            )?;
+            let mut st = c.prepare(&format!(
+                "SELECT {APP_COLS} FROM apps WHERE org_id = ?1 ORDER BY name"
+            ))?;
             let rows = st.query_map([org_id], app_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -232,8 +234,7 @@ impl Store {
     /// Every app on the platform (for the node's reconcile at start).
     pub async fn all_apps(&self) -> Result<Vec<App>> {
         self.call(|c| {
-            let mut st =
-                c.prepare("SELECT id, org_id, name, created_at FROM apps ORDER BY name")?;
+            let mut st = c.prepare(&format!("SELECT {APP_COLS} FROM apps ORDER BY name"))?;
             let rows = st.query_map([], app_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -444,7 +445,12 @@ impl Store {
 
     /// Marks a build succeeded and creates its release (the next version,
     /// pending) in one transaction: a crash leaves both or neither.
-    pub async fn complete_build(&self, build_id: &str, image_digest: &str) -> Result<Release> {
+    pub async fn complete_build(
+        &self,
+        build_id: &str,
+        image_digest: &str,
+        config: Option<String>,
+    ) -> Result<Release> {
         let (build_id, image_digest) = (build_id.to_owned(), image_digest.to_owned());
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -455,33 +461,15 @@ impl Store {
                  builder_pgid = NULL WHERE id = ?1",
                 params![build_id, image_digest, now_unix()],
             )?;
-            let version: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE app_id = ?1",
-                [&build.app_id],
-                |r| r.get(0),
-            )?;
-            let release = Release {
-                id: new_id("rel"),
-                app_id: build.app_id,
-                version,
+            let release = insert_release(
+                &tx,
+                build.app_id,
                 build_id,
                 image_digest,
-                status: ReleaseStatus::Pending,
-                error: None,
-                created_at: now_unix(),
-            };
-            tx.execute(
-                "INSERT INTO releases (id, app_id, version, build_id, image_digest, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
-                params![
-                    release.id,
-                    release.app_id,
-                    release.version,
-                    release.build_id,
-                    release.image_digest,
-                    release.created_at
-                ],
+                config,
+                "deploy".to_owned(),
             )?;
+            let version = release.version;
             // The image gets names its org can use in the Machines API.
             let (org_id, app_name): (String, String) = tx.query_row(
                 "SELECT org_id, name FROM apps WHERE id = ?1",
@@ -632,6 +620,39 @@ impl Store {
                 [&release_id],
             )?;
             tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A new pending release (the next version) with the image and config
+    /// of release `from`: a rollback, which needs no build.
+    pub async fn rollback_release(&self, from: &Release) -> Result<Release> {
+        let from = from.clone();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let release = insert_release(
+                &tx,
+                from.app_id,
+                from.build_id,
+                from.image_digest,
+                from.config,
+                format!("rollback to v{}", from.version),
+            )?;
+            tx.commit()?;
+            Ok(release)
+        })
+        .await
+    }
+
+    /// Sets (or with None clears) the app's machine count.
+    pub async fn set_app_scale(&self, app_id: &str, scale: Option<i64>) -> Result<()> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE apps SET scale = ?2 WHERE id = ?1",
+                params![app_id, scale],
+            )?;
             Ok(())
         })
         .await
@@ -1005,7 +1026,9 @@ fn insert_event(
 
 const BUILD_COLS: &str = "id, app_id, status, source_digest, image_digest, error, attempts, \
                           builder_pgid, created_at, started_at, finished_at";
-const RELEASE_COLS: &str = "id, app_id, version, build_id, image_digest, status, error, created_at";
+const APP_COLS: &str = "id, org_id, name, created_at, scale";
+const RELEASE_COLS: &str =
+    "id, app_id, version, build_id, image_digest, status, error, created_at, config, description";
 const MACHINE_COLS: &str = "id, app_id, release_id, name, region, instance_id, config, \
     image_digest, state, driver, port, pid, exit_code, oom_killed, restarts, cordoned, lease_nonce, \
     lease_owner, lease_description, lease_expires_at, created_at, updated_at";
@@ -1031,6 +1054,7 @@ fn app_row(r: &Row) -> rusqlite::Result<App> {
         org_id: r.get(1)?,
         name: r.get(2)?,
         created_at: r.get(3)?,
+        scale: r.get(4)?,
     })
 }
 
@@ -1059,6 +1083,49 @@ fn build_row(r: &Row) -> rusqlite::Result<Build> {
     })
 }
 
+/// Inserts the app's next release, `pending`.
+fn insert_release(
+    tx: &rusqlite::Transaction,
+    app_id: String,
+    build_id: String,
+    image_digest: String,
+    config: Option<String>,
+    description: String,
+) -> Result<Release> {
+    let version: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE app_id = ?1",
+        [&app_id],
+        |r| r.get(0),
+    )?;
+    let release = Release {
+        id: new_id("rel"),
+        app_id,
+        version,
+        build_id,
+        image_digest,
+        status: ReleaseStatus::Pending,
+        error: None,
+        created_at: now_unix(),
+        config,
+        description,
+    };
+    tx.execute(
+        "INSERT INTO releases (id, app_id, version, build_id, image_digest, status, created_at,
+         config, description) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8)",
+        params![
+            release.id,
+            release.app_id,
+            release.version,
+            release.build_id,
+            release.image_digest,
+            release.created_at,
+            release.config,
+            release.description
+        ],
+    )?;
+    Ok(release)
+}
+
 fn release_row(r: &Row) -> rusqlite::Result<Release> {
     Ok(Release {
         id: r.get(0)?,
@@ -1069,6 +1136,8 @@ fn release_row(r: &Row) -> rusqlite::Result<Release> {
         status: state::<ReleaseStatus>(r, 5)?,
         error: r.get(6)?,
         created_at: r.get(7)?,
+        config: r.get(8)?,
+        description: r.get(9)?,
     })
 }
 
@@ -1183,7 +1252,7 @@ mod tests {
         for d in ["sha256:1", "sha256:2"] {
             let b = s.enqueue_build(&app.id, d).await.unwrap();
             s.claim_next_build().await.unwrap();
-            releases.push(s.complete_build(&b.id, "sha256:img").await.unwrap());
+            releases.push(s.complete_build(&b.id, "sha256:img", None).await.unwrap());
         }
         assert_eq!((releases[0].version, releases[1].version), (1, 2));
         let img = s.resolve_image(&app.org_id, "hello:v2").await.unwrap();
@@ -1200,6 +1269,36 @@ mod tests {
         let all = s.releases_for_app(&app.id).await.unwrap();
         assert_eq!(all[0].status, ReleaseStatus::Active);
         assert_eq!(all[1].status, ReleaseStatus::Superseded);
+    }
+
+    #[tokio::test]
+    async fn rollbacks_copy_image_and_config_and_scale_is_kept() {
+        let (s, app) = store_with_app().await;
+        let b = s.enqueue_build(&app.id, "sha256:src").await.unwrap();
+        s.claim_next_build().await.unwrap();
+        let toml = "[scale]\ncount = 2\n".to_owned();
+        let v1 = s
+            .complete_build(&b.id, "sha256:one", Some(toml.clone()))
+            .await
+            .unwrap();
+        assert_eq!(v1.description, "deploy");
+        let b2 = s.enqueue_build(&app.id, "sha256:src2").await.unwrap();
+        s.claim_next_build().await.unwrap();
+        s.complete_build(&b2.id, "sha256:two", None).await.unwrap();
+        let back = s.rollback_release(&v1).await.unwrap();
+        assert_eq!(back.version, 3);
+        assert_eq!(back.image_digest, "sha256:one");
+        assert_eq!(back.build_id, v1.build_id);
+        assert_eq!(back.status, ReleaseStatus::Pending);
+        let stored = s.release(&back.id).await.unwrap().unwrap();
+        assert_eq!(stored.config.as_deref(), Some(toml.as_str()));
+        assert_eq!(stored.description, "rollback to v1");
+
+        assert_eq!(s.app(&app.id).await.unwrap().unwrap().scale, None);
+        s.set_app_scale(&app.id, Some(3)).await.unwrap();
+        assert_eq!(s.app(&app.id).await.unwrap().unwrap().scale, Some(3));
+        s.set_app_scale(&app.id, None).await.unwrap();
+        assert_eq!(s.app_by_name("hello").await.unwrap().unwrap().scale, None);
     }
 
     #[tokio::test]
@@ -1311,6 +1410,10 @@ mod tests {
             (m.state, m.pid, m.port),
             (MachineState::Started, Some(42), 4000)
         );
+        // Releases from before migration 4: no hangar.toml, a plain deploy.
+        let r = s.release("rel_1").await.unwrap().unwrap();
+        assert_eq!((r.config, r.description.as_str()), (None, "deploy"));
+        assert_eq!(s.app("app_1").await.unwrap().unwrap().scale, None);
     }
 
     #[tokio::test]
