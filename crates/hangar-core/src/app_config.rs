@@ -40,8 +40,9 @@ pub struct AppConfig {
     pub services: Vec<ServiceConfig>,
     /// Top-level `[checks.NAME]`: monitored and reported, never gating routing.
     pub checks: Vec<NamedCheck>,
-    /// Size of every machine of the app (`[[vm]]`).
-    pub guest: Guest,
+    /// Size of every machine of the app (`[[vm]]`); None leaves the node's
+    /// default size.
+    pub guest: Option<Guest>,
     /// How many machines run the app (`[scale] count`).
     pub count: u32,
     /// Keys Fly knows that Hangar ignores, one line each, naming the line.
@@ -192,6 +193,7 @@ impl ServiceConfig {
             min_machines_running: self.min_machines_running,
             concurrency: self.concurrency.clone(),
             idle_timeout: self.idle_timeout.map(duration_string),
+            checks: self.checks.iter().map(Check::to_machine).collect(),
         }
     }
 }
@@ -290,7 +292,7 @@ impl Default for AppConfig {
             deploy: DeployConfig::default(),
             services: vec![ServiceConfig::default()],
             checks: Vec::new(),
-            guest: Guest::default(),
+            guest: None,
             count: 1,
             warnings: Vec::new(),
             app_line: 0,
@@ -329,6 +331,19 @@ impl AppConfig {
             .iter()
             .map(ServiceConfig::to_machine)
             .collect()
+    }
+
+    /// The configuration of each machine of a release of this app:
+    /// `image`, the services with their checks, the top-level checks, and
+    /// the `[[vm]]` size or else `default_guest`.
+    pub fn machine_config(&self, image: &str, default_guest: &Guest) -> machine::MachineConfig {
+        machine::MachineConfig {
+            image: image.to_owned(),
+            guest: Some(self.guest.clone().unwrap_or_else(|| default_guest.clone())),
+            services: self.machine_services(),
+            checks: self.machine_checks(),
+            ..machine::MachineConfig::default()
+        }
     }
 
     /// The top-level checks in the Machines API's shape.
@@ -880,7 +895,7 @@ impl<'s> Parser<'s> {
             ));
         }
         if let Some(vm) = vms.first() {
-            config.guest = self.parse_vm(vm)?;
+            config.guest = Some(self.parse_vm(vm)?);
         }
         if let Some(scale) = self.table(root, "scale")? {
             self.check_keys(&scale, SCALE_KEYS, &[])?;
@@ -1403,13 +1418,13 @@ count = 3
                     check: Check::new(CheckKind::Tcp),
                 },
             ],
-            guest: Guest {
+            guest: Some(Guest {
                 cpu_kind: "shared".into(),
                 cpus: 2,
                 memory_mb: 1024,
                 gpus: 0,
                 gpu_kind: None,
-            },
+            }),
             count: 3,
             warnings: vec![],
             app_line: 2,
@@ -1447,7 +1462,7 @@ count = 3
         assert_eq!(d.deploy.drain_timeout, Duration::from_secs(30));
         assert_eq!(d.services.len(), 1);
         assert_eq!(d.services[0].checks, vec![Check::new(CheckKind::Tcp)]);
-        assert_eq!(d.guest, Guest::default());
+        assert_eq!(d.guest, None);
         assert!(d.checks.is_empty());
         // An empty file, or one that declares no service, is the default.
         assert_eq!(AppConfig::parse("").unwrap(), d);
@@ -1519,8 +1534,9 @@ primary_region = 'ams'
         assert_eq!(s.min_machines_running, Some(0));
         assert_eq!(s.ports, http_service_ports());
         assert!(s.checks.is_empty());
-        assert_eq!(c.guest.memory_mb, 1024);
-        assert_eq!(c.guest.cpus, 1);
+        let guest = c.guest.unwrap();
+        assert_eq!(guest.memory_mb, 1024);
+        assert_eq!(guest.cpus, 1);
         assert_eq!(c.count, 1);
         assert_eq!(c.deploy, DeployConfig::default());
     }
@@ -1746,7 +1762,12 @@ processes = []
         assert_eq!(parse_memory_mb("256 MiB"), Some(256));
         assert_eq!(parse_memory_mb("1tb"), None);
         assert_eq!(parse_memory_mb("mb"), None);
-        let guest = |vm: &str| AppConfig::parse(&format!("[[vm]]\n{vm}\n")).unwrap().guest;
+        let guest = |vm: &str| {
+            AppConfig::parse(&format!("[[vm]]\n{vm}\n"))
+                .unwrap()
+                .guest
+                .unwrap()
+        };
         assert_eq!(guest("memory = 2048").memory_mb, 2048);
         assert_eq!(guest("memory_mb = 512").memory_mb, 512);
         assert_eq!(guest("memory = \"2048\"").memory_mb, 2048);
@@ -1797,5 +1818,22 @@ processes = []
                 "hangar.toml line 3: deploy.max_unavailable applies to the rolling strategy only and is ignored by canary"
             ]
         );
+    }
+
+    #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```toml\n[deploy]")
+            .expect("the README's hangar.toml example");
+        let body = &readme[start + "```toml\n".len()..];
+        let text = &body[..body.find("```").expect("end of the example")];
+        let c = AppConfig::parse(text).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.count, 2);
+        assert_eq!(c.deploy.max_unavailable, MaxUnavailable::Count(1));
+        assert_eq!(c.services[0].checks.len(), 1);
+        assert_eq!(c.checks[0].name, "db");
+        assert_eq!(c.guest.as_ref().map(|g| g.memory_mb), Some(512));
     }
 }

@@ -121,6 +121,10 @@ pub struct Service {
     /// (e.g. `"5m"`, down to `"1s"`; default 5 minutes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Checks that gate routing: a machine gets the service's traffic only
+    /// while they pass (a new deploy machine, only once they have passed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
 }
 
 /// Idle time before autostop acts when a service names none.
@@ -227,6 +231,68 @@ pub struct Check {
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+impl Check {
+    /// What the check does and its timings, defaults filled in. Values
+    /// [`MachineConfig::validate`] would refuse fall back to the defaults.
+    pub fn spec(&self) -> crate::app_config::Check {
+        use crate::app_config::{Check as Spec, CheckKind};
+        let kind = if self.kind.eq_ignore_ascii_case("http") {
+            CheckKind::Http {
+                method: self.method.as_deref().unwrap_or("GET").to_ascii_uppercase(),
+                path: self.path.clone().unwrap_or_else(|| "/".into()),
+            }
+        } else {
+            CheckKind::Tcp
+        };
+        let mut spec = Spec::new(kind);
+        spec.port = self.port;
+        let time = |v: &Option<String>| v.as_deref().and_then(parse_duration);
+        if let Some(d) = time(&self.interval) {
+            spec.interval = d;
+        }
+        if let Some(d) = time(&self.timeout) {
+            spec.timeout = d;
+        }
+        if let Some(d) = time(&self.grace_period) {
+            spec.grace_period = d;
+        }
+        spec
+    }
+
+    /// Errs naming the field (under `at`) that is wrong.
+    fn validate(&self, at: &str) -> Result<(), InvalidConfig> {
+        if !matches!(self.kind.to_ascii_lowercase().as_str(), "tcp" | "http") {
+            return Err(invalid(
+                &format!("{at}.type"),
+                format!("must be \"tcp\" or \"http\", not {:?}", self.kind),
+            ));
+        }
+        for (name, value, min) in [
+            ("interval", &self.interval, Duration::from_millis(100)),
+            ("timeout", &self.timeout, Duration::from_millis(1)),
+            ("grace_period", &self.grace_period, Duration::ZERO),
+        ] {
+            if let Some(v) = value
+                && parse_duration(v).is_none_or(|d| d < min)
+            {
+                return Err(invalid(
+                    &format!("{at}.{name}"),
+                    format!("must be a duration such as \"10s\" or \"500ms\", not {v:?}"),
+                ));
+            }
+        }
+        if let Some(p) = &self.path
+            && !p.starts_with('/')
+        {
+            return Err(invalid(
+                &format!("{at}.path"),
+                format!("must start with '/', not {p:?}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Restart policy.
@@ -401,12 +467,18 @@ impl MachineConfig {
                     ));
                 }
             }
+            for (j, check) in s.checks.iter().enumerate() {
+                check.validate(&format!("services[{i}].checks[{j}]"))?;
+            }
             if !matches!(s.protocol.as_str(), "tcp" | "udp") {
                 return Err(invalid(
                     &format!("services[{i}].protocol"),
                     "must be \"tcp\" or \"udp\"",
                 ));
             }
+        }
+        for (name, check) in &self.checks {
+            check.validate(&format!("checks.{name}"))?;
         }
         if let Some(stop) = &self.stop_config {
             if let Some(sig) = &stop.signal
