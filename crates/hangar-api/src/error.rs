@@ -75,6 +75,12 @@ impl From<hangar_node::NodeError> for ApiError {
                 format!("failed_precondition: {e}"),
             ),
             e @ N::NoGpu { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            e @ N::NotDeployed(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            // The app's new machines failed their checks: the app's
+            // problem, worded for its owner; the old count keeps serving.
+            e @ (N::ScaleFailed { .. } | N::RolloutFailed { .. }) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
             N::Store(e) => e.into(),
             other => ApiError::internal(other),
         }

@@ -15,6 +15,9 @@
 //! - `GET /api/v1/builds/{id}`, `GET /api/v1/builds/{id}/log?follow=true`
 //! - `GET /api/v1/apps`, `GET /api/v1/apps/{app}`, `DELETE /api/v1/apps/{app}`
 //! - `GET /api/v1/apps/{app}/logs?follow=true`
+//! - `GET /api/v1/apps/{app}/releases`; `POST /api/v1/apps/{app}/rollback`
+//!   (`{"version": N}`, optional): 202 + the new release;
+//!   `POST /api/v1/apps/{app}/scale` (`{"count": N}`): once N machines run
 //! - `POST /api/v1/orgs` — admin org only: a new org and its first token
 //! - `POST /api/v1/images?name=NAME[:TAG]` — body: an OCI layout or `docker save` tar
 //! - `/v1/apps…` — the Fly-compatible Machines API (see [`fly`])

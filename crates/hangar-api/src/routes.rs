@@ -38,6 +38,9 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(unset_secret),
         )
         .route("/api/v1/apps/{app}/resources", get(list_resources))
+        .route("/api/v1/apps/{app}/releases", get(list_releases))
+        .route("/api/v1/apps/{app}/rollback", post(rollback))
+        .route("/api/v1/apps/{app}/scale", post(scale))
         .route("/api/v1/builds/{id}", get(build_status))
         .route("/api/v1/builds/{id}/log", get(build_log))
         .route("/api/v1/orgs", post(create_org))
@@ -281,10 +284,37 @@ async fn app_json(state: &ApiState, app: &App) -> Result<Value, ApiError> {
         .iter()
         .filter(|m| m.state == MachineState::Started)
         .count();
+    // Each machine with what its checks say (started machines only).
+    let machines: Vec<Value> = machines
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+            let health = (m.state == MachineState::Started)
+                .then(|| state.agent.health(&m.id))
+                .flatten();
+            if let Value::Object(fields) = &mut v {
+                let status = health.as_ref().map_or(
+                    Value::String(if m.state == MachineState::Started {
+                        "unknown".into()
+                    } else {
+                        m.state.to_string()
+                    }),
+                    |h| json!(h.status),
+                );
+                fields.insert("health".into(), status);
+                fields.insert(
+                    "checks".into(),
+                    health.map_or(json!([]), |h| json!(h.checks)),
+                );
+            }
+            v
+        })
+        .collect();
     Ok(json!({
         "name": app.name,
         "url": state.cfg.app_url(&app.name),
         "created_at": app.created_at,
+        "scale": app.scale,
         "status": match (active, started) {
             (Some(_), n) if n > 0 => "running",
             (Some(_), _) => "down",
@@ -296,6 +326,124 @@ async fn app_json(state: &ApiState, app: &App) -> Result<Value, ApiError> {
         "builds": builds.iter().map(build_json).collect::<Vec<_>>(),
         "driver": state.agent.driver().name(),
     }))
+}
+
+/// `GET /api/v1/apps/{app}/releases`: every release, newest first.
+async fn list_releases(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let releases = state.store.releases_for_app(&app.id).await?;
+    Ok(Json(json!({ "app": app.name, "releases": releases })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    /// The release to go back to; default: the newest one that served
+    /// before the live one.
+    #[serde(default)]
+    version: Option<i64>,
+}
+
+/// `POST /api/v1/apps/{app}/rollback` with `{"version": N}` (optional):
+/// a new release with vN's image and config, rolled out like a deploy
+/// (no build). 202 with the new release; poll it like a deploy's.
+async fn rollback(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let req: RollbackBody = crate::fly::parse(&body)?;
+    let releases = state.store.releases_for_app(&app.id).await?;
+    let active = releases.iter().find(|r| r.status == ReleaseStatus::Active);
+    let target = match req.version {
+        Some(v) => {
+            let r = releases.iter().find(|r| r.version == v).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "{} has no release v{v}; `hangar releases {}` lists them",
+                    app.name, app.name
+                ))
+            })?;
+            match r.status {
+                ReleaseStatus::Active => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("v{v} is the live release of {} already", app.name),
+                    ));
+                }
+                ReleaseStatus::Superseded => r,
+                other => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "v{v} never served ({other}); roll back to a release that did (`hangar releases {}`)",
+                            app.name
+                        ),
+                    ));
+                }
+            }
+        }
+        None => releases
+            .iter()
+            .filter(|r| active.is_none_or(|a| r.version < a.version))
+            .find(|r| r.status == ReleaseStatus::Superseded)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("{} has no earlier release to roll back to", app.name),
+                )
+            })?,
+    };
+    let release = state.store.rollback_release(target).await?;
+    let agent = state.agent.clone();
+    let id = release.id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = agent.rollout(&id).await {
+            tracing::warn!("{e}");
+        }
+    });
+    let body = json!({
+        "app": app.name,
+        "url": state.cfg.app_url(&app.name),
+        "release": release,
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    /// Machines the app runs from now on.
+    count: u32,
+}
+
+/// Largest machine count `scale` accepts.
+const MAX_SCALE: u32 = 100;
+
+/// `POST /api/v1/apps/{app}/scale` with `{"count": N}`: returns once the
+/// app runs N machines of its live release (new ones passing their checks).
+async fn scale(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let req: ScaleBody = crate::fly::parse(&body)?;
+    if !(1..=MAX_SCALE).contains(&req.count) {
+        return Err(ApiError::bad_request(format!(
+            "count: must be 1 to {MAX_SCALE}, not {}",
+            req.count
+        )));
+    }
+    state.agent.scale(&app, req.count).await?;
+    let app = find_app(&state, &caller, &name).await?;
+    Ok(Json(app_json(&state, &app).await?))
 }
 
 async fn list_apps(caller: Caller, State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {

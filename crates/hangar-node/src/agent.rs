@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hangar_core::machine::{Autostop, Guest, MachineConfig, RestartPolicy};
+use hangar_core::machine::{Autostop, MachineConfig, RestartPolicy};
 use hangar_core::route::{Activity, Limits as RouteLimits, RouteSink, WakeFuture, Waker};
 use hangar_core::status::{MachineState, ReleaseStatus};
 use hangar_image::{ImageError, ImageStore};
@@ -17,6 +17,13 @@ use hangar_store::{App, Machine, NewMachine, Release, Store, StoreError};
 use tracing::{info, warn};
 
 use crate::driver::{self, Driver, DriverError, Limits, MachineSpec, ProcState};
+
+mod health;
+mod rollout;
+
+pub use health::{CheckReport, HealthReport, HealthStatus};
+use rollout::Gate;
+pub use rollout::plan;
 
 /// Settings of the node agent.
 #[derive(Debug, Clone)]
@@ -73,6 +80,12 @@ pub enum NodeError {
     /// The app's resources could not be handed to the machine.
     #[error("resources: {0}")]
     Resources(String),
+    /// The app has no live release to scale or roll back from.
+    #[error("{0} has no live release; deploy it first")]
+    NotDeployed(String),
+    /// New machines of a scale-up did not pass their checks.
+    #[error("scaling {app} failed: {reason}")]
+    ScaleFailed { app: String, reason: String },
 }
 
 /// The node agent; cheap to clone.
@@ -108,6 +121,15 @@ struct Inner {
     runtime: Option<tokio::runtime::Handle>,
     /// Declared resources and secrets, handed to machines at start.
     resources: std::sync::OnceLock<hangar_resources::Resources>,
+    /// Routing gates of deploy machines that rollouts and scale-ups have
+    /// started but not yet put in rotation (see [`Gate`]). In memory: after
+    /// a restart an interrupted rollout starts over.
+    gates: Mutex<HashMap<String, Gate>>,
+    /// Latest health check results per started machine.
+    health: Mutex<HashMap<String, health::MachineHealth>>,
+    /// The proxy's request counts, for draining replaced machines (set
+    /// once at start; without it a drain waits its settle time only).
+    activity: std::sync::OnceLock<Arc<dyn Activity>>,
 }
 
 impl Agent {
@@ -133,8 +155,17 @@ impl Agent {
                 publish: tokio::sync::Mutex::new(()),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 resources: std::sync::OnceLock::new(),
+                gates: Mutex::new(HashMap::new()),
+                health: Mutex::new(HashMap::new()),
+                activity: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Lets rollouts see the proxy's in-flight requests per machine, so a
+    /// replaced machine is stopped only once it has answered them.
+    pub fn set_activity(&self, activity: Arc<dyn Activity>) {
+        let _ = self.inner.activity.set(activity);
     }
 
     /// The driver machines are started with.
@@ -209,7 +240,7 @@ impl Agent {
                 });
                 if !running {
                     info!(app = %app.name, version = release.version, "restarting the active release");
-                    if let Err(e) = self.start_checked(&app, &release).await {
+                    if let Err(e) = self.restart_release(&app, &release).await {
                         warn!(app = %app.name, "could not restart: {e}");
                     }
                 }
@@ -241,129 +272,6 @@ impl Agent {
             _ => std::fs::read_link(format!("/proc/{pid}/exe"))
                 .map(|exe| exe.starts_with(self.inner.images.rootfs_root()))
                 .unwrap_or(false),
-        }
-    }
-
-    // ---- rollouts (deploys) ----
-
-    /// Rolls out a release: start a machine, wait until it accepts
-    /// connections, switch the route, drain and stop the old machines. On any
-    /// failure the release is marked failed with the reason and the old
-    /// machines keep serving.
-    pub async fn rollout(&self, release_id: &str) -> Result<(), NodeError> {
-        let store = &self.inner.store;
-        let release = store
-            .release(release_id)
-            .await?
-            .ok_or_else(|| NodeError::NotFound(format!("release {release_id}")))?;
-        if release.status.is_terminal() {
-            return Ok(());
-        }
-        let Some(app) = store.app(&release.app_id).await? else {
-            return Err(NodeError::NotFound(format!("app of release {release_id}")));
-        };
-        let lock = self.lock(format!("app:{}", app.id));
-        let _guard = lock.lock().await;
-        store
-            .set_release_status(&release.id, ReleaseStatus::Deploying, None)
-            .await?;
-        info!(app = %app.name, version = release.version, "rolling out");
-        let new = match self.start_checked(&app, &release).await {
-            Ok(m) => m,
-            Err(reason) => {
-                store
-                    .set_release_status(&release.id, ReleaseStatus::Failed, Some(&reason))
-                    .await?;
-                warn!(app = %app.name, version = release.version, "rollout failed: {reason}");
-                return Err(NodeError::RolloutFailed {
-                    app: app.name,
-                    version: release.version,
-                    reason,
-                });
-            }
-        };
-        store.activate_release(&app.id, &release.id).await?;
-        self.publish_routes(&app.id).await?;
-        info!(app = %app.name, version = release.version, machine = %new.id, "release is live");
-        // Machines of older releases go; Machines API machines are not ours to touch.
-        let old: Vec<Machine> = store
-            .machines_for_app(&app.id)
-            .await?
-            .into_iter()
-            .filter(|m| m.id != new.id && m.release_id.is_some())
-            .collect();
-        if !old.is_empty() {
-            tokio::time::sleep(self.inner.cfg.drain).await;
-        }
-        for m in old {
-            if let Err(e) = self.stop_locked(&m, true).await {
-                warn!(machine = %m.id, "stopping old machine: {e}");
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts a machine of `release` and waits until it accepts connections
-    /// on its port. On failure the machine is destroyed and the reason,
-    /// worded for the user, returned.
-    async fn start_checked(&self, app: &App, release: &Release) -> Result<Machine, String> {
-        let limits = self.inner.cfg.limits;
-        let config = MachineConfig {
-            image: release.image_digest.clone(),
-            guest: Some(Guest {
-                memory_mb: limits.memory_mb,
-                cpus: limits.cpus.ceil().max(1.0) as u32,
-                ..Guest::default()
-            }),
-            ..MachineConfig::default()
-        };
-        let m = self
-            .create(
-                app,
-                Some(release.id.clone()),
-                None,
-                config,
-                release.image_digest.clone(),
-                false,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let pid = m.pid.unwrap_or_default() as u32;
-        let log = self.log_path(&app.name, &m.id);
-        let deadline = tokio::time::Instant::now() + self.inner.cfg.ready_timeout;
-        let addr = SocketAddr::from(([127, 0, 0, 1], m.port as u16));
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(m);
-            }
-            let exited = match driver::probe(pid) {
-                ProcState::Exited(code) => Some(code),
-                ProcState::Running => None,
-            };
-            // The monitor may have reaped it first; the store then knows.
-            let stored = self.inner.store.machine(&m.id).await.ok().flatten();
-            let exited = exited.or(stored
-                .filter(|s| s.state != MachineState::Started)
-                .map(|s| s.exit_code));
-            if let Some(code) = exited {
-                let _ = self.stop_locked(&m, true).await;
-                let status = code.map_or("an unknown status".to_owned(), |c| format!("status {c}"));
-                return Err(format!(
-                    "the app exited with {status} before listening on $PORT ({}); last output:\n{}",
-                    m.port,
-                    driver::tail_of(&log, 20)
-                ));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let _ = self.stop_locked(&m, true).await;
-                return Err(format!(
-                    "the app did not listen on $PORT ({}) within {} s; last output:\n{}",
-                    m.port,
-                    self.inner.cfg.ready_timeout.as_secs(),
-                    driver::tail_of(&log, 20)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -952,8 +860,18 @@ impl Agent {
         driver.stop(&m.id, pid_of(m), signal, grace).await?;
         self.release_gpus(&m.id);
         self.remove_resources(&m.id);
+        inner
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&m.id);
         let state = if destroy {
             let _ = std::fs::remove_dir_all(inner.cfg.machines_dir.join(&m.id));
+            inner
+                .gates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&m.id);
             MachineState::Destroyed
         } else {
             MachineState::Stopped
@@ -979,17 +897,52 @@ impl Agent {
             .machines_for_app(app_id)
             .await?
             .into_iter()
-            .filter(|m| routable(m, active.as_ref()))
+            .filter(|m| self.routable(m, active.as_ref()))
             .collect();
-        let upstreams = machines
+        let started: Vec<&Machine> = machines
             .iter()
             .filter(|m| m.state == MachineState::Started)
+            .collect();
+        // Machines failing their service checks leave the rotation, unless
+        // every one fails: then all stay (a check too strict for the app
+        // should not take the whole app down).
+        let healthy: Vec<&Machine> = started
+            .iter()
+            .copied()
+            .filter(|m| self.health_status(&m.id) != HealthStatus::Critical)
+            .collect();
+        let serving = if healthy.is_empty() && !started.is_empty() {
+            warn!(app = %app.name, "every machine fails its checks; routing to all of them");
+            started
+        } else {
+            healthy
+        };
+        let upstreams = serving
+            .iter()
             .map(|m| SocketAddr::from(([127, 0, 0, 1], m.port as u16)))
             .collect();
         self.inner
             .routes
             .publish(&app.name, upstreams, limits(&machines));
         Ok(())
+    }
+
+    /// Whether a machine takes the app's traffic when started: not
+    /// cordoned, not waiting for its first checks, and of the active
+    /// release, admitted by the rollout of a new one, or (Machines API)
+    /// with a service.
+    fn routable(&self, m: &Machine, active_release: Option<&String>) -> bool {
+        if m.cordoned {
+            return false;
+        }
+        match &m.release_id {
+            Some(r) => match self.gate(&m.id) {
+                Some(Gate::Pending) => false,
+                Some(Gate::Admitted) => true,
+                None => Some(r) == active_release,
+            },
+            None => !m.config.services.is_empty(),
+        }
     }
 
     /// Stops and destroys all of the app's machines and removes its route.
@@ -1013,16 +966,6 @@ impl Agent {
             .join(app)
             .join(format!("{machine_id}.log"))
     }
-}
-
-/// Whether a machine takes the app's traffic when started: not cordoned,
-/// and of the active release or (Machines API) with a service.
-fn routable(m: &Machine, active_release: Option<&String>) -> bool {
-    !m.cordoned
-        && match &m.release_id {
-            Some(r) => Some(r) == active_release,
-            None => !m.config.services.is_empty(),
-        }
 }
 
 /// The per-machine concurrency limits of an app: those of the first
@@ -1097,7 +1040,7 @@ impl Agent {
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|m| routable(m, active.as_ref()))
+            .filter(|m| self.routable(m, active.as_ref()))
             .collect();
         if !another && machines.iter().any(|m| m.state == MachineState::Started) {
             // Woken meanwhile by someone else.
@@ -1173,7 +1116,7 @@ impl Agent {
                 .machines_for_app(&app.id)
                 .await?
                 .into_iter()
-                .filter(|m| m.state == MachineState::Started && routable(m, active.as_ref()))
+                .filter(|m| m.state == MachineState::Started && self.routable(m, active.as_ref()))
                 .collect();
             let stoppable: Vec<&Machine> = started
                 .iter()

@@ -82,6 +82,9 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
         )
         .await?;
     }
+    // A broken hangar.toml is refused here, before anything is uploaded
+    // (the builder checks it again).
+    check_app_config(dir, &name)?;
     println!("==> Packing {} as app {name}", dir.display());
     let dir = dir.to_owned();
     let packed =
@@ -122,7 +125,6 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
 
     // The build is over; follow the release it created, if any.
     let deadline = Instant::now() + Duration::from_secs(300);
-    let mut announced = false;
     let version = loop {
         let status = api.get(&format!("/api/v1/builds/{build_id}")).await?;
         match status["build"]["status"].as_str() {
@@ -136,25 +138,15 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
             // The log stream ended early (e.g. the server restarted): wait.
             _ => {}
         }
-        let release = &status["release"];
-        let version = release["version"].as_i64().unwrap_or_default();
-        match release["status"].as_str() {
-            Some("active") | Some("superseded") => break version,
-            Some("failed") => bail!(
-                "release v{version} failed, the previous release keeps serving:\n{}",
-                release["error"].as_str().unwrap_or("no reason recorded")
-            ),
-            Some(_) if !announced => {
-                println!("==> Rolling out v{version}");
-                announced = true;
-            }
-            _ => {}
+        if let Some(version) = status["release"]["version"].as_i64() {
+            break version;
         }
         if Instant::now() > deadline {
-            bail!("gave up waiting for the rollout; see `hangar status {name}`");
+            bail!("gave up waiting for the build's release; see `hangar status {name}`");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    wait_release(&api, &name, version).await?;
 
     // Live: wait until the URL answers through the proxy.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -172,6 +164,154 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
     }
     println!(
         "==> v{version} of {name} is live at {url} ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Validates `DIR/hangar.toml` if there is one, printing its warnings.
+fn check_app_config(dir: &Path, app: &str) -> Result<()> {
+    use hangar_core::app_config::{AppConfig, FILE_NAME};
+    let path = dir.join(FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("reading {}: {e}", path.display()),
+    };
+    let config = AppConfig::parse(&text)?;
+    config.check_app(app)?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(())
+}
+
+/// Follows release vVERSION of `app` until it is live (Ok) or failed
+/// (Err with the reason), printing how many of its machines pass.
+async fn wait_release(api: &Api, app: &str, version: i64) -> Result<()> {
+    println!("==> Rolling out v{version}");
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let mut last = String::new();
+    loop {
+        let a = api.get(&format!("/api/v1/apps/{app}")).await?;
+        let release = a["releases"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["version"].as_i64() == Some(version)))
+            .cloned()
+            .unwrap_or(Value::Null);
+        match release["status"].as_str() {
+            Some("active") | Some("superseded") => return Ok(()),
+            Some("failed") => bail!(
+                "release v{version} failed, the previous release keeps serving:\n{}",
+                release["error"].as_str().unwrap_or("no reason recorded")
+            ),
+            _ => {}
+        }
+        let mine: Vec<&Value> = a["machines"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter(|m| m["release_id"] == release["id"] && m["state"] == "started")
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !mine.is_empty() {
+            let passing = mine.iter().filter(|m| m["health"] == "passing").count();
+            let line = format!(
+                "    v{version}: {} machine(s) started, {passing} passing checks",
+                mine.len()
+            );
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting for the rollout; see `hangar status {app}`");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `hangar releases APP`.
+pub async fn releases(app: &str) -> Result<()> {
+    let a = api()?.get(&format!("/api/v1/apps/{app}/releases")).await?;
+    let releases = a["releases"].as_array().cloned().unwrap_or_default();
+    if releases.is_empty() {
+        println!("{app} has no releases yet: `hangar deploy` it.");
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<11} {:<9} {:<20} IMAGE",
+        "VERSION", "STATUS", "CREATED", "DESCRIPTION"
+    );
+    for r in releases {
+        println!(
+            "{:<8} {:<11} {:<9} {:<20} {}",
+            format!("v{}", r["version"].as_i64().unwrap_or_default()),
+            r["status"].as_str().unwrap_or_default(),
+            ago(r["created_at"].as_i64().unwrap_or_default()),
+            r["description"].as_str().unwrap_or_default(),
+            r["image_digest"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..19)
+                .unwrap_or_default(),
+        );
+        if let Some(e) = r["error"].as_str() {
+            for line in e.lines().take(3) {
+                println!("         {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `hangar rollback APP [VERSION]`.
+pub async fn rollback(app: &str, version: Option<i64>) -> Result<()> {
+    let api = api()?;
+    let started = Instant::now();
+    let body = match version {
+        Some(v) => serde_json::json!({ "version": v }),
+        None => serde_json::json!({}),
+    };
+    let answer = api
+        .json(
+            Method::POST,
+            &format!("/api/v1/apps/{app}/rollback"),
+            serde_json::to_vec(&body)?.into(),
+            "application/json",
+        )
+        .await?;
+    let release = &answer["release"];
+    let new_version = release["version"]
+        .as_i64()
+        .context("the API returned no release")?;
+    let what = release["description"].as_str().unwrap_or("rollback");
+    println!("==> v{new_version} ({what}) of {app}: no build, the image is reused");
+    wait_release(&api, app, new_version).await?;
+    println!(
+        "==> v{new_version} ({what}) of {app} is live ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `hangar scale APP COUNT`.
+pub async fn scale(app: &str, count: u32) -> Result<()> {
+    let api = api()?;
+    let started = Instant::now();
+    println!("==> Scaling {app} to {count} machine(s)");
+    api.json(
+        Method::POST,
+        &format!("/api/v1/apps/{app}/scale"),
+        serde_json::to_vec(&serde_json::json!({ "count": count }))?.into(),
+        "application/json",
+    )
+    .await?;
+    println!(
+        "==> {app} runs {count} machine{} ({:.1} s)",
+        if count == 1 { "" } else { "s" },
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -221,9 +361,14 @@ pub async fn status(app: &str) -> Result<()> {
     println!("Driver:  {}", a["driver"].as_str().unwrap_or_default());
     print_rows("Machines", &a["machines"], |m| {
         format!(
-            "  {}  {:<9} port {:<5} pid {:<7} {}",
+            "  {}  {:<9} {:<8} port {:<5} pid {:<7} {}",
             m["id"].as_str().unwrap_or_default(),
             m["state"].as_str().unwrap_or_default(),
+            if m["state"] == "started" {
+                m["health"].as_str().unwrap_or_default()
+            } else {
+                ""
+            },
             m["port"].as_i64().unwrap_or_default(),
             m["pid"]
                 .as_i64()

@@ -85,6 +85,22 @@ enum Command {
     Apps,
     /// Show an app's machines, releases and builds.
     Status { app: String },
+    /// List an app's releases: version, status, where each came from.
+    Releases { app: String },
+    /// Roll back to an earlier release (default: the one before the live
+    /// one): its image and config again, as a new release, without a build.
+    Rollback {
+        app: String,
+        /// The version to go back to, e.g. 3 or v3.
+        #[arg(value_parser = parse_version)]
+        version: Option<i64>,
+    },
+    /// Set how many machines the app runs (overrides hangar.toml's [scale] count).
+    Scale {
+        app: String,
+        /// Machines, 1 to 100.
+        count: u32,
+    },
     /// Print an app's output.
     Logs {
         app: String,
@@ -184,6 +200,16 @@ enum ImageCommand {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up { .. } | Command::Run { .. }) {
+        // A client command piped into `head` ends quietly, like any Unix
+        // tool, instead of panicking on a closed stdout. The server roles
+        // keep Rust's default (ignored SIGPIPE: a client gone is an error
+        // on one socket, not the end of hangar).
+        // SAFETY: setting a signal's disposition has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -240,6 +266,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Apps => commands::apps().await,
         Command::Status { app } => commands::status(&app).await,
+        Command::Releases { app } => commands::releases(&app).await,
+        Command::Rollback { app, version } => commands::rollback(&app, version).await,
+        Command::Scale { app, count } => commands::scale(&app, count).await,
         Command::Logs { app, follow } => commands::logs(&app, follow).await,
         Command::Destroy { app, yes } => commands::destroy(&app, yes).await,
         Command::Secrets { command } => match command {
@@ -271,4 +300,14 @@ async fn run(cli: Cli) -> Result<()> {
             command: ImageCommand::Import { path, name },
         } => commands::image_import(&path, &name).await,
     }
+}
+
+/// A release version as users write it: `3` or `v3`.
+fn parse_version(s: &str) -> Result<i64, String> {
+    s.strip_prefix('v')
+        .unwrap_or(s)
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{s:?} is not a release version such as 3 or v3"))
 }

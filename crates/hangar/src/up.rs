@@ -206,6 +206,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // Scale to zero: the proxy wakes apps through the agent, and the agent
     // stops idle machines by the proxy's activity.
     routes.set_waker(Arc::new(agent.clone()));
+    // Rollouts drain replaced machines by the proxy's in-flight counts.
+    agent.set_activity(routes.clone());
+    agent.spawn_health_loop(Duration::from_millis(250), shutdown_rx.clone());
     agent.spawn_idle_loop(
         routes.clone(),
         Duration::from_millis(500),
