@@ -14,7 +14,9 @@ async fn main() {
         .unwrap_or(8080);
     let app = Router::new()
         .route("/", get(|| async { format!("{GREETING}\n") }))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        // Which machine answered, for the tests that balance over several.
+        .route("/machine", get(|| async { machine_id() }));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -38,4 +40,10 @@ async fn main() {
         eprintln!("hello: server error: {e}");
         std::process::exit(1);
     }
+}
+
+/// `$FLY_MACHINE_ID` (set by Hangar), or "unknown", and a newline.
+fn machine_id() -> String {
+    let id = std::env::var("FLY_MACHINE_ID").unwrap_or_else(|_| "unknown".into());
+    format!("{id}\n")
 }

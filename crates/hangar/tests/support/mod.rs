@@ -11,11 +11,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -281,6 +283,47 @@ impl TestPlatform {
         (status, body)
     }
 
+    /// GET `path` of `app` through the edge proxy on a fresh connection,
+    /// giving up after `timeout`: (status, body), or why there is none.
+    /// Unlike [`TestPlatform::get`] it neither panics nor waits forever,
+    /// for tests where an upstream may hang.
+    pub fn try_get(
+        &self,
+        app: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.proxy_port);
+        let host = format!("{app}.localhost:{}", self.proxy_port);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client: Client<_, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let req = http::Request::get(&url)
+                .header(http::header::HOST, &host)
+                .body(Empty::new())
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let answer = async {
+                let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading the body: {}", error_chain(&e)))?
+                    .to_bytes();
+                Ok((status, String::from_utf8_lossy(&body).into_owned()))
+            };
+            tokio::time::timeout(timeout, answer)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+                .map_err(|e| format!("GET {path} (Host: {host}): {e}"))
+        })
+    }
+
     /// POST a JSON `body` to `path` of `app` through the edge proxy.
     pub fn post_json(&self, app: &str, path: &str, body: &str) -> (u16, String) {
         self.request(
@@ -438,5 +481,299 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
             "timed out waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An error and its sources, `: `-separated (hyper's own messages are terse).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// How long a [`Load`] runs at most, even if the test never stops it.
+pub const LOAD_HARD_LIMIT: Duration = Duration::from_secs(600);
+/// How long one request of a [`Load`] may take, headers and body.
+pub const LOAD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many failed requests a [`LoadReport`] keeps, of each kind.
+const LOAD_SAMPLES: usize = 5;
+
+/// Steady traffic through the edge proxy, for tests that must see no
+/// request fail while the platform changes things underneath: `connections`
+/// keep-alive HTTP/1.1 clients, each sending GETs back to back (the next as
+/// soon as the last body has arrived), on a thread of its own with its own
+/// tokio runtime. [`Load::stop`] ends it and reports; it stops by itself
+/// after [`LOAD_HARD_LIMIT`], and when dropped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<LoadReport>>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// `GET http://HOST/PATH, N connections`.
+    pub target: String,
+    /// Requests sent (every one is counted once: 2xx, non-2xx or error).
+    pub total: u64,
+    /// Answered 2xx, body read in full.
+    pub ok: u64,
+    /// Answered with another status.
+    pub non_2xx: u64,
+    /// No complete answer: connection errors, broken bodies, timeouts.
+    pub errors: u64,
+    /// The first non-2xx answers: (seconds into the load, status, body).
+    pub statuses: Vec<(f64, u16, String)>,
+    /// The first errors: (seconds into the load, what went wrong).
+    pub error_samples: Vec<(f64, String)>,
+    /// From the start of the load to its end.
+    pub elapsed: Duration,
+    /// Every request's time, sorted, in microseconds.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Load {
+    /// Starts the load against `path` of an app through the proxy on
+    /// 127.0.0.1:`proxy_port`. `app_host` is the app's name (the Host header
+    /// is then `<app>.localhost:<proxy_port>`) or, if it has a dot, the Host
+    /// header itself.
+    pub fn start(proxy_port: u16, app_host: &str, path: &str, connections: usize) -> Load {
+        assert!(connections > 0, "a load needs at least one connection");
+        let host = if app_host.contains('.') {
+            app_host.to_owned()
+        } else {
+            format!("{app_host}.localhost:{proxy_port}")
+        };
+        let uri: http::Uri = format!("http://127.0.0.1:{proxy_port}{path}")
+            .parse()
+            .expect("a valid load URL");
+        let target = format!("GET http://{host}{path}, {connections} connection(s)");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("load".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the load's runtime");
+                rt.block_on(run_load(target, uri, host, connections, flag))
+            })
+            .expect("starting the load thread");
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the load (requests in flight finish, within their timeout)
+    /// and reports.
+    pub fn stop(mut self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("a load is stopped once");
+        match thread.join() {
+            Ok(report) => report,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl TestPlatform {
+    /// A [`Load`] on `path` of `app` through this platform's proxy.
+    pub fn load(&self, app: &str, path: &str, connections: usize) -> Load {
+        Load::start(self.proxy_port, app, path, connections)
+    }
+}
+
+/// One client's count, merged into the report at the end.
+#[derive(Default)]
+struct Tally {
+    total: u64,
+    ok: u64,
+    non_2xx: u64,
+    errors: u64,
+    statuses: Vec<(f64, u16, String)>,
+    error_samples: Vec<(f64, String)>,
+    latencies_us: Vec<u32>,
+}
+
+async fn run_load(
+    target: String,
+    uri: http::Uri,
+    host: String,
+    connections: usize,
+    stop: Arc<AtomicBool>,
+) -> LoadReport {
+    let started = Instant::now();
+    let deadline = started + LOAD_HARD_LIMIT;
+    let clients: Vec<_> = (0..connections)
+        .map(|_| {
+            tokio::spawn(load_client(
+                uri.clone(),
+                host.clone(),
+                stop.clone(),
+                started,
+                deadline,
+            ))
+        })
+        .collect();
+    let mut report = LoadReport {
+        target,
+        ..LoadReport::default()
+    };
+    for client in clients {
+        let t = match client.await {
+            Ok(t) => t,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("a load client was cancelled: {e}"),
+        };
+        report.total += t.total;
+        report.ok += t.ok;
+        report.non_2xx += t.non_2xx;
+        report.errors += t.errors;
+        report.statuses.extend(t.statuses);
+        report.error_samples.extend(t.error_samples);
+        report.latencies_us.extend(t.latencies_us);
+    }
+    report.elapsed = started.elapsed();
+    report.statuses.sort_by(|a, b| a.0.total_cmp(&b.0));
+    report.statuses.truncate(LOAD_SAMPLES);
+    report.error_samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    report.error_samples.truncate(LOAD_SAMPLES);
+    report.latencies_us.sort_unstable();
+    report
+}
+
+/// One keep-alive connection's worth of back-to-back GETs. The legacy
+/// client keeps one pooled connection (requests are sequential) and opens a
+/// new one when the server closed it.
+async fn load_client(
+    uri: http::Uri,
+    host: String,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    deadline: Instant,
+) -> Tally {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build_http();
+    let mut t = Tally::default();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let req = http::Request::get(uri.clone())
+            .header(http::header::HOST, &host)
+            .body(Empty::new())
+            .expect("a valid load request");
+        let sent = Instant::now();
+        let answer = async {
+            let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the body: {}", error_chain(&e)))?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        let result = tokio::time::timeout(LOAD_REQUEST_TIMEOUT, answer).await;
+        let took = sent.elapsed();
+        let at = sent.duration_since(started).as_secs_f64();
+        let failed = matches!(result, Ok(Err(_)));
+        t.total += 1;
+        t.latencies_us
+            .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+        match result {
+            Ok(Ok((status, _))) if (200..300).contains(&status) => t.ok += 1,
+            Ok(Ok((status, body))) => {
+                t.non_2xx += 1;
+                if t.statuses.len() < LOAD_SAMPLES {
+                    let body = String::from_utf8_lossy(&body);
+                    t.statuses
+                        .push((at, status, body.chars().take(300).collect()));
+                }
+            }
+            Ok(Err(e)) => {
+                t.errors += 1;
+                if t.error_samples.len() < LOAD_SAMPLES {
+                    t.error_samples.push((at, e));
+                }
+            }
+            Err(_) => {
+                t.errors += 1;
+                if t.error_samples.len() < LOAD_SAMPLES {
+                    t.error_samples
+                        .push((at, format!("no answer within {LOAD_REQUEST_TIMEOUT:?}")));
+                }
+            }
+        }
+        if failed {
+            // Do not spin on a refused connection.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    t
+}
+
+impl LoadReport {
+    /// The `q` quantile (0..=1, nearest rank) of the request times.
+    pub fn latency(&self, q: f64) -> Duration {
+        if self.latencies_us.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.latencies_us.len() as f64).ceil() as usize)
+            .clamp(1, self.latencies_us.len());
+        Duration::from_micros(u64::from(self.latencies_us[rank - 1]))
+    }
+
+    /// Panics, showing the samples, unless the load sent requests and every
+    /// one was answered 2xx in full within its timeout.
+    pub fn assert_clean(&self, what: &str) {
+        assert!(self.total > 0, "{what}: the load sent no request: {self}");
+        assert!(
+            self.non_2xx == 0 && self.errors == 0,
+            "{what}: {} of {} requests failed: {self}\nfirst non-2xx answers (s into the load, status, body): {:?}\nfirst errors (s into the load, error): {:?}",
+            self.non_2xx + self.errors,
+            self.total,
+            self.statuses,
+            self.error_samples
+        );
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "{} for {secs:.1} s: {} requests ({:.0}/s), {} 2xx, {} non-2xx, {} errors; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.target,
+            self.total,
+            if secs > 0.0 {
+                self.total as f64 / secs
+            } else {
+                0.0
+            },
+            self.ok,
+            self.non_2xx,
+            self.errors,
+            ms(self.latency(0.5)),
+            ms(self.latency(0.99)),
+            ms(self.latency(1.0)),
+        )
     }
 }
