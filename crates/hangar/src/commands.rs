@@ -252,11 +252,7 @@ pub async fn releases(app: &str) -> Result<()> {
             r["status"].as_str().unwrap_or_default(),
             ago(r["created_at"].as_i64().unwrap_or_default()),
             r["description"].as_str().unwrap_or_default(),
-            r["image_digest"]
-                .as_str()
-                .unwrap_or_default()
-                .get(..19)
-                .unwrap_or_default(),
+            short_digest(&r["image_digest"]),
         );
         if let Some(e) = r["error"].as_str() {
             for line in e.lines().take(3) {
@@ -315,6 +311,12 @@ pub async fn scale(app: &str, count: u32) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `sha256:` and the first 12 hex digits of an image digest.
+fn short_digest(digest: &Value) -> &str {
+    let d = digest.as_str().unwrap_or_default();
+    d.get(..19).unwrap_or(d)
 }
 
 fn ago(unix: i64) -> String {
@@ -386,11 +388,7 @@ pub async fn status(app: &str) -> Result<()> {
             r["version"].as_i64().unwrap_or_default(),
             r["status"].as_str().unwrap_or_default(),
             ago(r["created_at"].as_i64().unwrap_or_default()),
-            r["image_digest"]
-                .as_str()
-                .unwrap_or_default()
-                .get(..19)
-                .unwrap_or_default(),
+            short_digest(&r["image_digest"]),
         );
         if let Some(e) = r["error"].as_str() {
             line.push_str(&format!(

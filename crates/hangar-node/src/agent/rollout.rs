@@ -207,16 +207,7 @@ impl Agent {
             };
             let leaving: Vec<Machine> = old.drain(..out).collect();
             self.set_gates(&batch, Some(super::Gate::Admitted));
-            for m in &leaving {
-                store
-                    .set_machine_cordoned(&m.id, true)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            self.publish_routes(&app.id)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.retire(app, leaving, deploy.drain_timeout).await;
+            self.take_out(app, leaving, deploy.drain_timeout).await?;
         }
         if gated {
             self.still_alive(app, &new).await?;
@@ -264,16 +255,12 @@ impl Agent {
                 return;
             }
         };
-        for m in &leaving {
-            let _ = store.set_machine_cordoned(&m.id, true).await;
-        }
-        if let Err(e) = self.publish_routes(&app.id).await {
-            warn!(app = %app.name, "publishing routes: {e}");
-        }
         let drain = release_config(failed)
             .map(|c| c.deploy.drain_timeout)
             .unwrap_or(self.inner.cfg.drain);
-        self.retire(&app, leaving, drain).await;
+        if let Err(e) = self.take_out(&app, leaving, drain).await {
+            warn!(app = %app.name, "removing the failed release's machines: {e}");
+        }
     }
 
     /// Starts one machine of the active release after a restart of hangar
@@ -282,7 +269,19 @@ impl Agent {
         let config = release_config(release)?;
         let lock = self.lock(format!("app:{}", app.id));
         let _guard = lock.lock().await;
-        let batch = self.start_batch(app, release, &config, 1).await?;
+        self.add_machines(app, release, &config, 1).await
+    }
+
+    /// Starts `n` more machines of the active `release` and routes them
+    /// once they pass their checks; on failure they are destroyed.
+    async fn add_machines(
+        &self,
+        app: &App,
+        release: &Release,
+        config: &AppConfig,
+        n: u32,
+    ) -> Result<(), String> {
+        let batch = self.start_batch(app, release, config, n).await?;
         if let Err(e) = self
             .wait_all_passing(app, &batch, config.deploy.wait_timeout)
             .await
@@ -342,34 +341,15 @@ impl Agent {
         let have = mine.len() as u32;
         if have < count {
             info!(app = %app.name, have, count, "starting machines");
-            let batch = self.start_batch(app, release, config, count - have).await?;
-            if let Err(e) = self
-                .wait_all_passing(app, &batch, config.deploy.wait_timeout)
-                .await
-            {
-                self.retire(app, batch, Duration::ZERO).await;
-                return Err(e);
-            }
-            self.set_gates(&batch, None);
-            self.publish_routes(&app.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.add_machines(app, release, config, count - have)
+                .await?;
         } else if have > count {
             info!(app = %app.name, have, count, "stopping surplus machines");
             // Those serving nothing go first, then the newest.
             mine.sort_by_key(|m| (m.state == MachineState::Started, -m.created_at));
             let leaving: Vec<Machine> = mine.drain(..(have - count) as usize).collect();
-            for m in &leaving {
-                self.inner
-                    .store
-                    .set_machine_cordoned(&m.id, true)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            self.publish_routes(&app.id)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.retire(app, leaving, config.deploy.drain_timeout).await;
+            self.take_out(app, leaving, config.deploy.drain_timeout)
+                .await?;
         }
         Ok(())
     }
@@ -552,6 +532,28 @@ impl Agent {
             Ok(None) => Some("its record gone".to_owned()),
             Err(_) => None,
         }
+    }
+
+    /// Takes `machines` out of the route (cordoned, in one publication
+    /// with whatever else changed), drains and destroys them.
+    async fn take_out(
+        &self,
+        app: &App,
+        machines: Vec<Machine>,
+        drain: Duration,
+    ) -> Result<(), String> {
+        for m in &machines {
+            self.inner
+                .store
+                .set_machine_cordoned(&m.id, true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.publish_routes(&app.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.retire(app, machines, drain).await;
+        Ok(())
     }
 
     /// Waits (at most `drain`) until the proxy has no request in flight to

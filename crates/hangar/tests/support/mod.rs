@@ -307,14 +307,7 @@ impl TestPlatform {
                 .body(Empty::new())
                 .map_err(|e| format!("GET {url}: {e}"))?;
             let answer = async {
-                let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
-                let status = resp.status().as_u16();
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| format!("reading the body: {}", error_chain(&e)))?
-                    .to_bytes();
+                let (status, body) = fetch(&client, req).await?;
                 Ok((status, String::from_utf8_lossy(&body).into_owned()))
             };
             tokio::time::timeout(timeout, answer)
@@ -678,18 +671,7 @@ async fn load_client(
             .body(Empty::new())
             .expect("a valid load request");
         let sent = Instant::now();
-        let answer = async {
-            let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("reading the body: {}", error_chain(&e)))?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        };
-        let result = tokio::time::timeout(LOAD_REQUEST_TIMEOUT, answer).await;
+        let result = tokio::time::timeout(LOAD_REQUEST_TIMEOUT, fetch(&client, req)).await;
         let took = sent.elapsed();
         let at = sent.duration_since(started).as_secs_f64();
         let failed = matches!(result, Ok(Err(_)));
@@ -776,4 +758,21 @@ impl std::fmt::Display for LoadReport {
             ms(self.latency(1.0)),
         )
     }
+}
+
+/// Sends `req` and reads the whole answer: (status, body), or the error
+/// with its causes.
+async fn fetch(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    req: http::Request<Empty<Bytes>>,
+) -> Result<(u16, Bytes), String> {
+    let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the body: {}", error_chain(&e)))?
+        .to_bytes();
+    Ok((status, body))
 }
