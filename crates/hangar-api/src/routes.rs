@@ -289,23 +289,20 @@ async fn app_json(state: &ApiState, app: &App) -> Result<Value, ApiError> {
         .iter()
         .map(|m| {
             let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
-            let health = (m.state == MachineState::Started)
-                .then(|| state.agent.health(&m.id))
-                .flatten();
+            let started = m.state == MachineState::Started;
+            let health = if started {
+                state.agent.health(&m.id)
+            } else {
+                None
+            };
             if let Value::Object(fields) = &mut v {
-                let status = health.as_ref().map_or(
-                    Value::String(if m.state == MachineState::Started {
-                        "unknown".into()
-                    } else {
-                        m.state.to_string()
-                    }),
-                    |h| json!(h.status),
-                );
+                let (status, checks) = match health {
+                    Some(h) => (json!(h.status), json!(h.checks)),
+                    None if started => (json!("unknown"), json!([])),
+                    None => (json!(m.state), json!([])),
+                };
                 fields.insert("health".into(), status);
-                fields.insert(
-                    "checks".into(),
-                    health.map_or(json!([]), |h| json!(h.checks)),
-                );
+                fields.insert("checks".into(), checks);
             }
             v
         })
@@ -400,13 +397,7 @@ async fn rollback(
             })?,
     };
     let release = state.store.rollback_release(target).await?;
-    let agent = state.agent.clone();
-    let id = release.id.clone();
-    tokio::spawn(async move {
-        if let Err(e) = agent.rollout(&id).await {
-            tracing::warn!("{e}");
-        }
-    });
+    state.agent.spawn_rollout(release.id.clone());
     let body = json!({
         "app": app.name,
         "url": state.cfg.app_url(&app.name),

@@ -401,8 +401,7 @@ async fn read_app_config(src: &Path, app: &str, log: &Path) -> Result<Option<Str
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {FILE_NAME}: {e}")),
     };
-    let config = AppConfig::parse(&text).map_err(|e| e.to_string())?;
-    config.check_app(app).map_err(|e| e.to_string())?;
+    let config = AppConfig::parse_for(&text, app).map_err(|e| e.to_string())?;
     for warning in &config.warnings {
         append(log, &format!("warning: {warning}\n")).await;
     }

@@ -312,6 +312,14 @@ impl AppConfig {
         p.parse_root(&root)
     }
 
+    /// [`AppConfig::parse`], then [`AppConfig::check_app`]: the file as
+    /// deploying it to app `deployed` reads it (the CLI and the builder).
+    pub fn parse_for(text: &str, deployed: &str) -> Result<AppConfig, ConfigError> {
+        let config = AppConfig::parse(text)?;
+        config.check_app(deployed)?;
+        Ok(config)
+    }
+
     /// Errs when the file names an app other than `deployed`.
     pub fn check_app(&self, deployed: &str) -> Result<(), ConfigError> {
         match &self.app {

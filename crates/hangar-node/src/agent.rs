@@ -35,13 +35,8 @@ pub struct NodeConfig {
     /// Limits of machines made by deploys (Machines API machines bring
     /// their own `guest`); `pids` applies to every machine.
     pub limits: Limits,
-    /// How long a new deploy machine may take to accept TCP on `$PORT`.
-    pub ready_timeout: Duration,
     /// SIGTERM → SIGKILL grace when stopping a deploy machine.
     pub stop_grace: Duration,
-    /// How long old machines keep running after the route switched away
-    /// from them, so requests already sent to them finish.
-    pub drain: Duration,
     /// The region label of this node.
     pub region: String,
     /// Where machines' resources files go (a tmpfs such as
@@ -867,11 +862,7 @@ impl Agent {
             .remove(&m.id);
         let state = if destroy {
             let _ = std::fs::remove_dir_all(inner.cfg.machines_dir.join(&m.id));
-            inner
-                .gates
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&m.id);
+            self.set_gates(std::slice::from_ref(m), None);
             MachineState::Destroyed
         } else {
             MachineState::Stopped

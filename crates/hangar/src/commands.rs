@@ -178,8 +178,7 @@ fn check_app_config(dir: &Path, app: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => bail!("reading {}: {e}", path.display()),
     };
-    let config = AppConfig::parse(&text)?;
-    config.check_app(app)?;
+    let config = AppConfig::parse_for(&text, app)?;
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }

@@ -121,9 +121,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
                 memory_mb: opts.memory_mb,
                 ..Limits::default()
             },
-            ready_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
-            drain: Duration::from_millis(500),
             region: "local".to_owned(),
             run_dir: run_dir(&data),
         },
@@ -224,14 +222,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
                 tokio::select! {
                     id = release_rx.recv() => {
                         let Some(id) = id else { return };
-                        let agent = agent.clone();
                         // Different apps roll out concurrently; one app's
                         // rollouts are serialised by the agent.
-                        tokio::spawn(async move {
-                            if let Err(e) = agent.rollout(&id).await {
-                                warn!("{e}");
-                            }
-                        });
+                        agent.spawn_rollout(id);
                     }
                     _ = stop.changed() => return,
                 }

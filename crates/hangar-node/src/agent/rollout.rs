@@ -87,11 +87,6 @@ fn output_tail(log: &std::path::Path) -> String {
     }
 }
 
-/// Whether a machine still exists (any state but destroyed).
-fn exists(m: &Machine) -> bool {
-    m.state != MachineState::Destroyed
-}
-
 impl Agent {
     /// Rolls out a release (see the module docs). On failure the release is
     /// marked failed with the reason and the previous release serves on.
@@ -106,11 +101,15 @@ impl Agent {
         };
         let lock = self.lock(format!("app:{}", app.id));
         let _guard = lock.lock().await;
-        // Re-read under the lock: a queued duplicate finds it done.
+        // Re-read under the lock: a queued duplicate finds it done, and a
+        // `hangar scale` that ran meanwhile has its count seen.
         match store.release(release_id).await? {
             Some(r) if !r.status.is_terminal() => {}
             _ => return Ok(()),
         }
+        let Some(app) = store.app(&release.app_id).await? else {
+            return Err(NodeError::NotFound(format!("app of release {release_id}")));
+        };
         store
             .set_release_status(&release.id, ReleaseStatus::Deploying, None)
             .await?;
@@ -144,6 +143,17 @@ impl Agent {
         }
     }
 
+    /// Rolls a release out in the background (the builder's releases and
+    /// rollbacks alike); a failure is logged, and recorded on the release.
+    pub fn spawn_rollout(&self, release_id: String) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = agent.rollout(&release_id).await {
+                warn!("{e}");
+            }
+        });
+    }
+
     /// The batches of a rollout; `Err` is the reason, worded for the user.
     async fn replace(&self, app: &App, release: &Release) -> Result<(), String> {
         let config = release_config(release)?;
@@ -155,7 +165,7 @@ impl Agent {
         // Machines an interrupted attempt at this release left behind go.
         let leftovers: Vec<Machine> = all
             .iter()
-            .filter(|m| exists(m) && m.release_id.as_deref() == Some(&release.id))
+            .filter(|m| m.release_id.as_deref() == Some(&release.id))
             .cloned()
             .collect();
         self.retire(app, leftovers, Duration::ZERO).await;
@@ -165,7 +175,7 @@ impl Agent {
         let mut old: Vec<Machine> = Vec::new();
         for m in all
             .into_iter()
-            .filter(|m| exists(m) && m.release_id.as_ref().is_some_and(|r| *r != release.id))
+            .filter(|m| m.release_id.as_ref().is_some_and(|r| *r != release.id))
         {
             if m.cordoned {
                 store
@@ -220,25 +230,19 @@ impl Agent {
     /// release's machines drained and destroyed.
     async fn restore(&self, app: &App, failed: &Release) {
         let store = &self.inner.store;
-        let app = store
-            .app(&app.id)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(app.clone());
         if let Ok(Some(active)) = self.active_release(&app.id).await {
             if let Ok(machines) = store.machines_for_app(&app.id).await {
                 for m in machines
                     .iter()
-                    .filter(|m| exists(m) && m.cordoned && m.release_id.is_some())
+                    .filter(|m| m.cordoned && m.release_id.as_deref() == Some(&active.id))
                 {
                     let _ = store.set_machine_cordoned(&m.id, false).await;
                 }
             }
             match release_config(&active) {
                 Ok(config) => {
-                    let count = wanted(&app, &config);
-                    if let Err(e) = self.converge(&app, &active, &config, count).await {
+                    let count = wanted(app, &config);
+                    if let Err(e) = self.converge(app, &active, &config, count).await {
                         warn!(app = %app.name, "bringing v{} back to {count} machines: {e}", active.version);
                     }
                 }
@@ -248,7 +252,7 @@ impl Agent {
         let leaving: Vec<Machine> = match store.machines_for_app(&app.id).await {
             Ok(all) => all
                 .into_iter()
-                .filter(|m| exists(m) && m.release_id.as_deref() == Some(&failed.id))
+                .filter(|m| m.release_id.as_deref() == Some(&failed.id))
                 .collect(),
             Err(e) => {
                 warn!(app = %app.name, "listing machines: {e}");
@@ -257,8 +261,8 @@ impl Agent {
         };
         let drain = release_config(failed)
             .map(|c| c.deploy.drain_timeout)
-            .unwrap_or(self.inner.cfg.drain);
-        if let Err(e) = self.take_out(&app, leaving, drain).await {
+            .unwrap_or(DeployConfig::default().drain_timeout);
+        if let Err(e) = self.take_out(app, leaving, drain).await {
             warn!(app = %app.name, "removing the failed release's machines: {e}");
         }
     }
@@ -336,7 +340,7 @@ impl Agent {
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|m| exists(m) && m.release_id.as_deref() == Some(&release.id))
+            .filter(|m| m.release_id.as_deref() == Some(&release.id))
             .collect();
         let have = mine.len() as u32;
         if have < count {
@@ -606,7 +610,7 @@ impl Agent {
     }
 
     /// Sets (or with None lifts) the routing gate of `machines`.
-    fn set_gates(&self, machines: &[Machine], gate: Option<super::Gate>) {
+    pub(super) fn set_gates(&self, machines: &[Machine], gate: Option<super::Gate>) {
         let mut gates = self.inner.gates.lock().unwrap_or_else(|p| p.into_inner());
         for m in machines {
             match gate {
