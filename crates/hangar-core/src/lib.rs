@@ -21,6 +21,20 @@ pub mod resource;
 pub mod route;
 pub mod status;
 
+/// An error and its causes, `: `-separated: many libraries (hyper,
+/// tokio-postgres) keep the useful part, e.g. `Connection refused`, in a
+/// source rather than in their own message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Seconds since the Unix epoch; the one clock format stored and sent over the API.
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
@@ -59,5 +73,15 @@ mod tests {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(super::rfc3339(1_795_482_123), "2026-11-24T01:02:03Z");
+    }
+
+    #[test]
+    fn error_chains_name_every_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connecting to 127.0.0.1:5432")]
+        struct Outer(#[source] std::io::Error);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = super::error_chain(&Outer(refused));
+        assert_eq!(text, "connecting to 127.0.0.1:5432: connection refused");
     }
 }

@@ -559,12 +559,12 @@ impl LocalPostgres {
                     if auth {
                         return Err(format!(
                             "{} (the superuser password in {} does not match the cluster's)",
-                            error_chain(&e),
+                            hangar_core::error_chain(&e),
                             self.dir.join(PASSWORD_FILE).display()
                         ));
                     }
                     if Instant::now() >= deadline {
-                        return Err(error_chain(&e));
+                        return Err(hangar_core::error_chain(&e));
                     }
                 }
             }
@@ -614,19 +614,6 @@ fn pid_alive(pid: i32) -> bool {
             .is_some_and(|state| matches!(state, 'Z' | 'X'))
     });
     exists && !zombie
-}
-
-/// An error with its causes: tokio-postgres keeps the useful part (e.g.
-/// `Connection refused`) in its source.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Postgres refuses to run as root: a root Hangar runs it as the owner of

@@ -478,16 +478,7 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
 }
 
 /// An error and its sources, `: `-separated (hyper's own messages are terse).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use hangar_core::error_chain;
 
 /// How long a [`Load`] runs at most, even if the test never stops it.
 pub const LOAD_HARD_LIMIT: Duration = Duration::from_secs(600);
