@@ -358,7 +358,7 @@ impl Builder {
         )
         .await?;
 
-        let binary = target_dir.join("release").join(&bin);
+        let binary = Path::new("release").join(&bin);
         let images = inner.images.clone();
         let mut env = vec![format!("HANGAR_APP={}", app.name)];
         if declared.runtime == Some(resources::Runtime::Shuttle) {
@@ -368,8 +368,11 @@ impl Builder {
         }
         let bin_name = bin.clone();
         let digest = tokio::task::spawn_blocking(move || {
+            // Read beneath the target dir without following links: the
+            // build wrote that tree and may have planted them.
             images.build_from_binary(&BinaryImage {
-                binary: &binary,
+                dir: &target_dir,
+                path: &binary,
                 name: &bin_name,
                 env,
             })

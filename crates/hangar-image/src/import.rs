@@ -266,7 +266,8 @@ mod tests {
         let source = ImageStore::open(&dir.path().join("a")).unwrap();
         let digest = source
             .build_from_binary(&BinaryImage {
-                binary: Path::new("/bin/true"),
+                dir: Path::new("/usr/bin"),
+                path: Path::new("true"),
                 name: "true",
                 env: vec![],
             })

@@ -9,7 +9,8 @@
 //! - `tmp/`: staging for atomic writes (write, then rename into place).
 //!
 //! Images built by Hangar have two layers: a *base* layer with the shared
-//! libraries the binary links against (found with `ldd`) and a few `/etc`
+//! libraries the binary links against (read from its ELF headers, never by
+//! running it or `ldd`) and a few `/etc`
 //! files, and an *app* layer with the binary at `/app/<name>`. Layers are
 //! written deterministically (sorted, zero mtimes, root owner), so the base
 //! layer of every app on a host is one blob.
@@ -20,6 +21,7 @@
 //! the same way later.
 
 mod build;
+mod elf;
 mod import;
 
 use std::fs;
@@ -30,7 +32,7 @@ use hangar_core::archive::{self, ArchiveError, Limits};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-pub use build::{BinaryImage, shared_libraries};
+pub use build::{BinaryImage, MAX_BINARY_BYTES, read_beneath, shared_libraries};
 
 /// Media types of the OCI image spec.
 pub mod media {
@@ -60,6 +62,8 @@ pub enum ImageError {
     },
     #[error("finding the shared libraries of {binary}: {reason}")]
     Libraries { binary: PathBuf, reason: String },
+    #[error("refusing to package {path}: {reason}")]
+    Binary { path: PathBuf, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
