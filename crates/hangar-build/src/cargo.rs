@@ -1,4 +1,5 @@
-//! Running cargo for a build.
+//! Running cargo on the host, unsandboxed (`BuildSandbox::Host`, and
+//! `hangar run`); the sandboxed runs are in `sandboxed.rs`.
 
 use std::future::Future;
 use std::os::unix::process::CommandExt;
@@ -82,9 +83,14 @@ pub async fn pick_binary(cargo: &Path, src: &Path) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let meta: Metadata = serde_json::from_slice(&out.stdout)
+    pick_from_metadata(&out.stdout, &manifest.to_string_lossy())
+}
+
+/// The binary to build, from the JSON of `cargo metadata --no-deps` of
+/// the project whose root manifest is `root_manifest` (as cargo names it).
+pub(crate) fn pick_from_metadata(json: &[u8], root_manifest: &str) -> Result<String, String> {
+    let meta: Metadata = serde_json::from_slice(json)
         .map_err(|e| format!("cargo metadata printed something unexpected: {e}"))?;
-    let root_manifest = manifest.to_string_lossy();
     let mut bins = Vec::new();
     let mut root_name = None;
     for p in meta

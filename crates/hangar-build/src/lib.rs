@@ -6,17 +6,22 @@
 //! 2. The worker ([`Builder::run`]) claims the oldest queued build, unpacks it
 //!    into the app's stable source directory (only changed files are
 //!    rewritten, so cargo's fingerprints stay valid), runs
-//!    `cargo build --release` with the app's persistent target dir, packages
-//!    the binary as an OCI image, and marks the build `succeeded` together
-//!    with a new `pending` release, in one transaction.
+//!    `cargo build --release` with the app's persistent target dir (in the
+//!    runc sandbox of [`sandbox`]: a fetch step with network, then metadata
+//!    and build without; or on the host with [`BuildSandbox::Host`]),
+//!    packages the binary as an OCI image, and marks the build `succeeded`
+//!    together with a new `pending` release, in one transaction.
 //! 3. The release id goes to the rollout channel (the node agent).
 //!
 //! A crash at any point leaves a row the next start can act on:
-//! [`Builder::recover`] kills an orphaned cargo and re-queues the build (or
-//! fails it, with the reason, after repeated crashes).
+//! [`Builder::recover`] deletes orphaned build containers (or kills an
+//! orphaned host cargo's process group) and re-queues the build (or fails
+//! it, with the reason, after repeated crashes).
 
 pub mod cargo;
 pub mod resources;
+pub mod sandbox;
+mod sandboxed;
 mod sync;
 
 use std::io::Read;
@@ -27,6 +32,7 @@ use std::time::Duration;
 use hangar_core::archive::{self, ArchiveError, Limits};
 use hangar_image::{BinaryImage, ImageStore};
 use hangar_store::{Build, Store, StoreError};
+pub use sandbox::{BUILD_UID, BuildLimits, BuildSandbox, SandboxConfig};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc, watch};
@@ -56,6 +62,11 @@ pub struct BuildConfig {
     /// Hangar's copy of the `hangar-runtime` crates: apps that use it are
     /// built against it (a cargo `[patch]`).
     pub runtime_dir: Option<PathBuf>,
+    /// Where cargo runs: in runc build containers, or on the host.
+    pub sandbox: BuildSandbox,
+    /// Builds never use the network: the fetch step finds dependencies
+    /// only in the cargo home (`cargo fetch --offline`).
+    pub offline: bool,
 }
 
 /// Errors of the builder that are not a build failing (which is recorded
@@ -71,6 +82,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error("build settings: {0}")]
+    Config(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -114,6 +127,14 @@ impl Builder {
             &cfg.logs_dir,
         ] {
             std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
+        }
+        if let BuildSandbox::Runc(sb) = &cfg.sandbox {
+            sb.limits.check().map_err(BuildError::Config)?;
+            if sb.user.0 == 0 || sb.user.1 == 0 {
+                return Err(BuildError::Config(
+                    "builds must not run as uid or gid 0".into(),
+                ));
+            }
         }
         Ok(Builder {
             inner: Arc::new(Inner {
@@ -163,9 +184,15 @@ impl Builder {
         self.inner.cfg.logs_dir.join(format!("{build_id}.log"))
     }
 
-    /// After a crash: kills cargo runs orphaned by a previous hangar and
-    /// re-queues (or fails) their builds.
+    /// After a crash: deletes the build containers a previous hangar left
+    /// (every one in the sandbox's runc state root), kills host cargo runs
+    /// it orphaned, and re-queues (or fails) their builds.
     pub async fn recover(&self) -> Result<(), BuildError> {
+        if let BuildSandbox::Runc(sb) = &self.inner.cfg.sandbox {
+            for id in sandbox::delete_leftovers(sb).await {
+                warn!(container = %id, "deleted a build container left by a previous hangar");
+            }
+        }
         let stuck = self
             .inner
             .store
@@ -282,6 +309,8 @@ impl Builder {
                     .map_err(|e| format!("the uploaded source is gone: {e}"))?;
                 archive::unpack_tar_gz(std::io::BufReader::new(file), &incoming, limits)
                     .map_err(|e| e.to_string())?;
+                // The sandboxed build reads it as another user.
+                sync::make_readable(&incoming).map_err(|e| e.to_string())?;
                 let changes = sync::sync_tree(&incoming, &src).map_err(|e| e.to_string())?;
                 let _ = std::fs::remove_dir_all(&incoming);
                 Ok(changes)
@@ -303,7 +332,7 @@ impl Builder {
                 .await
                 .map_err(|e| format!("reading the source: {e}"))?
         };
-        let mut extra_args = Vec::new();
+        let mut patch_runtime = None;
         if let Some(runtime) = declared.runtime {
             let kinds: Vec<&str> = declared.kinds.iter().map(|k| k.as_str()).collect();
             let list = if kinds.is_empty() {
@@ -329,36 +358,23 @@ impl Builder {
                 }
                 provisioned.map_err(|e| format!("provisioning: {e}"))?;
             }
-            if runtime == resources::Runtime::Hangar
-                && let Some(dir) = &inner.cfg.runtime_dir
-            {
-                extra_args.extend(runtime_patch_args(dir));
+            if runtime == resources::Runtime::Hangar {
+                patch_runtime = inner.cfg.runtime_dir.as_deref();
             }
         }
 
         let target_dir = inner.cfg.target_root.join(&app.name);
-        let bin = cargo::pick_binary(&inner.cfg.cargo, &src).await?;
-        append(log, &format!("==> cargo build --release --bin {bin}\n")).await;
-        let store = inner.store.clone();
-        let build_id = build.id.clone();
-        cargo::build(
-            &inner.cfg.cargo,
-            &src,
-            &target_dir,
-            &bin,
-            &extra_args,
-            log,
-            inner.cfg.timeout,
-            move |pgid| {
-                let (store, build_id) = (store.clone(), build_id.clone());
-                async move {
-                    let _ = store.set_build_pgid(&build_id, pgid).await;
-                }
-            },
-        )
-        .await?;
+        let bin = match &inner.cfg.sandbox {
+            BuildSandbox::Host => {
+                self.build_on_host(build, &src, &target_dir, patch_runtime, log)
+                    .await?
+            }
+            BuildSandbox::Runc(sb) => {
+                self.build_in_sandbox(sb, build, &src, &target_dir, patch_runtime, log)
+                    .await?
+            }
+        };
 
-        let binary = Path::new("release").join(&bin);
         let images = inner.images.clone();
         let mut env = vec![format!("HANGAR_APP={}", app.name)];
         if declared.runtime == Some(resources::Runtime::Shuttle) {
@@ -367,6 +383,7 @@ impl Builder {
             env.extend(hangar_resources::shuttle::image_env(&app));
         }
         let bin_name = bin.clone();
+        let binary = Path::new("release").join(&bin);
         let digest = tokio::task::spawn_blocking(move || {
             // Read beneath the target dir without following links: the
             // build wrote that tree and may have planted them.
@@ -391,6 +408,108 @@ impl Builder {
         // down and the pending release is resumed at the next start.
         let _ = inner.releases.send(release.id.clone());
         Ok(release.version)
+    }
+}
+
+impl Builder {
+    /// Picks and builds the binary with cargo on the host (no sandbox), as
+    /// hangar's own user; returns the binary's name.
+    async fn build_on_host(
+        &self,
+        build: &Build,
+        src: &Path,
+        target_dir: &Path,
+        patch_runtime: Option<&Path>,
+        log: &Path,
+    ) -> Result<String, String> {
+        let inner = &self.inner;
+        let extra_args = patch_runtime.map(runtime_patch_args).unwrap_or_default();
+        let bin = cargo::pick_binary(&inner.cfg.cargo, src).await?;
+        append(
+            log,
+            &format!("==> cargo build --release --bin {bin} (unsandboxed, on the host)\n"),
+        )
+        .await;
+        let store = inner.store.clone();
+        let build_id = build.id.clone();
+        cargo::build(
+            &inner.cfg.cargo,
+            src,
+            target_dir,
+            &bin,
+            &extra_args,
+            log,
+            inner.cfg.timeout,
+            move |pgid| {
+                let (store, build_id) = (store.clone(), build_id.clone());
+                async move {
+                    let _ = store.set_build_pgid(&build_id, pgid).await;
+                }
+            },
+        )
+        .await?;
+        Ok(bin)
+    }
+
+    /// Fetches, picks and builds the binary in runc build containers
+    /// (`sandboxed`); returns the binary's name.
+    async fn build_in_sandbox(
+        &self,
+        sb: &SandboxConfig,
+        build: &Build,
+        src: &Path,
+        target_dir: &Path,
+        patch_runtime: Option<&Path>,
+        log: &Path,
+    ) -> Result<String, String> {
+        let cfg = &self.inner.cfg;
+        let runner = sandboxed::Sandboxed::prepare(
+            sb,
+            &build.id,
+            &cfg.cargo,
+            src,
+            target_dir,
+            patch_runtime,
+            cfg.offline,
+            cfg.timeout,
+        )
+        .await?;
+        // Inside, the runtime crates are at a fixed path.
+        let patch = match patch_runtime {
+            Some(_) => runtime_patch_args(Path::new(sandbox::paths::RUNTIME)).to_vec(),
+            None => Vec::new(),
+        };
+        let net = if cfg.offline {
+            "offline, from the cargo home only"
+        } else {
+            "with network; none of the project's code runs"
+        };
+        append(
+            log,
+            &format!(
+                "==> sandboxed build (runc, uid {}, toolchain {}): cargo fetch ({net})\n",
+                sb.user.0,
+                runner.toolchain().display()
+            ),
+        )
+        .await;
+        if let Err(e) = runner.fetch(&patch, log).await {
+            append(log, &sandboxed::offline_hint(cfg.offline)).await;
+            return Err(e);
+        }
+        let bin = runner.pick_binary(log).await?;
+        append(
+            log,
+            &format!("==> cargo build --release --bin {bin} (sandboxed, no network)\n"),
+        )
+        .await;
+        if let Err(e) = runner.build(&bin, &patch, log).await {
+            if sandboxed::wanted_network(log) {
+                append(log, &sandboxed::offline_hint(cfg.offline)).await;
+            }
+            return Err(e);
+        }
+        Ok(bin)
     }
 }
 

@@ -90,6 +90,34 @@ fn sync_dir(src: &Path, dest: &Path, changes: &mut Changes) -> io::Result<()> {
     Ok(())
 }
 
+/// Adds read permission for everyone to every file and directory under
+/// `root` (and search permission to directories), so the build user can
+/// read a source whatever modes its archive carried. Links are left alone.
+pub fn make_readable(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            continue;
+        }
+        let path = entry.path();
+        let mode = entry.metadata()?.permissions().mode() & 0o7777;
+        let want = if kind.is_dir() {
+            mode | 0o755
+        } else {
+            mode | 0o644
+        };
+        if want != mode {
+            fs::set_permissions(&path, fs::Permissions::from_mode(want))?;
+        }
+        if kind.is_dir() {
+            make_readable(&path)?;
+        }
+    }
+    Ok(())
+}
+
 fn remove(path: &Path, meta: Option<&fs::Metadata>) -> io::Result<()> {
     match meta {
         Some(m) if m.is_dir() => fs::remove_dir_all(path),

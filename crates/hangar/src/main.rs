@@ -26,6 +26,8 @@ enum DriverArg {
     Process,
 }
 
+// `up` has many flags; the enum is parsed once, its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole platform (API, builder, node agent, proxy) in this process.
@@ -60,6 +62,26 @@ enum Command {
         /// Memory limit of each machine, in MiB.
         #[arg(long, default_value_t = 512)]
         memory_mb: u64,
+        /// Memory limit of each build container, in MiB (default: 8192, or
+        /// the host's memory if it has less; at most the host's).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(256..=(1 << 24)))]
+        build_memory_mb: Option<u64>,
+        /// Processes and threads each build container may have.
+        #[arg(long, default_value_t = hangar_build::BuildLimits::DEFAULT_PIDS,
+              value_parser = clap::value_parser!(u64).range(64..=(1 << 22)))]
+        build_pids: u64,
+        /// CPUs each build may use, fractions allowed (default: all of the
+        /// host's; at most the host's).
+        #[arg(long)]
+        build_cpus: Option<f64>,
+        /// Host uid (and gid) sandboxed builds run as; not a user of the host.
+        #[arg(long, default_value_t = hangar_build::BUILD_UID,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        build_uid: u32,
+        /// Builds never use the network: every dependency must already be in
+        /// the cargo home (CARGO_NET_OFFLINE=true does the same).
+        #[arg(long, env = "CARGO_NET_OFFLINE")]
+        build_offline: bool,
         #[command(flatten)]
         servers: Servers,
     },
@@ -229,6 +251,11 @@ async fn run(cli: Cli) -> Result<()> {
             max_image_bytes,
             build_target_root,
             memory_mb,
+            build_memory_mb,
+            build_pids,
+            build_cpus,
+            build_uid,
+            build_offline,
             servers,
         } => {
             tracing_subscriber::fmt()
@@ -253,6 +280,14 @@ async fn run(cli: Cli) -> Result<()> {
                 max_image_bytes,
                 build_target_root,
                 memory_mb,
+                build_limits: hangar_build::BuildLimits {
+                    memory_mb: build_memory_mb
+                        .unwrap_or_else(|| hangar_build::BuildLimits::for_host().memory_mb),
+                    pids: build_pids,
+                    cpus: build_cpus,
+                },
+                build_uid,
+                build_offline,
                 postgres_url: servers.postgres_url,
                 redis_url: servers.redis_url,
                 nats_url: servers.nats_url,

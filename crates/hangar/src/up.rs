@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hangar_api::{ApiConfig, ApiState};
-use hangar_build::{BuildConfig, Builder};
+use hangar_build::{BuildConfig, BuildLimits, BuildSandbox, Builder, SandboxConfig};
 use hangar_core::archive::Limits as ArchiveLimits;
 use hangar_image::ImageStore;
 use hangar_node::{Agent, Driver, DriverChoice, Limits, NodeConfig};
@@ -52,6 +52,12 @@ pub struct UpOptions {
     pub build_target_root: Option<PathBuf>,
     /// Machine memory limit.
     pub memory_mb: u64,
+    /// cgroup limits of each build container.
+    pub build_limits: BuildLimits,
+    /// Host uid and gid of sandboxed builds.
+    pub build_uid: u32,
+    /// Builds never use the network.
+    pub build_offline: bool,
     /// Postgres server for apps' databases (none: Hangar's own cluster
     /// under the data dir if PostgreSQL is installed, else apps declaring
     /// one fail to deploy with a message saying so).
@@ -168,6 +174,21 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let runtime_dir = crate::runtime_src::install(&data.join("runtime"))
         .context("installing hangar-runtime's sources")?;
     let (release_tx, mut release_rx) = mpsc::unbounded_channel::<String>();
+    // Builds are sandboxed wherever machines are: runc, as root.
+    let build_sandbox = match &driver {
+        Driver::Runc { runc, .. } => BuildSandbox::Runc(SandboxConfig {
+            runc: runc.clone(),
+            state_root: data.join("build-runc"),
+            dir: data.join("build-sandbox"),
+            user: (opts.build_uid, opts.build_uid),
+            limits: opts.build_limits,
+        }),
+        Driver::Process => BuildSandbox::Host,
+    };
+    if let Some(w) = build_sandbox.warning() {
+        eprintln!("\n!!! WARNING: {w}\n");
+        warn!("{w}");
+    }
     let builder = Builder::new(
         store.clone(),
         images.clone(),
@@ -184,6 +205,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             timeout: Duration::from_secs(30 * 60),
             limits: ArchiveLimits::default(),
             runtime_dir: Some(runtime_dir),
+            sandbox: build_sandbox,
+            offline: opts.build_offline,
         },
         release_tx.clone(),
     )?;
