@@ -8,6 +8,7 @@
 //!   and a role of its own per app), lists it, drops it, and renders the
 //!   per-machine resources file the runtime reads.
 
+pub mod gate;
 pub mod local_pg;
 pub mod redis;
 pub mod shuttle;
