@@ -423,7 +423,9 @@ impl Builder {
         log: &Path,
     ) -> Result<String, String> {
         let inner = &self.inner;
-        let extra_args = patch_runtime.map(runtime_patch_args).unwrap_or_default();
+        let extra_args = patch_runtime
+            .map(|dir| runtime_patch_args(dir).to_vec())
+            .unwrap_or_default();
         let bin = cargo::pick_binary(&inner.cfg.cargo, src).await?;
         append(
             log,

@@ -361,16 +361,21 @@ pub fn cargo_home() -> PathBuf {
 }
 
 /// Makes `dir` (created if missing) and everything in it owned by `user`,
-/// with `lchown` and never following a link. Runs only when `dir` itself
-/// is not owned by `user` yet (a target dir of an older, unsandboxed
-/// hangar); `dir` is changed last, so an interrupted pass is redone.
+/// with `lchown` and never following a link: a target dir of an older,
+/// unsandboxed hangar, or one an unsandboxed build (`--driver process`)
+/// wrote into since, has root's files the build user could not replace.
+/// Only entries owned by someone else are changed; `dir` itself last.
 pub fn own_tree(dir: &Path, user: (u32, u32)) -> std::io::Result<()> {
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
             return Err(std::io::Error::other("not a directory"));
         }
-        Ok(m) if (m.uid(), m.gid()) == user => return Ok(()),
-        Ok(_) => chown_below(dir, user)?,
+        Ok(m) => {
+            chown_below(dir, user)?;
+            if (m.uid(), m.gid()) == user {
+                return Ok(());
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)?,
         Err(e) => return Err(e),
     }
@@ -381,11 +386,15 @@ fn chown_below(dir: &Path, user: (u32, u32)) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        // file_type() does not follow links: a link is changed, not its target.
+        // Neither file_type() nor symlink_metadata() follows a link: a link
+        // is changed, never its target.
         if entry.file_type()?.is_dir() {
             chown_below(&path, user)?;
         }
-        std::os::unix::fs::lchown(&path, Some(user.0), Some(user.1))?;
+        let m = std::fs::symlink_metadata(&path)?;
+        if (m.uid(), m.gid()) != user {
+            std::os::unix::fs::lchown(&path, Some(user.0), Some(user.1))?;
+        }
     }
     Ok(())
 }
@@ -452,6 +461,11 @@ mod tests {
             "link target untouched"
         );
         assert_eq!(std::fs::metadata(dir.path()).unwrap().uid(), before);
+        // Files a root build added later are changed too.
+        std::fs::write(target.join("release/deps/b"), "b").unwrap();
+        own_tree(&target, (12_345, 12_346)).unwrap();
+        let b = std::fs::metadata(target.join("release/deps/b")).unwrap();
+        assert_eq!((b.uid(), b.gid()), (12_345, 12_346));
         // A missing dir is created owned by the user.
         let fresh = dir.path().join("fresh");
         own_tree(&fresh, (12_345, 12_346)).unwrap();
