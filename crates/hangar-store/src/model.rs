@@ -107,8 +107,11 @@ pub struct Machine {
     pub state: MachineState,
     /// `runc` or `process`: how it was started, so it is stopped the same way.
     pub driver: String,
-    /// Host port the app listens on (`$PORT`).
+    /// The port the app listens on (`$PORT`), at `address`.
     pub port: i64,
+    /// Where the machine is reached: its own address (runc: a network
+    /// namespace of its own), or the host's loopback (process driver).
+    pub address: std::net::IpAddr,
     /// Host pid of the app's init process while it exists.
     pub pid: Option<i64>,
     /// Exit status once it ended on its own.
@@ -144,8 +147,17 @@ pub struct NewMachine {
     pub image_digest: String,
     /// The driver that will run it.
     pub driver: String,
-    /// Its host port.
+    /// The port it listens on.
     pub port: u16,
+    /// Its address (see [`Machine::address`]).
+    pub address: std::net::IpAddr,
+}
+
+impl Machine {
+    /// The socket the proxy and health checks dial.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.address, self.port as u16)
+    }
 }
 
 /// A lease on a machine (Fly's mutual exclusion for orchestrators).

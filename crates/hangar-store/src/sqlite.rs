@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema2.sql"),
     include_str!("schema3.sql"),
     include_str!("schema4.sql"),
+    include_str!("schema5.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.
@@ -676,6 +677,7 @@ impl Store {
             state: MachineState::Created,
             driver: new.driver,
             port: i64::from(new.port),
+            address: new.address,
             pid: None,
             exit_code: None,
             oom_killed: false,
@@ -691,8 +693,8 @@ impl Store {
         self.call(move |c| {
             c.execute(
                 "INSERT INTO machines (id, app_id, release_id, name, region, instance_id, config,
-                     image_digest, state, driver, port, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'created', ?9, ?10, ?11, ?11)",
+                     image_digest, state, driver, port, created_at, updated_at, address)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'created', ?9, ?10, ?11, ?11, ?12)",
                 params![
                     row.id,
                     row.app_id,
@@ -704,7 +706,8 @@ impl Store {
                     row.image_digest,
                     row.driver,
                     row.port,
-                    row.created_at
+                    row.created_at,
+                    row.address.to_string()
                 ],
             )?;
             insert_event(c, &row.id, "launch", "created", "user")?;
@@ -789,6 +792,38 @@ impl Store {
     /// The app's machines that are not destroyed, newest first.
     pub async fn machines_for_app(&self, app_id: &str) -> Result<Vec<Machine>> {
         self.machines_for_app_all(app_id, false).await
+    }
+
+    /// Moves a machine to a new address and port (one made before
+    /// machines had network namespaces of their own).
+    pub async fn set_machine_network(
+        &self,
+        id: &str,
+        address: std::net::IpAddr,
+        port: u16,
+    ) -> Result<()> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE machines SET address = ?2, port = ?3 WHERE id = ?1",
+                params![id, address.to_string(), i64::from(port)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every machine not destroyed, whatever its state: the ones that own
+    /// an address and a network namespace.
+    pub async fn undestroyed_machines(&self) -> Result<Vec<Machine>> {
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {MACHINE_COLS} FROM machines WHERE state != 'destroyed'"
+            ))?;
+            let rows = st.query_map([], machine_row)?;
+            collect(rows)
+        })
+        .await
     }
 
     /// Every machine whose process should exist (to re-adopt after a restart).
@@ -1031,7 +1066,7 @@ const RELEASE_COLS: &str =
     "id, app_id, version, build_id, image_digest, status, error, created_at, config, description";
 const MACHINE_COLS: &str = "id, app_id, release_id, name, region, instance_id, config, \
     image_digest, state, driver, port, pid, exit_code, oom_killed, restarts, cordoned, lease_nonce, \
-    lease_owner, lease_description, lease_expires_at, created_at, updated_at";
+    lease_owner, lease_description, lease_expires_at, created_at, updated_at, address";
 
 fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Result<Vec<T>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1175,6 +1210,16 @@ fn machine_row(r: &Row) -> rusqlite::Result<Machine> {
         },
         created_at: r.get(20)?,
         updated_at: r.get(21)?,
+        address: {
+            let text: String = r.get(22)?;
+            text.parse().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    22,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?
+        },
     })
 }
 
@@ -1316,6 +1361,7 @@ mod tests {
                 image_digest: "sha256:x".into(),
                 driver: "process".into(),
                 port: 4000,
+                address: std::net::Ipv4Addr::LOCALHOST.into(),
             })
             .await
             .unwrap();
