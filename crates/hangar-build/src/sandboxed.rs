@@ -148,11 +148,21 @@ impl<'a> Sandboxed<'a> {
             limits: self.cfg.limits,
         };
         match self.run(&step, log, Stdout::Log).await? {
-            0 => Ok(()),
-            code => Err(format!(
-                "cargo fetch failed (exit status {code}); see the build log above"
-            )),
+            0 => {}
+            code => {
+                return Err(format!(
+                    "cargo fetch failed (exit status {code}); see the build log above"
+                ));
+            }
         }
+        // Crates keep their archives' modes (0640 is common): what the fetch
+        // added must be readable by the build user.
+        let roots = [self.registry.join("src"), self.git.join("checkouts")];
+        let stamp = self.cfg.dir.join("caches-readable");
+        tokio::task::spawn_blocking(move || make_caches_readable(&roots, &stamp))
+            .await
+            .map_err(|e| format!("opening up the cargo caches: {e}"))?
+            .map_err(|e| format!("opening up the cargo caches: {e}"))
     }
 
     /// `cargo metadata --no-deps`, then the binary to build.
@@ -399,6 +409,55 @@ fn chown_below(dir: &Path, user: (u32, u32)) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Adds read permission for everyone (and search permission to
+/// directories) to what is under `roots` (the cargo home's extracted
+/// crates and git checkouts: public sources), never following a link.
+/// Only directories changed since the last pass (recorded by `stamp`'s
+/// mtime) are walked: a new crate's directory is new, old ones are skipped.
+pub fn make_caches_readable(roots: &[PathBuf], stamp: &Path) -> std::io::Result<()> {
+    let started = std::time::SystemTime::now();
+    let since = std::fs::metadata(stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(|t| t - Duration::from_secs(10));
+    for root in roots {
+        if root.is_dir() {
+            open_up(root, since, false)?;
+        }
+    }
+    std::fs::write(stamp, "")?;
+    std::fs::File::options()
+        .write(true)
+        .open(stamp)?
+        .set_modified(started)
+}
+
+/// One directory of [`make_caches_readable`]: `all` when it is new.
+fn open_up(dir: &Path, since: Option<std::time::SystemTime>, all: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let m = std::fs::symlink_metadata(&path)?;
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        let new = since.is_none_or(|t| m.modified().is_ok_and(|mt| mt >= t));
+        let mode = m.permissions().mode() & 0o7777;
+        if m.is_dir() {
+            if all || new {
+                if mode & 0o555 != 0o555 {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o555))?;
+                }
+                open_up(&path, since, all || new)?;
+            }
+        } else if (all || new) && m.is_file() && mode & 0o444 != 0o444 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o444))?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a failed build's log suggests cargo wanted the network.
 pub fn wanted_network(log: &Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
@@ -474,6 +533,35 @@ mod tests {
         let link = dir.path().join("linked");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(own_tree(&link, (1, 1)).is_err());
+    }
+
+    #[test]
+    fn caches_become_readable_and_links_are_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let krate = src.join("index/fnv-1.0.7");
+        std::fs::create_dir_all(&krate).unwrap();
+        std::fs::write(krate.join("lib.rs"), "").unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "").unwrap();
+        for p in [&krate.join("lib.rs"), &secret] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
+        std::os::unix::fs::symlink(&secret, krate.join("link")).unwrap();
+        let stamp = dir.path().join("stamp");
+        make_caches_readable(std::slice::from_ref(&src), &stamp).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&krate.join("lib.rs")), 0o644);
+        assert_eq!(mode(&secret), 0o640, "a link's target is not touched");
+        // A crate added later is found by the next pass.
+        let later = src.join("index/itoa-1.0.0");
+        std::fs::create_dir_all(&later).unwrap();
+        std::fs::write(later.join("lib.rs"), "").unwrap();
+        std::fs::set_permissions(later.join("lib.rs"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        make_caches_readable(&[src], &stamp).unwrap();
+        assert_eq!(mode(&later.join("lib.rs")), 0o644);
     }
 
     #[tokio::test]
