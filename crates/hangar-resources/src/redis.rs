@@ -69,6 +69,72 @@ fn redis_err(msg: impl Into<String>) -> ResourceError {
     ResourceError::Redis(msg.into())
 }
 
+/// What an app's user may run, after `+@all -@admin -@dangerous`
+/// (checked against Redis 7.0 with real attempts, `tests/redis.rs`). Key
+/// and channel patterns confine commands that name keys or channels; these
+/// name none, yet list, count or change what other tenants have, or reach
+/// keys outside what deprovisioning cleans:
+///
+/// - `scan`, `randomkey`, `dbsize`: other tenants' key names and counts
+///   (key patterns do not filter them). `keys`, `sort`, `sort_ro` (whose
+///   `BY`/`GET` read other keys), `info` are in `@dangerous` in 7.0, and
+///   denied by name as well in case a version moves them.
+/// - `pubsub`: the channels in use and their subscribers.
+/// - `function`: libraries are server-wide (list, dump, flush, load over
+///   another tenant's). `script|flush`, `script|kill`: the script cache and
+///   the running script are everyone's. `script|debug`: `SYNC` stops the
+///   whole server while one app steps through its script.
+/// - `client|tracking`: `BCAST` pushes invalidations of every key written
+///   on the server, other tenants' names included (a `PREFIX` is not
+///   checked against the key patterns). `client|list`, `client|kill`
+///   (also `@admin`): other connections.
+/// - `select`, `move`, `swapdb`: other databases, which deprovisioning
+///   does not empty. `migrate`, `cluster` (`getkeysinslot`,
+///   `countkeysinslot`, `nodes`): other servers' and slots' keys.
+/// - `memory|stats`, `memory|doctor`, `memory|malloc-stats`,
+///   `memory|purge`: server-wide figures and work (`memory|usage` is
+///   per key, and kept).
+/// - `config`, `monitor` (every command of every client), `debug`: also
+///   `@admin`.
+///
+/// Kept: everything on the app's own keys and channels (`GET`, `SET`,
+/// `INCR`, `EXPIRE`, `MULTI`/`EXEC`, `EVAL`, `PUBLISH`, `SUBSCRIBE`, …)
+/// and its own connection (`PING`, `HELLO`, `CLIENT SETNAME`, `CLIENT ID`,
+/// `CLIENT INFO`). Left: `COPY … DB <n>` writes into another database an
+/// app can never read back (`SELECT` and `MOVE` are denied), and
+/// `SCRIPT EXISTS` tells whether a script of a known hash was loaded. A
+/// script that loops holds the server (Redis runs one at a time) until it
+/// ends or an admin kills it: Redis has no per-user CPU limit.
+pub const DENIED: &[&str] = &[
+    "keys",
+    "scan",
+    "randomkey",
+    "dbsize",
+    "sort",
+    "sort_ro",
+    "info",
+    "pubsub",
+    "function",
+    "script|flush",
+    "script|kill",
+    "script|debug",
+    "client|tracking",
+    "client|list",
+    "client|kill",
+    "select",
+    "move",
+    "swapdb",
+    "migrate",
+    "cluster",
+    "memory|stats",
+    "memory|doctor",
+    "memory|malloc-stats",
+    "memory|purge",
+    "config",
+    "monitor",
+    "debug",
+];
+
 /// The Redis user of an app: `hangar_` + the name (app names are DNS
 /// labels, so no escaping is needed in ACL rules).
 pub fn redis_user(app: &str) -> String {
@@ -134,7 +200,7 @@ impl RedisServer {
 
     /// Creates (or resets) the app's user with a new `password`: on, that
     /// password only, keys and channels under the app's prefix, every
-    /// command but the admin and dangerous ones.
+    /// command but the admin and dangerous ones and [`DENIED`].
     pub async fn ensure_user(
         &self,
         app: &str,
@@ -163,7 +229,8 @@ impl RedisServer {
         let keys = format!("~{}*", creds.prefix);
         let channels = format!("&{}*", creds.prefix);
         let pass = format!(">{}", creds.password);
-        conn.call(&[
+        let denied: Vec<String> = DENIED.iter().map(|c| format!("-{c}")).collect();
+        let mut args = vec![
             "ACL",
             "SETUSER",
             &creds.user,
@@ -175,9 +242,16 @@ impl RedisServer {
             "+@all",
             "-@admin",
             "-@dangerous",
-        ])
-        .await?;
-        Ok(())
+        ];
+        args.extend(denied.iter().map(String::as_str));
+        match conn.call(&args).await {
+            Ok(_) => Ok(()),
+            // Subcommand rules (`-script|flush`) and FUNCTION are 7.0's.
+            Err(ResourceError::Redis(e)) => Err(redis_err(format!(
+                "{e} (Hangar needs Redis 7.0 or newer for its per-app ACL rules)"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Drops the app's user and every key under its prefix.
