@@ -131,6 +131,7 @@ async fn create_app(
             format!("app_name: an app named {name:?} exists already"),
         ));
     }
+    crate::quota::check_new_app(&state, &caller.org, name.as_str()).await?;
     let app = state
         .store
         .get_or_create_app(&caller.org.id, name.as_str())
@@ -234,7 +235,7 @@ async fn machine_json(state: &ApiState, m: &Machine) -> Result<Value, ApiError> 
         "state": m.state,
         "region": m.region,
         "instance_id": m.instance_id,
-        "private_ip": "127.0.0.1",
+        "private_ip": m.address.to_string(),
         "config": m.config,
         "image_ref": {"registry": "hangar", "repository": repository, "tag": tag,
                       "digest": m.image_digest, "labels": {}},
@@ -303,6 +304,7 @@ async fn create_machine(
 ) -> Result<Json<Value>, ApiError> {
     let app = find_app(&state, &caller, &app).await?;
     let (req, digest) = checked_request(&state, &caller, &body).await?;
+    crate::quota::check_machine(&state, &caller.org, req.config.guest().memory_mb, None).await?;
     let m = state
         .agent
         .create(&app, None, req.name, req.config, digest, req.skip_launch)
@@ -319,6 +321,8 @@ async fn update_machine(
 ) -> Result<Json<Value>, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
     let (req, digest) = checked_request(&state, &caller, &body).await?;
+    crate::quota::check_machine(&state, &caller.org, req.config.guest().memory_mb, Some(&id))
+        .await?;
     let m = state
         .agent
         .update(&id, req.config, digest, req.name, req.skip_launch)

@@ -28,6 +28,7 @@
 mod auth;
 mod error;
 mod fly;
+pub mod quota;
 mod routes;
 mod shuttle;
 mod tail;
@@ -55,6 +56,13 @@ pub struct ApiConfig {
     pub domain: String,
     /// The proxy's public port, for the URLs the API hands out.
     pub proxy_port: u16,
+    /// Machines are not isolated (`--driver process`): one organisation
+    /// only, so no second tenant ever shares the host unprotected.
+    pub single_tenant: bool,
+    /// What each org may have.
+    pub quotas: quota::Quotas,
+    /// Memory of a deploy's machine when its hangar.toml names none (MiB).
+    pub default_memory_mb: u64,
 }
 
 impl ApiConfig {

@@ -181,6 +181,7 @@ async fn deploy(
             });
         }
     };
+    crate::quota::check_new_app(&state, &caller.org, name.as_str()).await?;
     let app = state
         .store
         .get_or_create_app(&caller.org.id, name.as_str())
@@ -432,6 +433,15 @@ async fn scale(
             req.count
         )));
     }
+    let memory_mb = state
+        .store
+        .machines_for_app(&app.id)
+        .await?
+        .iter()
+        .map(|m| m.config.guest().memory_mb)
+        .max()
+        .unwrap_or(state.cfg.default_memory_mb);
+    crate::quota::check_scale(&state, &caller.org, &app.id, req.count, memory_mb).await?;
     state.agent.scale(&app, req.count).await?;
     let app = find_app(&state, &caller, &name).await?;
     Ok(Json(app_json(&state, &app).await?))
@@ -521,6 +531,7 @@ async fn set_secrets(
     let names: Vec<String> = values.keys().cloned().collect();
     // Checked before the app is created.
     hangar_resources::check_secret_names(&names)?;
+    crate::quota::check_new_app(&state, &caller.org, name.as_str()).await?;
     let app = state
         .store
         .get_or_create_app(&caller.org.id, name.as_str())
@@ -614,6 +625,12 @@ async fn create_org(
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "only the platform's admin organisation may create organisations",
+        ));
+    }
+    if state.cfg.single_tenant {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this Hangar runs with --driver process (no isolation between tenants): it serves one organisation only",
         ));
     }
     let name = AppName::parse(&req.name).map_err(|e| {

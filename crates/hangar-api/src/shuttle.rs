@@ -109,7 +109,12 @@ async fn provision(
     };
     match req.r#type.as_str() {
         SHARED_POSTGRES => match state.resources.shuttle_postgres(&app).await {
-            Ok(url) => ready(SHARED_POSTGRES, req.config, Value::String(url)),
+            // The app runs in a network namespace of its own: it reaches
+            // its database at the node's service address, through the gate.
+            Ok(url) => {
+                let url = state.agent.postgres_url_for_machines(&url).await;
+                ready(SHARED_POSTGRES, req.config, Value::String(url))
+            }
             Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
         },
         SECRETS => match state.resources.secret_values(&app.id).await {

@@ -282,6 +282,7 @@ impl ImageStore {
     pub fn rootfs(&self, manifest_digest: &str) -> Result<PathBuf, ImageError> {
         let dest = self.root.join("rootfs").join(digest_hex(manifest_digest)?);
         if dest.is_dir() {
+            mount_points(&dest)?;
             return Ok(dest);
         }
         let manifest = self.manifest(manifest_digest)?;
@@ -316,6 +317,7 @@ impl ImageStore {
             })?;
         }
         fs::create_dir_all(&staging).map_err(io_err(&staging))?;
+        mount_points(&staging)?;
         match fs::rename(&staging, &dest) {
             Ok(()) => Ok(dest),
             // Another caller unpacked the same image first: use theirs.
@@ -338,6 +340,42 @@ impl ImageStore {
     fn tmp_path(&self) -> PathBuf {
         self.root.join("tmp").join(hangar_core::id::new_id("t"))
     }
+}
+
+/// What a machine's runtime mounts over: made in the root filesystem ahead,
+/// since a machine in a user namespace cannot create them in a root
+/// filesystem owned by the host's root. Never through a link: an image's
+/// `tmp -> /` is replaced by a directory.
+fn mount_points(root: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    for (dir, mode) in [
+        ("proc", 0o555),
+        ("dev", 0o755),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+        ("run", 0o755),
+        ("run/hangar", 0o755),
+        ("etc", 0o755),
+    ] {
+        let path = root.join(dir);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => fs::remove_file(&path).map_err(io_err(&path))?,
+            Err(_) => {}
+        }
+        fs::create_dir(&path).map_err(io_err(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
+    }
+    let resolv = root.join("etc/resolv.conf");
+    match fs::symlink_metadata(&resolv) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            fs::remove_file(&resolv).map_err(io_err(&resolv))?;
+            fs::write(&resolv, b"").map_err(io_err(&resolv))?;
+        }
+        Err(_) => fs::write(&resolv, b"").map_err(io_err(&resolv))?,
+    }
+    Ok(())
 }
 
 /// The hex part of a `sha256:<64 hex>` digest, validated (it becomes a path).

@@ -4,22 +4,25 @@
 //! crash in between leaves a state `reconcile` knows how to finish.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hangar_core::machine::{Autostop, MachineConfig, RestartPolicy};
-use hangar_core::route::{Activity, Limits as RouteLimits, RouteSink, WakeFuture, Waker};
+use hangar_core::machine::{MachineConfig, RestartPolicy};
+use hangar_core::route::{Activity, Limits as RouteLimits, RouteSink};
 use hangar_core::status::{MachineState, ReleaseStatus};
 use hangar_image::{ImageError, ImageStore};
 use hangar_store::{App, Machine, NewMachine, Release, Store, StoreError};
 use tracing::{info, warn};
 
-use crate::driver::{self, Driver, DriverError, Limits, MachineSpec, ProcState};
+use crate::driver::{self, Driver, DriverError, Limits, ProcState};
+use crate::network::{Network, NetworkError};
 
 mod health;
+mod launch;
+mod net;
 mod rollout;
+mod wake;
 
 pub use health::{CheckReport, HealthReport, HealthStatus};
 use rollout::Gate;
@@ -53,6 +56,8 @@ pub enum NodeError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Driver(#[from] DriverError),
+    #[error("machine network: {0}")]
+    Network(#[from] NetworkError),
     #[error("{0} not found")]
     NotFound(String),
     #[error("release v{version} of {app} failed: {reason}")]
@@ -96,6 +101,11 @@ struct Inner {
     images: ImageStore,
     /// How machine processes are started and stopped.
     driver: Driver,
+    /// Machines' own network namespaces, addresses and firewall (runc);
+    /// `None`: machines share the host's network (process driver).
+    network: Option<Arc<Network>>,
+    /// The gates machines reach their resources through.
+    resource_gates: net::Gates,
     /// Where the current upstreams of each app are published.
     routes: Arc<dyn RouteSink>,
     /// Settings.
@@ -135,6 +145,7 @@ impl Agent {
         driver: Driver,
         routes: Arc<dyn RouteSink>,
         cfg: NodeConfig,
+        network: Option<Arc<Network>>,
     ) -> Agent {
         driver::become_subreaper();
         Agent {
@@ -142,6 +153,8 @@ impl Agent {
                 store,
                 images,
                 driver,
+                network,
+                resource_gates: net::Gates::default(),
                 routes,
                 cfg,
                 gpus: driver::detect_gpus(),
@@ -189,6 +202,7 @@ impl Agent {
     /// Returns releases whose rollout was interrupted, for the caller to resume.
     pub async fn reconcile(&self) -> Result<Vec<Release>, NodeError> {
         let store = &self.inner.store;
+        self.reconcile_networks().await?;
         for m in store.live_machines().await? {
             let alive = m.pid.is_some_and(|pid| self.is_ours(&m, pid as u32));
             if alive && m.driver == self.inner.driver.name() {
@@ -211,6 +225,9 @@ impl Agent {
                             .await?;
                     }
                     _ => {}
+                }
+                if let Err(e) = self.regrant(&m).await {
+                    warn!(machine = %m.id, "re-granting its resources: {e}");
                 }
                 self.spawn_monitor(m.clone(), m.pid.unwrap_or_default() as u32);
             } else {
@@ -283,10 +300,7 @@ impl Agent {
         skip_launch: bool,
     ) -> Result<Machine, NodeError> {
         self.check_gpus(&config)?;
-        let port = free_port().map_err(|source| DriverError::Io {
-            what: "finding a free port".into(),
-            source,
-        })?;
+        let (address, port) = self.new_address(&config)?;
         let m = self
             .inner
             .store
@@ -299,8 +313,17 @@ impl Agent {
                 image_digest,
                 driver: self.inner.driver.name().to_owned(),
                 port,
+                address,
             })
-            .await?;
+            .await;
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                self.forget_address(address);
+                return Err(e.into());
+            }
+        };
+        self.prepare_network(&m).await?;
         if skip_launch {
             return Ok(m);
         }
@@ -311,190 +334,6 @@ impl Agent {
             self.publish_routes(&m.app_id).await?;
         }
         Ok(m)
-    }
-
-    /// The machine's image: its unpacked root filesystem, its config, and
-    /// the environment of a process in it (the image's, then the machine's).
-    async fn image_of(
-        &self,
-        m: &Machine,
-    ) -> Result<(PathBuf, hangar_image::ImageConfig, Vec<String>), NodeError> {
-        let images = self.inner.images.clone();
-        let digest = m.image_digest.clone();
-        let (rootfs, image) = tokio::task::spawn_blocking(move || {
-            Ok::<_, ImageError>((images.rootfs(&digest)?, images.config(&digest)?))
-        })
-        .await
-        .map_err(|e| NodeError::NotFound(format!("image task: {e}")))??;
-        let mut env = image.config.env.clone().unwrap_or_default();
-        env.extend(m.config.env.iter().map(|(k, v)| format!("{k}={v}")));
-        Ok((rootfs, image, env))
-    }
-
-    /// Writes the machine's resources file (database credentials and
-    /// secrets, unsealed) where only the machine's user can read it, on
-    /// tmpfs so it is never at rest on disk; `None` when no resources are
-    /// configured on this node.
-    async fn write_resources(
-        &self,
-        m: &Machine,
-        user: (u32, u32),
-    ) -> Result<Option<PathBuf>, NodeError> {
-        let Some(resources) = self.inner.resources.get() else {
-            return Ok(None);
-        };
-        let content = resources
-            .for_machine(&m.app_id)
-            .await
-            .map_err(|e| NodeError::Resources(e.to_string()))?;
-        let json = serde_json::to_vec(&content).unwrap_or_default();
-        let dir = self.resources_dir(&m.id);
-        tokio::task::spawn_blocking(move || write_resources_file(&dir, &json, user).map(|()| dir))
-            .await
-            .map_err(|e| NodeError::Resources(e.to_string()))?
-            .map(Some)
-            .map_err(|e| NodeError::Resources(format!("writing the resources file: {e}")))
-    }
-
-    /// The host directory of a machine's resources file.
-    fn resources_dir(&self, machine_id: &str) -> PathBuf {
-        self.inner.cfg.run_dir.join(machine_id)
-    }
-
-    /// Removes a machine's resources file (it is written anew at each start).
-    fn remove_resources(&self, machine_id: &str) {
-        let _ = std::fs::remove_dir_all(self.resources_dir(machine_id));
-    }
-
-    /// Lets machines receive the resources their app declares and its
-    /// secrets (set once, at start).
-    pub fn set_resources(&self, resources: hangar_resources::Resources) {
-        let _ = self.inner.resources.set(resources);
-    }
-
-    /// Starts the machine's process (from created or stopped).
-    async fn launch(&self, m: &Machine, app_name: &str) -> Result<Machine, NodeError> {
-        let inner = &self.inner;
-        let (rootfs, image, mut env) = self.image_of(m).await?;
-        env.extend([
-            format!("PORT={}", m.port),
-            format!("HANGAR_APP={app_name}"),
-            format!("HANGAR_MACHINE_ID={}", m.id),
-            format!("FLY_MACHINE_ID={}", m.id),
-            format!("FLY_APP_NAME={app_name}"),
-            format!("FLY_REGION={}", m.region),
-        ]);
-        if hangar_resources::shuttle::is_shuttle_image(&env)
-            && let Some(resources) = inner.resources.get()
-        {
-            env.extend(resources.shuttle_env(&m.app_id, m.port));
-        }
-        let guest = m.config.guest();
-        let argv = m.config.argv(
-            image.config.entrypoint.as_deref().unwrap_or_default(),
-            image.config.cmd.as_deref().unwrap_or_default(),
-        );
-        let gpus = self.take_gpus(&m.id, guest.gpus)?;
-        if !gpus.is_empty() {
-            let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
-            env.push(format!("NVIDIA_VISIBLE_DEVICES={}", list.join(",")));
-        }
-        let user = parse_user(image.config.user.as_deref());
-        let resources = self.write_resources(m, user).await?;
-        let spec = MachineSpec {
-            id: m.id.clone(),
-            hostname: app_name.to_owned(),
-            rootfs,
-            dir: inner.cfg.machines_dir.join(&m.id),
-            argv,
-            env,
-            cwd: image
-                .config
-                .working_dir
-                .clone()
-                .unwrap_or_else(|| "/".into()),
-            user,
-            log: self.log_path(app_name, &m.id),
-            limits: Limits {
-                memory_mb: guest.memory_mb,
-                cpus: f64::from(guest.cpus),
-                pids: inner.cfg.limits.pids,
-            },
-            gpus,
-            resources,
-        };
-        inner
-            .store
-            .set_machine_state(&m.id, MachineState::Starting, None, None)
-            .await?;
-        let pid = match inner.driver.start(&spec).await {
-            Ok(pid) => pid,
-            Err(e) => {
-                self.release_gpus(&m.id);
-                inner
-                    .store
-                    .set_machine_state(&m.id, MachineState::Failed, None, None)
-                    .await?;
-                return Err(e.into());
-            }
-        };
-        inner
-            .store
-            .set_machine_state(&m.id, MachineState::Started, Some(i64::from(pid)), None)
-            .await?;
-        let m = Machine {
-            state: MachineState::Started,
-            pid: Some(i64::from(pid)),
-            exit_code: None,
-            oom_killed: false,
-            ..m.clone()
-        };
-        self.spawn_monitor(m.clone(), pid);
-        Ok(m)
-    }
-
-    /// Refuses a config asking for more GPUs than this node has.
-    fn check_gpus(&self, config: &MachineConfig) -> Result<(), NodeError> {
-        let wanted = config.guest().gpus;
-        if wanted > self.inner.gpus {
-            return Err(NodeError::NoGpu {
-                wanted,
-                available: self.inner.gpus,
-            });
-        }
-        Ok(())
-    }
-
-    /// Reserves `n` free GPU indexes for a machine (none when `n` is 0).
-    fn take_gpus(&self, machine: &str, n: u32) -> Result<Vec<u32>, NodeError> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let mut holders = self
-            .inner
-            .gpu_holders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        holders.remove(machine);
-        let busy: Vec<u32> = holders.values().flatten().copied().collect();
-        let free: Vec<u32> = (0..self.inner.gpus).filter(|i| !busy.contains(i)).collect();
-        if free.len() < n as usize {
-            return Err(NodeError::NoGpu {
-                wanted: n,
-                available: free.len() as u32,
-            });
-        }
-        let taken = free[..n as usize].to_vec();
-        holders.insert(machine.to_owned(), taken.clone());
-        Ok(taken)
-    }
-
-    fn release_gpus(&self, machine: &str) {
-        self.inner
-            .gpu_holders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(machine);
     }
 
     async fn load(&self, id: &str) -> Result<(Machine, App), NodeError> {
@@ -862,6 +701,7 @@ impl Agent {
             .remove(&m.id);
         let state = if destroy {
             let _ = std::fs::remove_dir_all(inner.cfg.machines_dir.join(&m.id));
+            self.remove_network(m).await;
             self.set_gates(std::slice::from_ref(m), None);
             MachineState::Destroyed
         } else {
@@ -908,10 +748,7 @@ impl Agent {
         } else {
             healthy
         };
-        let upstreams = serving
-            .iter()
-            .map(|m| SocketAddr::from(([127, 0, 0, 1], m.port as u16)))
-            .collect();
+        let upstreams = serving.iter().map(|m| m.socket_addr()).collect();
         self.inner
             .routes
             .publish(&app.name, upstreams, limits(&machines));
@@ -979,234 +816,6 @@ fn service(m: &Machine) -> Option<&hangar_core::machine::Service> {
     m.config.services.first()
 }
 
-impl Waker for Agent {
-    fn wake(&self, app: &str) -> WakeFuture {
-        let (agent, app) = (self.clone(), app.to_owned());
-        self.on_own_runtime(async move { agent.wake_app(&app, false).await })
-    }
-
-    fn wake_another(&self, app: &str) -> WakeFuture {
-        let (agent, app) = (self.clone(), app.to_owned());
-        self.on_own_runtime(async move { agent.wake_app(&app, true).await })
-    }
-}
-
-impl Agent {
-    /// Starts (or resumes) one of the app's stopped machines for a request
-    /// and returns once it accepts connections and is routed.
-    /// Runs `work` on the agent's runtime (see `Inner::runtime`) and
-    /// resolves to its outcome wherever it is awaited.
-    fn on_own_runtime(
-        &self,
-        work: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
-    ) -> WakeFuture {
-        match &self.inner.runtime {
-            Some(runtime) => {
-                let task = runtime.spawn(work);
-                Box::pin(async move {
-                    task.await
-                        .unwrap_or_else(|e| Err(format!("the wake did not finish: {e}")))
-                })
-            }
-            None => Box::pin(work),
-        }
-    }
-
-    async fn wake_app(&self, app_name: &str, another: bool) -> Result<(), String> {
-        let store = &self.inner.store;
-        let app = store
-            .app_by_name(app_name)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the app no longer exists")?;
-        let lock = self.lock(format!("wake:{}", app.id));
-        let _guard = lock.lock().await;
-        let active = self
-            .active_release(&app.id)
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|r| r.id);
-        let machines: Vec<Machine> = store
-            .machines_for_app(&app.id)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|m| self.routable(m, active.as_ref()))
-            .collect();
-        if !another && machines.iter().any(|m| m.state == MachineState::Started) {
-            // Woken meanwhile by someone else.
-            return self
-                .publish_routes(&app.id)
-                .await
-                .map_err(|e| e.to_string());
-        }
-        let autostart = |m: &&Machine| service(m).is_none_or(|s| s.autostart != Some(false));
-        // A suspended machine resumes in milliseconds: prefer it.
-        let candidate = machines
-            .iter()
-            .filter(autostart)
-            .find(|m| m.state == MachineState::Suspended)
-            .or_else(|| {
-                machines
-                    .iter()
-                    .filter(autostart)
-                    .find(|m| matches!(m.state, MachineState::Stopped | MachineState::Created))
-            })
-            .ok_or("none of its machines can be started (none is stopped with autostart on)")?;
-        let started = Instant::now();
-        let m = self
-            .start_inner(&candidate.id, false)
-            .await
-            .map_err(|e| e.to_string())?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], m.port as u16));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "machine {} did not accept connections on $PORT within 30 s",
-                    m.id
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        self.publish_routes(&app.id)
-            .await
-            .map_err(|e| e.to_string())?;
-        info!(app = %app.name, machine = %m.id, ms = started.elapsed().as_millis() as u64, "woke for a request");
-        Ok(())
-    }
-
-    /// Every `interval`, stops or suspends machines whose app has had no
-    /// request for their service's idle timeout, keeping
-    /// `min_machines_running` of each app started.
-    pub fn spawn_idle_loop(
-        &self,
-        activity: Arc<dyn Activity>,
-        interval: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let agent = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = shutdown.changed() => return,
-                }
-                if let Err(e) = agent.idle_pass(&*activity).await {
-                    warn!("idle check: {e}");
-                }
-            }
-        });
-    }
-
-    async fn idle_pass(&self, activity: &dyn Activity) -> Result<(), NodeError> {
-        let store = &self.inner.store;
-        for app in store.all_apps().await? {
-            let active = self.active_release(&app.id).await?.map(|r| r.id);
-            let started: Vec<Machine> = store
-                .machines_for_app(&app.id)
-                .await?
-                .into_iter()
-                .filter(|m| m.state == MachineState::Started && self.routable(m, active.as_ref()))
-                .collect();
-            let stoppable: Vec<&Machine> = started
-                .iter()
-                .filter(|m| {
-                    service(m).is_some_and(|s| {
-                        matches!(s.autostop, Some(Autostop::Stop) | Some(Autostop::Suspend))
-                    })
-                })
-                .collect();
-            if stoppable.is_empty() {
-                continue;
-            }
-            let Some(idle) = activity.idle_for(&app.name) else {
-                continue; // requests in flight
-            };
-            let keep = stoppable
-                .iter()
-                .filter_map(|m| service(m).and_then(|s| s.min_machines_running))
-                .max()
-                .unwrap_or(0) as usize;
-            let mut running = started.len();
-            for m in stoppable {
-                if running <= keep {
-                    break;
-                }
-                let Some(s) = service(m) else { continue };
-                if idle < s.idle_timeout() {
-                    continue;
-                }
-                info!(app = %app.name, machine = %m.id, idle_ms = idle.as_millis() as u64, "idle: {:?}", s.autostop);
-                let done = if s.autostop == Some(Autostop::Suspend) {
-                    self.suspend(&m.id).await.map(|_| ())
-                } else {
-                    self.stop(&m.id, None, None).await.map(|_| ())
-                };
-                match done {
-                    Ok(()) => running -= 1,
-                    Err(e) => warn!(machine = %m.id, "autostop: {e}"),
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 fn pid_of(m: &Machine) -> Option<u32> {
     m.pid.map(|p| p as u32)
-}
-
-/// uid:gid from an image's `User` (numeric only); `nobody` otherwise.
-fn parse_user(user: Option<&str>) -> (u32, u32) {
-    let nobody = (65534, 65534);
-    let Some(user) = user else { return nobody };
-    let (u, g) = user.split_once(':').unwrap_or((user, user));
-    match (u.parse(), g.parse()) {
-        (Ok(u), Ok(g)) => (u, g),
-        _ => nobody,
-    }
-}
-
-/// A TCP port nothing listens on right now.
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Writes `dir/resources.json` readable only by `user` (the directory is
-/// traversable so a runc machine can reach the file through its bind mount;
-/// its parent is private to root).
-fn write_resources_file(
-    dir: &std::path::Path,
-    bytes: &[u8],
-    user: (u32, u32),
-) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    hangar_resources::write_private_file(
-        &dir.join(crate::driver::RESOURCES_FILE),
-        bytes,
-        0o400,
-        Some(user),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn users_parse_numerically() {
-        assert_eq!(parse_user(Some("1000:1001")), (1000, 1001));
-        assert_eq!(parse_user(Some("0")), (0, 0));
-        assert_eq!(parse_user(Some("www-data")), (65534, 65534));
-        assert_eq!(parse_user(None), (65534, 65534));
-    }
 }

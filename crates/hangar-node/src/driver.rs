@@ -12,7 +12,8 @@ use tokio::process::Command;
 /// Which driver the operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverChoice {
-    /// runc when it is installed and we are root, else process (loudly).
+    /// runc when it is installed and we are root; otherwise hangar
+    /// refuses to start (never a silent fall back to no isolation).
     Auto,
     /// runc or fail.
     Runc,
@@ -71,6 +72,15 @@ pub struct MachineSpec {
     /// a process machine reads it in place. `$HANGAR_RESOURCES` names the
     /// file either way.
     pub resources: Option<PathBuf>,
+    /// The machine's own network namespace (`/run/netns/<name>`, made by
+    /// `network`); `None`: the host's network (process driver only).
+    pub netns: Option<PathBuf>,
+    /// The host uid the machine's uid 0 is (a user namespace mapping
+    /// 65536 uids from there); `None`: no user namespace.
+    pub uid_base: Option<u32>,
+    /// That user namespace, made ahead with the network namespace it owns
+    /// (`network`); `None` with a `uid_base`: runc makes a new one.
+    pub userns: Option<PathBuf>,
 }
 
 /// Where a runc machine sees its resources directory.
@@ -83,6 +93,11 @@ pub const RESOURCES_FILE: &str = "resources.json";
 pub enum DriverError {
     #[error("runc is required (--driver runc) but {0}")]
     RuncUnavailable(String),
+    #[error(
+        "{0}: refusing to run tenants' apps without isolation. Install runc and run hangar as root, \
+         or pass --driver process for single-tenant development (no isolation at all)"
+    )]
+    Unisolated(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -119,9 +134,18 @@ impl Driver {
         choice: DriverChoice,
         state_root: &Path,
     ) -> Result<(Driver, Option<String>), DriverError> {
-        let runc = find_in_path("runc");
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
+        Self::decide(choice, find_in_path("runc"), root, state_root)
+    }
+
+    /// [`Driver::choose`] given what the host has (pure, unit-tested).
+    fn decide(
+        choice: DriverChoice,
+        runc: Option<PathBuf>,
+        root: bool,
+        state_root: &Path,
+    ) -> Result<(Driver, Option<String>), DriverError> {
         let problem = match (&runc, root) {
             (None, _) => Some("runc is not installed (apt-get install runc)".to_owned()),
             (Some(_), false) => Some("hangar is not running as root".to_owned()),
@@ -130,7 +154,7 @@ impl Driver {
         match (choice, problem, runc) {
             (DriverChoice::Process, _, _) => Ok((
                 Driver::Process,
-                Some("driver 'process' chosen: apps run as plain processes with NO isolation and NO limits".into()),
+                Some("driver 'process' chosen: apps and builds run as plain processes with NO isolation and NO limits; this hangar serves one organisation only".into()),
             )),
             (_, None, Some(runc)) => Ok((
                 Driver::Runc {
@@ -139,13 +163,13 @@ impl Driver {
                 },
                 None,
             )),
-            (DriverChoice::Runc, Some(p), _) => Err(DriverError::RuncUnavailable(p)),
-            (_, p, _) => Ok((
-                Driver::Process,
-                Some(format!(
-                    "{}: falling back to the 'process' driver — apps run as plain processes with NO isolation and NO limits",
-                    p.unwrap_or_else(|| "runc was not found".into())
-                )),
+            (DriverChoice::Runc, p, _) => Err(DriverError::RuncUnavailable(
+                p.unwrap_or_else(|| "runc was not found".into()),
+            )),
+            // Never a silent fall back to no isolation: tenants' code would
+            // run as hangar's own user, next to every secret.
+            (DriverChoice::Auto, p, _) => Err(DriverError::Unisolated(
+                p.unwrap_or_else(|| "runc was not found".into()),
             )),
         }
     }
@@ -415,6 +439,66 @@ fn thaw_cgroup(id: &str) -> bool {
     }
     let v2 = format!("/sys/fs/cgroup/hangar/{id}/cgroup.freeze");
     fs::write(v2, "0").is_ok()
+}
+
+/// Puts every machine under one memory and pids limit (the `hangar`
+/// parent cgroup that runc creates each machine's cgroup in), so machines
+/// together never take the host's last memory; and makes hangar itself
+/// the OOM killer's last pick among its children. cgroup v1 or v2.
+pub fn limit_all_machines(memory_bytes: u64, pids: u64) -> Result<(), DriverError> {
+    let set = |path: String, value: String| -> Result<(), DriverError> {
+        if let Some(dir) = Path::new(&path).parent() {
+            fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        }
+        fs::write(&path, &value).map_err(io(format!("writing {value} to {path}")))
+    };
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        set(
+            "/sys/fs/cgroup/memory/hangar/memory.limit_in_bytes".into(),
+            memory_bytes.to_string(),
+        )?;
+        if Path::new("/sys/fs/cgroup/pids").is_dir() {
+            set(
+                "/sys/fs/cgroup/pids/hangar/pids.max".into(),
+                pids.to_string(),
+            )?;
+        }
+    } else {
+        // v2: the controllers must be enabled for the parent's children.
+        let _ = fs::write(
+            "/sys/fs/cgroup/cgroup.subtree_control",
+            "+memory +pids +cpu",
+        );
+        set(
+            "/sys/fs/cgroup/hangar/memory.max".into(),
+            memory_bytes.to_string(),
+        )?;
+        set("/sys/fs/cgroup/hangar/pids.max".into(), pids.to_string())?;
+        let _ = fs::write(
+            "/sys/fs/cgroup/hangar/cgroup.subtree_control",
+            "+memory +pids +cpu",
+        );
+    }
+    // Lowering needs CAP_SYS_RESOURCE, which a host in a container may
+    // lack; machines still get +500, so they are picked first either way.
+    if let Err(e) = fs::write("/proc/self/oom_score_adj", "-500") {
+        tracing::warn!("cannot lower hangar's oom_score_adj ({e}); machines still have +500");
+    }
+    Ok(())
+}
+
+/// The host's memory, from `/proc/meminfo` (bytes).
+pub fn host_memory() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// OOM kills recorded in a machine's memory cgroup (v1 `memory.oom_control`
@@ -688,9 +772,38 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
     } else {
         1024
     };
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "mount"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+    ];
+    // Its own network (made ahead by `network`, joined here), or else a
+    // new, empty one: a runc machine never shares the host's network.
+    namespaces.push(match &spec.netns {
+        Some(path) => json!({"type": "network", "path": path}),
+        None => json!({"type": "network"}),
+    });
+    let masked = vec![
+        "/proc/acpi",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+    ];
+    if spec.uid_base.is_some() {
+        namespaces.push(match &spec.userns {
+            Some(path) => json!({"type": "user", "path": path}),
+            None => json!({"type": "user"}),
+        });
+    }
     let quota_period: u64 = 100_000;
     let quota = (spec.limits.cpus * quota_period as f64).round().max(1000.0) as i64;
-    Ok(json!({
+    let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -699,6 +812,8 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
             "env": env,
             "cwd": spec.cwd,
             "noNewPrivileges": true,
+            // The host's OOM killer picks a machine before hangar (-500).
+            "oomScoreAdj": 500,
             "capabilities": {"bounding": [], "effective": [], "permitted": [], "ambient": []},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]
         },
@@ -706,9 +821,7 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
-            // No network namespace: the machine shares the host's network so
-            // the proxy reaches it on 127.0.0.1:$PORT.
-            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}],
+            "namespaces": namespaces,
             "cgroupsPath": format!("/hangar/{}", spec.id),
             "resources": {
                 "memory": {"limit": spec.limits.memory_mb * 1024 * 1024,
@@ -718,11 +831,96 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
                 "devices": allowed
             },
             "devices": devices,
-            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-                "/sys/firmware"],
+            // Docker's default policy for a container without
+            // capabilities: no unshare, keyrings, bpf, io_uring, mount, ...
+            "seccomp": crate::seccomp::host_profile(),
+            "maskedPaths": masked,
             "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
                 "/proc/sys", "/proc/sysrq-trigger"]
         }
-    }))
+    });
+    if let Some(base) = spec.uid_base {
+        let map = json!([{"containerID": 0, "hostID": base, "size": 65_536}]);
+        config["linux"]["uidMappings"] = map.clone();
+        config["linux"]["gidMappings"] = map;
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_never_falls_back_to_no_isolation() {
+        let state = Path::new("/tmp/x");
+        let runc = Some(PathBuf::from("/usr/sbin/runc"));
+        for (runc, root) in [(None, true), (runc.clone(), false), (None, false)] {
+            let err = Driver::decide(DriverChoice::Auto, runc, root, state).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("refusing") && msg.contains("--driver process"),
+                "{msg}"
+            );
+        }
+        let (d, warning) = Driver::decide(DriverChoice::Auto, runc.clone(), true, state).unwrap();
+        assert_eq!((d.name(), warning), ("runc", None));
+        let (d, warning) = Driver::decide(DriverChoice::Process, None, false, state).unwrap();
+        assert_eq!(d.name(), "process");
+        assert!(warning.unwrap().contains("NO isolation"));
+        assert!(Driver::decide(DriverChoice::Runc, None, true, state).is_err());
+    }
+
+    fn spec(uid_base: Option<u32>, netns: Option<PathBuf>) -> MachineSpec {
+        MachineSpec {
+            id: "mch_1".into(),
+            hostname: "app".into(),
+            rootfs: "/images/rootfs/x".into(),
+            dir: "/data/machines/mch_1".into(),
+            argv: vec!["/app/x".into()],
+            env: vec!["PORT=8080".into()],
+            cwd: "/".into(),
+            user: (65534, 65534),
+            log: "/data/logs/app/mch_1.log".into(),
+            limits: Limits::default(),
+            gpus: Vec::new(),
+            resources: None,
+            userns: netns
+                .as_ref()
+                .map(|_| PathBuf::from("/run/hangar-userns/hangar-t-mch_1")),
+            netns,
+            uid_base,
+        }
+    }
+
+    #[test]
+    fn a_machine_spec_isolates_by_default() {
+        let netns = PathBuf::from("/run/netns/hangar-t-mch_1");
+        let c = oci_config(&spec(Some(1_000_000), Some(netns.clone()))).unwrap();
+        let ns: Vec<&str> = c["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["pid", "mount", "ipc", "uts", "network", "user"]);
+        assert_eq!(c["linux"]["namespaces"][4]["path"], json!(netns));
+        assert_eq!(
+            c["linux"]["uidMappings"],
+            json!([{"containerID": 0, "hostID": 1_000_000, "size": 65_536}])
+        );
+        assert_eq!(c["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(c["process"]["oomScoreAdj"], 500);
+        assert_eq!(c["process"]["capabilities"]["bounding"], json!([]));
+        assert_eq!(c["root"]["readonly"], true);
+        assert_eq!(
+            c["linux"]["namespaces"][5],
+            json!({"type": "user", "path": "/run/hangar-userns/hangar-t-mch_1"})
+        );
+        // Without a namespace of its own a runc machine still gets a new,
+        // empty network: never the host's.
+        let c = oci_config(&spec(None, None)).unwrap();
+        assert_eq!(c["linux"]["namespaces"][4], json!({"type": "network"}));
+        assert!(c["linux"].get("uidMappings").is_none());
+    }
 }

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema3.sql"),
     include_str!("schema4.sql"),
     include_str!("schema5.sql"),
+    include_str!("schema6.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.
@@ -655,6 +656,41 @@ impl Store {
                 params![app_id, scale],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The org's range of host uids (0, 1, 2, …: the caller turns it into
+    /// uids), allocated on first use. Stable for the org's life.
+    pub async fn org_uid_range(&self, org_id: &str) -> Result<i64> {
+        let org_id = org_id.to_owned();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let existing: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT uid_range FROM orgs WHERE id = ?1",
+                    params![org_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let range = match existing {
+                None => return Err(StoreError::Corrupt(format!("no org {org_id}"))),
+                Some(Some(r)) => r,
+                Some(None) => {
+                    let next: i64 = tx.query_row(
+                        "SELECT COALESCE(MAX(uid_range) + 1, 0) FROM orgs",
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    tx.execute(
+                        "UPDATE orgs SET uid_range = ?2 WHERE id = ?1",
+                        params![org_id, next],
+                    )?;
+                    next
+                }
+            };
+            tx.commit()?;
+            Ok(range)
         })
         .await
     }
@@ -1344,6 +1380,17 @@ mod tests {
         assert_eq!(s.app(&app.id).await.unwrap().unwrap().scale, Some(3));
         s.set_app_scale(&app.id, None).await.unwrap();
         assert_eq!(s.app_by_name("hello").await.unwrap().unwrap().scale, None);
+    }
+
+    #[tokio::test]
+    async fn orgs_get_uid_ranges_of_their_own_once() {
+        let (s, app) = store_with_app().await;
+        let other = s.create_org_with_token("other", "t", "h2").await.unwrap();
+        let first = s.org_uid_range(&app.org_id).await.unwrap();
+        let second = s.org_uid_range(&other.id).await.unwrap();
+        assert_ne!(first, second);
+        assert_eq!(s.org_uid_range(&app.org_id).await.unwrap(), first, "stable");
+        assert!(s.org_uid_range("org_missing").await.is_err());
     }
 
     #[tokio::test]

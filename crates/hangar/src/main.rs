@@ -82,6 +82,27 @@ enum Command {
         /// the cargo home (CARGO_NET_OFFLINE=true does the same).
         #[arg(long, env = "CARGO_NET_OFFLINE")]
         build_offline: bool,
+        /// Private IPv4 subnet runc machines get their own addresses from
+        /// (each machine has a network namespace of its own).
+        #[arg(long, default_value = "10.201.0.0/16")]
+        machine_subnet: hangar_node::Subnet,
+        /// What machines may reach outside the host: public (public
+        /// addresses only; private ranges denied) or none.
+        #[arg(long, default_value = "public")]
+        egress: hangar_node::Egress,
+        /// Apps each organisation may have.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        org_max_apps: u32,
+        /// Machines each organisation may have (stopped ones count).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        org_max_machines: u32,
+        /// Memory of all of an organisation's machines, in MiB.
+        #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
+        org_max_memory_mb: u64,
+        /// Memory of all machines together, in MiB (default: the host's
+        /// less a tenth, at least 1 GiB, for hangar and its servers).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(256..=(1 << 30)))]
+        machines_memory_mb: Option<u64>,
         #[command(flatten)]
         servers: Servers,
     },
@@ -256,6 +277,12 @@ async fn run(cli: Cli) -> Result<()> {
             build_cpus,
             build_uid,
             build_offline,
+            machine_subnet,
+            egress,
+            org_max_apps,
+            org_max_machines,
+            org_max_memory_mb,
+            machines_memory_mb,
             servers,
         } => {
             tracing_subscriber::fmt()
@@ -291,6 +318,14 @@ async fn run(cli: Cli) -> Result<()> {
                 postgres_url: servers.postgres_url,
                 redis_url: servers.redis_url,
                 nats_url: servers.nats_url,
+                machine_subnet,
+                egress,
+                quotas: hangar_api::quota::Quotas {
+                    apps: org_max_apps,
+                    machines: org_max_machines,
+                    memory_mb: org_max_memory_mb,
+                },
+                machines_memory_mb,
             })
             .await
         }

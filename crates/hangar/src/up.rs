@@ -67,6 +67,15 @@ pub struct UpOptions {
     pub redis_url: Option<String>,
     /// NATS server for apps' PubSub.
     pub nats_url: Option<String>,
+    /// Where runc machines' own addresses come from.
+    pub machine_subnet: hangar_node::Subnet,
+    /// What machines may reach outside the host.
+    pub egress: hangar_node::Egress,
+    /// What each org may have.
+    pub quotas: hangar_api::quota::Quotas,
+    /// Memory of all machines together, in MiB (none: the host's less a
+    /// reserve for hangar, its servers and the builds).
+    pub machines_memory_mb: Option<u64>,
 }
 
 /// The default data dir: `/var/lib/hangar` for root, else under the user's
@@ -114,6 +123,24 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         eprintln!("\n!!! WARNING: {w}\n");
         warn!("{w}");
     }
+    let network = match &driver {
+        Driver::Runc { .. } => Some(Arc::new(
+            machine_network(&store, &data, opts.machine_subnet, opts.egress).await?,
+        )),
+        Driver::Process => None,
+    };
+    let single_tenant = network.is_none();
+    if let Driver::Runc { .. } = &driver {
+        let host = hangar_node::driver::host_memory().unwrap_or(4 << 30);
+        let all = match opts.machines_memory_mb {
+            Some(mb) => mb.saturating_mul(1 << 20).min(host),
+            // A tenth of the host (at least 1 GiB) stays outside machines.
+            None => host.saturating_sub((host / 10).max(1 << 30)).max(256 << 20),
+        };
+        hangar_node::driver::limit_all_machines(all, 65_536)
+            .context("limiting all machines' memory (the hangar parent cgroup)")?;
+        info!(memory_mb = all >> 20, "all machines together are limited");
+    }
     let routes = Arc::new(RouteTable::new(&opts.domain));
     let agent = Agent::new(
         store.clone(),
@@ -131,6 +158,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             region: "local".to_owned(),
             run_dir: run_dir(&data),
         },
+        network,
     );
     let vault = Vault::open(&data.join("secrets.key")).context("opening the secrets key")?;
     let postgres = opts
@@ -156,9 +184,39 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     }
     if let Some(url) = &opts.redis_url {
         resources = resources.with_redis(RedisServer::new(url)?);
+    } else {
+        match hangar_resources::local_redis::RedisBinary::find() {
+            Some(bin) => {
+                tracing::info!(
+                    version = %bin.version,
+                    "no --redis-url: each app that declares Redis gets a Redis server of its own (started on first need)"
+                );
+                resources = resources.with_local_redis(
+                    bin,
+                    data.join("redis"),
+                    hangar_resources::local_redis::LocalRedisOptions::default(),
+                );
+            }
+            None => tracing::info!(
+                "no --redis-url and no redis-server installed: apps that declare Redis will fail to deploy"
+            ),
+        }
     }
     if let Some(url) = &opts.nats_url {
         resources = resources.with_nats(url.clone());
+    } else {
+        match hangar_resources::local_nats::NatsBinary::find() {
+            Some(bin) => {
+                tracing::info!(
+                    version = %bin.version,
+                    "no --nats-url: apps that declare PubSub get a user on Hangar's own NATS server (started on first need)"
+                );
+                resources = resources.with_local_nats(bin, data.join("nats"));
+            }
+            None => tracing::info!(
+                "no --nats-url and no nats-server installed: apps that declare PubSub will fail to deploy"
+            ),
+        }
     }
     // Machines share the host's network: they reach the API where it
     // listens (loopback when it listens on every address).
@@ -284,6 +342,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             uploads_dir: uploads,
             domain: opts.domain.clone(),
             proxy_port: proxy_addr.port(),
+            single_tenant,
+            quotas: opts.quotas,
+            default_memory_mb: opts.memory_mb,
         }),
     };
     tasks.spawn({
@@ -393,6 +454,39 @@ fn remember_for_cli(api_url: &str, token: &str) {
         Ok(path) => println!("hangar: CLI configured in {}", path.display()),
         Err(e) => eprintln!("hangar: could not write the CLI config: {e:#}"),
     }
+}
+
+/// Machines' networking: the node's firewall table, and the addresses
+/// machines that exist already own.
+async fn machine_network(
+    store: &Store,
+    data: &std::path::Path,
+    subnet: hangar_node::Subnet,
+    egress: hangar_node::Egress,
+) -> Result<hangar_node::Network> {
+    let taken = store
+        .undestroyed_machines()
+        .await?
+        .into_iter()
+        .filter_map(|m| match m.address {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        });
+    let cfg = hangar_node::NetworkConfig {
+        subnet,
+        egress,
+        tag: data_tag(data),
+    };
+    hangar_node::Network::setup(cfg, taken)
+        .await
+        .with_context(|| format!("setting up machine networking on {subnet}"))
+}
+
+/// A short, stable tag of a data dir: several hangars on one host keep
+/// their run dirs, namespaces and firewall tables apart by it.
+fn data_tag(data: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(data.as_os_str().as_encoded_bytes())[..3])
 }
 
 /// Where machines' resources files go: under `/run/hangar` (tmpfs, so

@@ -1,6 +1,7 @@
 //! A test program for machines, misbehaving on request:
 //!
-//! - `toolbox` (no argument): a tiny HTTP server on `$PORT` answering `toolbox`.
+//! - `toolbox` (no argument): a tiny HTTP server on `$PORT` answering
+//!   `toolbox` (or `$TOOLBOX_REPLY`).
 //! - `toolbox alloc MB`: allocates and touches MB mebibytes, 16 MiB at a time,
 //!   printing its progress, then sleeps (an OOM test expects it to be killed).
 //! - `toolbox forkbomb`: spawns sleeping children until the system refuses,
@@ -8,6 +9,18 @@
 //! - `toolbox sleep`: sleeps forever.
 //! - `toolbox exit CODE`: exits with CODE.
 //! - `toolbox echo WORDS…`: prints WORDS on stdout and a line on stderr.
+//! - `toolbox connect HOST:PORT…`: tries a TCP connection to each (1 s
+//!   each) and prints `CONNECT <addr> ok` or `CONNECT <addr> failed: why`
+//!   (the network isolation tests read those lines).
+//! - `toolbox pg HOST:PORT USER DATABASE`: sends a Postgres startup message
+//!   and prints `PG <first reply type> <error message, if any>`.
+//! - `toolbox send HOST:PORT TEXT…`: sends each TEXT (with `\r\n` escapes)
+//!   on one connection, waiting 300 ms after each, and prints
+//!   `REPLY <what came back, escaped>`.
+//! - `toolbox cat FILE`: prints a file.
+//! - `toolbox whoami`: prints `UID <euid>`, then tries what only a host
+//!   root could: `UNSHARE-USER`/`UNSHARE-NET` (new namespaces) and
+//!   `WRITE <path>` for a few host-owned paths, each `ok` or the error.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -24,6 +37,17 @@ fn main() {
             eprintln!("toolbox: echo done");
         }
         Some("exit") => std::process::exit(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1)),
+        Some("connect") => connect(&args[2..]),
+        Some("pg") if args.len() == 5 => pg(&args[2], &args[3], &args[4]),
+        Some("send") if args.len() >= 4 => send(&args[2], &args[3..]),
+        Some("whoami") => whoami(),
+        Some("cat") if args.len() == 3 => match std::fs::read_to_string(&args[2]) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("toolbox: {}: {e}", args[2]);
+                std::process::exit(1);
+            }
+        },
         Some(other) => {
             eprintln!("toolbox: unknown mode {other}");
             std::process::exit(2);
@@ -47,6 +71,15 @@ fn serve() {
         }
     };
     println!("toolbox: listening on port {port}");
+    let reply = std::env::var("TOOLBOX_REPLY").unwrap_or_else(|_| "toolbox".into());
+    let answer: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}\n",
+            reply.len() + 1
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || {
             let mut stream = stream;
@@ -56,10 +89,123 @@ fn serve() {
             if buf[..n].starts_with(b"GET /slow ") {
                 std::thread::sleep(Duration::from_millis(400));
             }
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoolbox\n",
-            );
+            let _ = stream.write_all(answer);
         });
+    }
+}
+
+fn connect(targets: &[String]) {
+    use std::net::ToSocketAddrs;
+    for target in targets {
+        let outcome = match target.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => {
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => format!("failed: {e}"),
+                }
+            }
+            Ok(None) => "failed: no address".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        };
+        println!("CONNECT {target} {outcome}");
+    }
+}
+
+fn dial(addr: &str) -> std::net::TcpStream {
+    use std::net::ToSocketAddrs;
+    let target = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
+    let stream =
+        target.and_then(|t| std::net::TcpStream::connect_timeout(&t, Duration::from_secs(2)).ok());
+    match stream {
+        Some(s) => {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
+            s
+        }
+        None => {
+            println!("CONNECT {addr} failed");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn pg(addr: &str, user: &str, database: &str) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608u32.to_be_bytes()); // protocol 3.0
+    for (k, v) in [("user", user), ("database", database)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    let mut stream = dial(addr);
+    let _ = stream.write_all(&msg);
+    let mut reply = vec![0u8; 4096];
+    let n = stream.read(&mut reply).unwrap_or(0);
+    let reply = &reply[..n];
+    let kind = reply.first().map(|b| *b as char).unwrap_or('-');
+    // An ErrorResponse: fields of a type byte and a C string; M is the message.
+    let mut message = String::new();
+    if kind == 'E' && reply.len() > 5 {
+        for field in reply[5..].split(|b| *b == 0) {
+            if let Some((b'M', text)) = field.split_first() {
+                message = String::from_utf8_lossy(text).into_owned();
+            }
+        }
+    }
+    println!("PG {kind} {message}");
+}
+
+fn send(addr: &str, texts: &[String]) {
+    let mut stream = dial(addr);
+    let mut got = Vec::new();
+    for text in texts {
+        let bytes = text.replace("\\r", "\r").replace("\\n", "\n");
+        let _ = stream.write_all(bytes.as_bytes());
+        std::thread::sleep(Duration::from_millis(300));
+        let mut buf = vec![0u8; 65536];
+        if let Ok(n) = stream.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&got)
+        .replace('\r', "\\r")
+        .replace('\n', "\\n");
+    println!("REPLY {text}");
+}
+
+extern "C" {
+    fn geteuid() -> u32;
+    fn unshare(flags: i32) -> i32;
+}
+
+fn whoami() {
+    // SAFETY: geteuid has no preconditions.
+    println!("UID {}", unsafe { geteuid() });
+    for (name, flag) in [("UNSHARE-USER", 0x1000_0000), ("UNSHARE-NET", 0x4000_0000)] {
+        // SAFETY: unshare takes flags only; on success it changes only
+        // this process's namespaces, and the process exits right after.
+        let r = unsafe { unshare(flag) };
+        let outcome = if r == 0 {
+            "ok".to_owned()
+        } else {
+            format!("failed: {}", std::io::Error::last_os_error())
+        };
+        println!("{name} {outcome}");
+    }
+    for path in [
+        "/app/toolbox",
+        "/etc/resolv.conf",
+        "/run/hangar/resources.json",
+        "/proc/sysrq-trigger",
+    ] {
+        let outcome = match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        };
+        println!("WRITE {path} {outcome}");
     }
 }
 

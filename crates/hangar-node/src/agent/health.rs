@@ -106,11 +106,11 @@ pub(super) fn gating_checks(m: &Machine) -> Vec<Check> {
     }
 }
 
-/// Runs one check against a machine listening on `127.0.0.1:port`:
-/// `Ok(output)` when it passes, `Err(output)` when it fails.
-pub(super) async fn run_check(spec: &Check, port: u16) -> Result<String, String> {
+/// Runs one check against a machine listening on `addr` (its address and
+/// `$PORT`): `Ok(output)` when it passes, `Err(output)` when it fails.
+pub(super) async fn run_check(spec: &Check, addr: SocketAddr) -> Result<String, String> {
     let timeout = spec.timeout;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let port = addr.port();
     let work = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -324,7 +324,7 @@ impl Agent {
         for (m, spec) in due {
             let agent = self.clone();
             tokio::spawn(async move {
-                let result = run_check(&spec.spec, m.port as u16).await;
+                let result = run_check(&spec.spec, m.socket_addr()).await;
                 agent.record_check(&m, &spec, result).await;
             });
         }
@@ -408,21 +408,25 @@ mod tests {
         c
     }
 
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     #[tokio::test]
     async fn http_checks_pass_on_2xx_only() {
         let ok = serve_once("HTTP/1.1 204 No Content\r\n\r\n").await;
         assert_eq!(
-            run_check(&http("/healthz"), ok).await,
+            run_check(&http("/healthz"), at(ok)).await,
             Ok("GET /healthz: HTTP 204".into())
         );
         let bad = serve_once("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
         assert_eq!(
-            run_check(&http("/healthz"), bad).await,
+            run_check(&http("/healthz"), at(bad)).await,
             Err("GET /healthz: HTTP 503".into())
         );
         let garbage = serve_once("SSH-2.0-OpenSSH\r\n").await;
         assert!(
-            run_check(&http("/"), garbage)
+            run_check(&http("/"), at(garbage))
                 .await
                 .unwrap_err()
                 .contains("not an HTTP answer")
@@ -432,12 +436,16 @@ mod tests {
     #[tokio::test]
     async fn tcp_checks_and_timeouts() {
         let open = serve_once("").await;
-        assert!(run_check(&Check::new(CheckKind::Tcp), open).await.is_ok());
+        assert!(
+            run_check(&Check::new(CheckKind::Tcp), at(open))
+                .await
+                .is_ok()
+        );
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let err = run_check(&Check::new(CheckKind::Tcp), closed)
+        let err = run_check(&Check::new(CheckKind::Tcp), at(closed))
             .await
             .unwrap_err();
         assert!(err.contains("cannot connect"), "{err}");
@@ -453,7 +461,7 @@ mod tests {
         let mut slow = http("/");
         slow.timeout = Duration::from_millis(200);
         let started = Instant::now();
-        let err = run_check(&slow, silent).await.unwrap_err();
+        let err = run_check(&slow, at(silent)).await.unwrap_err();
         assert!(err.contains("no answer within 200 ms"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(2));
     }

@@ -454,7 +454,7 @@ impl Agent {
             }
             let mut passed = true;
             for check in &checks {
-                if let Err(e) = run_check(check, m.port as u16).await {
+                if let Err(e) = run_check(check, m.socket_addr()).await {
                     last = e;
                     passed = false;
                     break;
@@ -570,7 +570,7 @@ impl Agent {
         let addrs: Vec<SocketAddr> = machines
             .iter()
             .filter(|m| m.state == MachineState::Started)
-            .map(|m| SocketAddr::from(([127, 0, 0, 1], m.port as u16)))
+            .map(Machine::socket_addr)
             .collect();
         if !drain.is_zero() && !addrs.is_empty() {
             let started = Instant::now();

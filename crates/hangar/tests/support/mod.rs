@@ -138,6 +138,18 @@ pub struct TestPlatform {
     pub token: String,
     /// Everything `hangar up` printed on stdout.
     pub stdout: Vec<String>,
+    /// The private subnet its machines' addresses come from: each
+    /// platform of a test run gets its own, so their routes never clash.
+    pub subnet: String,
+}
+
+/// A /22 of 10.0.0.0/8 no other platform of this test process uses.
+fn next_subnet() -> String {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let a = 100 + (std::process::id() + n / 64) % 100;
+    format!("10.{a}.{}.0/22", (n % 64) * 4)
 }
 
 impl TestPlatform {
@@ -159,6 +171,7 @@ impl TestPlatform {
             metrics_url: String::new(),
             token: String::new(),
             stdout: Vec::new(),
+            subnet: next_subnet(),
         };
         p.launch();
         p
@@ -174,20 +187,21 @@ impl TestPlatform {
 
     fn launch(&mut self) {
         let target_root = workspace().join("target/hangar-apps");
+        // Listeners on loopback, unless the test chose its own.
+        let mut listen = Vec::new();
+        for flag in ["--api-listen", "--proxy-listen", "--admin-listen"] {
+            if !self.args.iter().any(|a| a == flag) {
+                listen.extend([flag, "127.0.0.1:0"]);
+            }
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
             .arg("up")
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args([
-                "--api-listen",
-                "127.0.0.1:0",
-                "--proxy-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+            .args(listen)
             .arg("--build-target-root")
             .arg(&target_root)
+            .args(["--machine-subnet", &self.subnet])
             .args(&self.args)
             .env("HANGAR_CONFIG", self.config_path())
             .env("RUST_LOG", "warn")
@@ -455,6 +469,35 @@ impl Drop for TestPlatform {
                     .args(["delete", "--force", id])
                     .output();
             }
+        }
+        // And its machines' network namespaces and firewall table.
+        if let Ok(data) = self.data_dir().canonicalize() {
+            use sha2::Digest;
+            let tag = hex::encode(&sha2::Sha256::digest(data.as_os_str().as_encoded_bytes())[..3]);
+            let prefix = format!("hangar-{tag}-");
+            for e in std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+            for e in std::fs::read_dir("/run/hangar-userns")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = Command::new("umount").arg("--lazy").arg(e.path()).output();
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", &format!("hangar_{tag}")])
+                .output();
         }
     }
 }
