@@ -9,7 +9,10 @@
 //!   per-machine resources file the runtime reads.
 
 pub mod gate;
+mod local_daemon;
+pub mod local_nats;
 pub mod local_pg;
+pub mod local_redis;
 pub mod redis;
 pub mod shuttle;
 
@@ -50,11 +53,13 @@ pub enum ResourceError {
     #[error("Redis: {0}")]
     Redis(String),
     #[error(
-        "this app declares Redis, but Hangar has no Redis server configured (start hangar with --redis-url)"
+        "this app declares Redis, but Hangar has no Redis server configured (start hangar with --redis-url, or install redis-server so that Hangar runs its own)"
     )]
     NoRedis,
+    #[error("NATS: {0}")]
+    Nats(String),
     #[error(
-        "this app declares PubSub, but Hangar has no NATS server configured (start hangar with --nats-url)"
+        "this app declares PubSub, but Hangar has no NATS server configured (start hangar with --nats-url, or install nats-server so that Hangar runs its own)"
     )]
     NoNats,
     #[error("invalid secret name {0:?}: use letters, digits and '_', not starting with a digit")]
@@ -253,11 +258,22 @@ pub struct MachineResources {
 
 /// Where an app publishes and subscribes: a NATS server and the subject
 /// prefix its messages live under.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct PubSubConfig {
+    /// On Hangar's own server, with the app's user and password in it
+    /// (`nats://<user>:<password>@127.0.0.1:<port>`).
     pub url: String,
     /// `hangar.<app>.`: the runtime puts it in front of every subject.
     pub prefix: String,
+}
+
+impl std::fmt::Debug for PubSubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the URL: it may carry a password.
+        f.debug_struct("PubSubConfig")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The NATS subject prefix of an app.
@@ -553,6 +569,11 @@ pub struct Resources {
     postgres_limits: PostgresLimits,
     redis: Option<RedisServer>,
     nats_url: Option<String>,
+    /// With no Redis server configured: a server of Hangar's own per app
+    /// ([`local_redis`]), each started on first need.
+    local_redis: Option<std::sync::Arc<local_redis::LocalRedis>>,
+    /// With no NATS server configured: Hangar's own ([`local_nats`]).
+    local_nats: Option<std::sync::Arc<local_nats::LocalNats>>,
     /// Hangar's API as machines reach it (the Shuttle contract).
     platform_api: Option<String>,
 }
@@ -580,6 +601,8 @@ impl Resources {
             postgres_limits: PostgresLimits::default(),
             redis: None,
             nats_url: None,
+            local_redis: None,
+            local_nats: None,
             platform_api: None,
         }
     }
@@ -646,6 +669,91 @@ impl Resources {
         self
     }
 
+    /// Without a Redis server, each app that declares Redis gets a server
+    /// of its own under `dir`, capped by `options` (started on first need,
+    /// left running for the machines that use it).
+    pub fn with_local_redis(
+        mut self,
+        bin: local_redis::RedisBinary,
+        dir: std::path::PathBuf,
+        options: local_redis::LocalRedisOptions,
+    ) -> Resources {
+        self.local_redis = Some(std::sync::Arc::new(local_redis::LocalRedis::new(
+            bin, dir, options,
+        )));
+        self
+    }
+
+    /// Without a NATS server, apps that declare PubSub get a user of their
+    /// own on a server Hangar runs itself under `dir` (started on first
+    /// need, left running).
+    pub fn with_local_nats(
+        mut self,
+        bin: local_nats::NatsBinary,
+        dir: std::path::PathBuf,
+    ) -> Resources {
+        self.local_nats = Some(std::sync::Arc::new(local_nats::LocalNats::new(
+            bin,
+            dir,
+            local_nats::LocalNatsOptions::default(),
+        )));
+        self
+    }
+
+    /// Creates (or resets) the app's Redis user: on the configured server,
+    /// else on the app's own server (started for it).
+    async fn ensure_redis_user(&self, app: &str, password: &str) -> Result<RedisCredentials> {
+        match (&self.redis, &self.local_redis) {
+            (Some(server), _) => server.ensure_user(app, password).await,
+            (None, Some(local)) => local.ensure_app(app, password).await,
+            (None, None) => Err(ResourceError::NoRedis),
+        }
+    }
+
+    /// Sets the app's Redis user again, as it was made; on Hangar's own
+    /// server for the app, that server is started first if it is down.
+    async fn reassert_redis(&self, app_id: &str, creds: &RedisCredentials) -> Result<()> {
+        if let Some(server) = &self.redis {
+            return server.reassert(creds).await;
+        }
+        if let Some(local) = &self.local_redis {
+            let app = self
+                .store
+                .app(app_id)
+                .await?
+                .ok_or_else(|| ResourceError::Redis(format!("no app {app_id}")))?;
+            return local.reassert(&app.name, creds).await;
+        }
+        Ok(())
+    }
+
+    /// Where a machine of the app publishes: its own user on Hangar's
+    /// server (sealed at provisioning; the server started if it is down),
+    /// else the configured server.
+    async fn pubsub_for_machine(
+        &self,
+        app_id: &str,
+        r: &ResourceRow,
+    ) -> Result<Option<PubSubConfig>> {
+        if let Some(local) = &self.local_nats
+            && let Some(config) = self.opened::<PubSubConfig>(r, &Self::pubsub_context(app_id))?
+        {
+            if let Err(e) = local.start().await {
+                tracing::warn!(app_id, error = %e, "could not start the local NATS");
+            }
+            return Ok(Some(config));
+        }
+        Ok(self.nats_url.as_ref().map(|url| PubSubConfig {
+            url: url.clone(),
+            prefix: r.name.clone(),
+        }))
+    }
+
+    /// What a sealed NATS credential (on Hangar's own server) is bound to.
+    fn pubsub_context(app_id: &str) -> String {
+        format!("{app_id}/pubsub")
+    }
+
     /// What a sealed Redis credential is bound to.
     fn redis_context(app_id: &str) -> String {
         format!("{app_id}/redis")
@@ -689,10 +797,12 @@ impl Resources {
                     progress("secrets: ready (set them with `hangar secrets set`)".into());
                 }
                 ResourceKind::Redis => {
-                    let server = self.redis.as_ref().ok_or(ResourceError::NoRedis)?;
+                    if self.redis.is_none() && self.local_redis.is_none() {
+                        return Err(ResourceError::NoRedis);
+                    }
                     let user = redis::redis_user(&app.name);
                     progress(format!("redis: creating user {user}"));
-                    match server.ensure_user(&app.name, &random_password()?).await {
+                    match self.ensure_redis_user(&app.name, &random_password()?).await {
                         Ok(creds) => {
                             let json = serde_json::to_vec(&creds).unwrap_or_default();
                             let sealed = self.vault.seal(&Self::redis_context(&app.id), &json);
@@ -711,11 +821,38 @@ impl Resources {
                     }
                 }
                 ResourceKind::PubSub => {
-                    if self.nats_url.is_none() {
-                        return Err(ResourceError::NoNats);
-                    }
                     let prefix = pubsub_prefix(&app.name);
-                    self.put(app, *kind, &prefix, "ready", None, None).await?;
+                    match (&self.nats_url, &self.local_nats) {
+                        (Some(_), _) => {
+                            self.put(app, *kind, &prefix, "ready", None, None).await?;
+                        }
+                        (None, Some(local)) => {
+                            let user = local_nats::nats_user(&app.name);
+                            progress(format!("pubsub: creating NATS user {user}"));
+                            match local.add_app(&app.name, &random_password()?).await {
+                                Ok(config) => {
+                                    let json = serde_json::to_vec(&config).unwrap_or_default();
+                                    let sealed =
+                                        self.vault.seal(&Self::pubsub_context(&app.id), &json);
+                                    self.put(app, *kind, &prefix, "ready", None, Some(sealed))
+                                        .await?;
+                                }
+                                Err(e) => {
+                                    self.put(
+                                        app,
+                                        *kind,
+                                        &prefix,
+                                        "failed",
+                                        Some(e.to_string()),
+                                        None,
+                                    )
+                                    .await?;
+                                    return Err(e);
+                                }
+                            }
+                        }
+                        (None, None) => return Err(ResourceError::NoNats),
+                    }
                     progress(format!("pubsub: subjects under {prefix}"));
                 }
                 ResourceKind::Postgres => {
@@ -1169,8 +1306,18 @@ impl Resources {
                 self.drop_postgres(app, &r).await?;
             }
             if r.kind == ResourceKind::Redis.as_str() {
-                let server = self.redis.as_ref().ok_or(ResourceError::NoRedis)?;
-                server.drop_user(&app.name).await?;
+                match (&self.redis, &self.local_redis) {
+                    (Some(server), _) => server.drop_user(&app.name).await?,
+                    // The app's own server: stopped, its data removed.
+                    (None, Some(local)) => local.remove_app(&app.name).await?,
+                    (None, None) => return Err(ResourceError::NoRedis),
+                }
+            }
+            if r.kind == ResourceKind::PubSub.as_str()
+                && r.sealed.is_some()
+                && let Some(local) = &self.local_nats
+            {
+                local.remove_app(&app.name).await?;
             }
             self.store.delete_resource(&app.id, &r.kind).await?;
         }
@@ -1248,20 +1395,14 @@ impl Resources {
                 // file: after a Redis restart the user is gone. Re-assert
                 // it (same password) at every start; a Redis that is down
                 // now is the app's to retry, not a reason not to start.
-                if let Some(server) = &self.redis
-                    && let Err(e) = server.reassert(&creds).await
-                {
+                // (Hangar's own server for the app is started if it is down.)
+                if let Err(e) = self.reassert_redis(app_id, &creds).await {
                     tracing::warn!(app_id, error = %e, "could not re-assert the app's Redis user");
                 }
                 out.redis = Some(creds);
             }
-            if r.kind == ResourceKind::PubSub.as_str()
-                && let Some(url) = &self.nats_url
-            {
-                out.pubsub = Some(PubSubConfig {
-                    url: url.clone(),
-                    prefix: r.name.clone(),
-                });
+            if r.kind == ResourceKind::PubSub.as_str() {
+                out.pubsub = self.pubsub_for_machine(app_id, &r).await?;
             }
         }
         out.secrets = self.secret_values(app_id).await?;

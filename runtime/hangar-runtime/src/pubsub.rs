@@ -147,15 +147,73 @@ pub struct NatsPubSub {
 #[cfg(feature = "nats")]
 impl NatsPubSub {
     /// Connects to the NATS server at `url`; subjects get `prefix` in front.
+    /// A user and password in the URL (`nats://user:pass@host:port`, as
+    /// Hangar's own NATS gives each app) are sent when connecting: a bare
+    /// `async_nats::connect` would ignore them.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
-        let client = async_nats::connect(url)
+        let shown = without_password(url);
+        let addr: async_nats::ServerAddr = url
+            .parse()
+            .map_err(|e| Error::msg(format!("bad NATS URL {shown}: {e}")))?;
+        let options = match (addr.username(), addr.password()) {
+            (Some(user), Some(pass)) => async_nats::ConnectOptions::with_user_and_password(
+                percent_decoded(user),
+                percent_decoded(pass),
+            ),
+            (Some(token), None) => async_nats::ConnectOptions::with_token(percent_decoded(token)),
+            _ => async_nats::ConnectOptions::new(),
+        };
+        let client = options
+            .connect(addr)
             .await
-            .map_err(|e| Error::msg(format!("cannot connect to NATS at {url}: {e}")))?;
+            .map_err(|e| Error::msg(format!("cannot connect to NATS at {shown}: {e}")))?;
         Ok(NatsPubSub {
             client,
             prefix: prefix.to_owned(),
         })
     }
+}
+
+/// `url` with the password (or token) in its user info replaced by `***`,
+/// for messages.
+#[cfg(feature = "nats")]
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// `%XX` escapes in a URL's user info decoded.
+#[cfg(feature = "nats")]
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(feature = "nats")]
