@@ -62,10 +62,12 @@ pub struct UpOptions {
     /// under the data dir if PostgreSQL is installed, else apps declaring
     /// one fail to deploy with a message saying so).
     pub postgres_url: Option<String>,
-    /// Redis server for apps' users (none: apps declaring Redis fail to
-    /// deploy with a message saying so).
+    /// Redis server for apps' users (none: Hangar's own, one per app, if
+    /// redis-server is installed; else apps declaring Redis fail to deploy
+    /// with a message saying so).
     pub redis_url: Option<String>,
-    /// NATS server for apps' PubSub.
+    /// NATS server for apps' PubSub (none: Hangar's own if nats-server is
+    /// installed).
     pub nats_url: Option<String>,
     /// Where runc machines' own addresses come from.
     pub machine_subnet: hangar_node::Subnet,
@@ -97,6 +99,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let data = &opts.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let data = data.canonicalize()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Every tenant's sources, state and logs: nobody else may list or
+        // read them; machines may only pass through (see below).
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("making {} private", data.display()))?;
+    }
     let store = Store::open(&data.join("state.db")).context("opening the state store")?;
     let images = ImageStore::open(&data.join("images")).context("opening the image store")?;
 
@@ -122,6 +131,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     if let Some(w) = warning {
         eprintln!("\n!!! WARNING: {w}\n");
         warn!("{w}");
+    }
+    if let Driver::Runc { .. } = &driver {
+        check_traversable(&data)?;
     }
     let network = match &driver {
         Driver::Runc { .. } => Some(Arc::new(
@@ -454,6 +466,31 @@ fn remember_for_cli(api_url: &str, token: &str) {
         Ok(path) => println!("hangar: CLI configured in {}", path.display()),
         Err(e) => eprintln!("hangar: could not write the CLI config: {e:#}"),
     }
+}
+
+/// runc machines run in user namespaces as unprivileged host uids, so
+/// they must be able to pass through the data dir (0711) and every
+/// directory above it to reach their root filesystems (`images/rootfs`):
+/// a parent that is not is reported, not changed.
+fn check_traversable(data: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in data.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "{} (mode {:o}) cannot be passed through by other users, so machines (unprivileged uids in user namespaces) \
+                 could not reach their root filesystems under {}; `chmod o+x {}`, or choose another --data-dir",
+                dir.display(),
+                mode & 0o7777,
+                data.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Machines' networking: the node's firewall table, and the addresses

@@ -178,3 +178,79 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Stops the servers a platform started itself (they outlive hangar on
+/// purpose), so a test leaves none running. Drop it while the data dir
+/// still exists.
+struct StopOwnServers(std::path::PathBuf);
+
+impl Drop for StopOwnServers {
+    fn drop(&mut self) {
+        use hangar_resources::{local_nats, local_pg, local_redis};
+        let data = self.0.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            if let Some(bin) = local_redis::RedisBinary::find() {
+                let redis = local_redis::LocalRedis::new(
+                    bin,
+                    data.join("redis"),
+                    local_redis::LocalRedisOptions::default(),
+                );
+                let _ = redis.stop_all().await;
+            }
+            if let Some(bin) = local_nats::NatsBinary::find() {
+                let nats = local_nats::LocalNats::new(
+                    bin,
+                    data.join("nats"),
+                    local_nats::LocalNatsOptions::default(),
+                );
+                let _ = nats.stop().await;
+            }
+            if let Some(bins) = local_pg::PostgresBinaries::find()
+                && data.join("postgres/data/postmaster.pid").exists()
+                && let Ok(pg) = local_pg::LocalPostgres::start(&bins, &data.join("postgres")).await
+            {
+                let _ = pg.stop().await;
+            }
+        });
+    }
+}
+
+#[test]
+fn todo_deploys_with_no_flags_on_hangars_own_servers() {
+    // As a new user would: `hangar up` with no resource flags, then deploy.
+    let p = TestPlatform::start();
+    let _stop = StopOwnServers(p.data_dir());
+    let out = p.deploy(&example("todo"));
+    assert!(out.contains("is live"), "{out}");
+    let (code, body) = p.post_json("todo", "/todos", r#"{"title": "no flags"}"#);
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = p.get("todo", "/todos");
+    assert!(code == 200 && body.contains("no flags"), "{body}");
+    // The cache and the event bus work too: on Hangar's own Redis and NATS.
+    let (_, body) = p.get("todo", "/stats");
+    let first: Value = serde_json::from_str(&body).unwrap();
+    let (code, _) = p.post_json("todo", "/todos", r#"{"title": "again"}"#);
+    assert_eq!(code, 201);
+    assert_eq!(p.get("todo", "/todos").0, 200, "a view, counted in Redis");
+    wait_for(10, "the todos.created event on Hangar's NATS", || {
+        let (_, body) = p.get("todo", "/stats");
+        let now: Value = serde_json::from_str(&body).ok()?;
+        (now["created_events"].as_i64()? > first["created_events"].as_i64()?
+            && now["views"].as_i64()? > first["views"].as_i64()?)
+        .then_some(())
+    });
+    for dir in ["postgres", "redis", "nats"] {
+        assert!(p.data_dir().join(dir).is_dir(), "Hangar runs its own {dir}");
+    }
+    // Destroyed while its servers run (the guard stops them after).
+    let out = p.hangar(&["destroy", "todo", "--yes"]);
+    assert!(out.status.success());
+    assert!(
+        !p.data_dir().join("redis/todo").exists(),
+        "destroy stops and removes the app's own Redis"
+    );
+}
