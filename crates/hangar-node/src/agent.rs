@@ -325,6 +325,10 @@ impl Agent {
         };
         self.prepare_network(&m).await?;
         if skip_launch {
+            // Not started, but the proxy knows the app: a request wakes it.
+            if m.release_id.is_none() {
+                self.publish_routes(&m.app_id).await?;
+            }
             return Ok(m);
         }
         let lock = self.lock(format!("mch:{}", m.id));
