@@ -96,18 +96,31 @@ fn serve() {
 
 fn connect(targets: &[String]) {
     use std::net::ToSocketAddrs;
-    for target in targets {
-        let outcome = match target.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(addr)) => {
-                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                    Ok(_) => "ok".to_owned(),
+    // All at once (a dropped SYN costs the whole timeout), printed in order.
+    let attempts: Vec<_> = targets
+        .iter()
+        .cloned()
+        .map(|target| {
+            std::thread::spawn(move || {
+                let outcome = match target.to_socket_addrs().map(|mut a| a.next()) {
+                    Ok(Some(addr)) => {
+                        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                            Ok(_) => "ok".to_owned(),
+                            Err(e) => format!("failed: {e}"),
+                        }
+                    }
+                    Ok(None) => "failed: no address".to_owned(),
                     Err(e) => format!("failed: {e}"),
-                }
-            }
-            Ok(None) => "failed: no address".to_owned(),
-            Err(e) => format!("failed: {e}"),
-        };
-        println!("CONNECT {target} {outcome}");
+                };
+                format!("CONNECT {target} {outcome}")
+            })
+        })
+        .collect();
+    for attempt in attempts {
+        match attempt.join() {
+            Ok(line) => println!("{line}"),
+            Err(_) => println!("CONNECT ? failed: the attempt panicked"),
+        }
     }
 }
 
