@@ -136,7 +136,28 @@ impl Agent {
 
     async fn idle_pass(&self, activity: &dyn Activity) -> Result<(), NodeError> {
         let store = &self.inner.store;
+        // One query for the apps that have a started machine that may
+        // stop: with a thousand apps scaled to zero, a pass costs two
+        // queries, not two per app (it shares the store with every wake).
+        let candidates: std::collections::HashSet<String> = store
+            .live_machines()
+            .await?
+            .into_iter()
+            .filter(|m| {
+                m.state == MachineState::Started
+                    && service(m).is_some_and(|s| {
+                        matches!(s.autostop, Some(Autostop::Stop) | Some(Autostop::Suspend))
+                    })
+            })
+            .map(|m| m.app_id)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
         for app in store.all_apps().await? {
+            if !candidates.contains(&app.id) {
+                continue;
+            }
             let active = self.active_release(&app.id).await?.map(|r| r.id);
             let started: Vec<Machine> = store
                 .machines_for_app(&app.id)
