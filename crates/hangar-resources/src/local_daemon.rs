@@ -1,4 +1,4 @@
-//! What Hangar's own Redis and NATS servers ([`crate::local_redis`],
+//! What Hangar's own servers ([`crate::local_pg`], [`crate::local_redis`],
 //! [`crate::local_nats`]) share: the unprivileged user they run as, their
 //! private directory, files written without following links (the
 //! directory belongs to that user, who could plant them), the port chosen
@@ -81,14 +81,14 @@ fn passwd() -> Vec<(String, u32, u32)> {
         .collect()
 }
 
-fn user_by_name(name: &str) -> Option<(u32, u32)> {
+pub(crate) fn user_by_name(name: &str) -> Option<(u32, u32)> {
     passwd()
         .into_iter()
         .find(|(n, _, _)| n == name)
         .map(|(_, uid, gid)| (uid, gid))
 }
 
-fn user_by_uid(uid: u32) -> Option<String> {
+pub(crate) fn user_by_uid(uid: u32) -> Option<String> {
     passwd()
         .into_iter()
         .find(|(_, u, _)| *u == uid)

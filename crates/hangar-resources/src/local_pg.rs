@@ -29,6 +29,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::ResourceError;
+use crate::local_daemon::{
+    RunAs, output_text, pid_alive, read_limited, user_by_name, user_by_uid, write_new,
+};
 
 type Result<T, E = ResourceError> = std::result::Result<T, E>;
 
@@ -156,15 +159,6 @@ fn major_version(version: &str) -> String {
         Ok(n) if n < 10 => format!("{n}.{}", parts.next().unwrap_or("0")),
         _ => first.to_owned(),
     }
-}
-
-/// The unprivileged user a root Hangar runs Postgres as.
-#[derive(Debug, Clone)]
-struct RunAs {
-    uid: u32,
-    gid: u32,
-    /// For messages.
-    name: String,
 }
 
 /// A running Postgres cluster of Hangar's own.
@@ -601,21 +595,6 @@ impl LocalPostgres {
     }
 }
 
-/// The process exists and is no zombie (a postmaster whose parent is gone
-/// and that nothing reaped still answers `kill 0`).
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let exists = unsafe { libc::kill(pid, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // `pid (comm) S ...`: the state follows the last ')'.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| matches!(state, 'Z' | 'X'))
-    });
-    exists && !zombie
-}
-
 /// Postgres refuses to run as root: a root Hangar runs it as the owner of
 /// an existing cluster, else as `postgres`, else as `nobody`.
 fn choose_run_as(data: &Path) -> Result<Option<RunAs>> {
@@ -653,35 +632,6 @@ fn choose_run_as(data: &Path) -> Result<Option<RunAs>> {
         "Hangar runs as root and Postgres refuses to, but there is neither a `postgres` nor a `nobody` user to run it as \
          (create one: useradd --system postgres)",
     ))
-}
-
-/// `/etc/passwd` entries: (name, uid, gid).
-fn passwd() -> Vec<(String, u32, u32)> {
-    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut f = line.split(':');
-            let name = f.next()?;
-            let _password = f.next()?;
-            let uid = f.next()?.parse().ok()?;
-            let gid = f.next()?.parse().ok()?;
-            Some((name.to_owned(), uid, gid))
-        })
-        .collect()
-}
-
-fn user_by_name(name: &str) -> Option<(u32, u32)> {
-    passwd()
-        .into_iter()
-        .find(|(n, _, _)| n == name)
-        .map(|(_, uid, gid)| (uid, gid))
-}
-
-fn user_by_uid(uid: u32) -> Option<String> {
-    passwd()
-        .into_iter()
-        .find(|(_, u, _)| *u == uid)
-        .map(|(n, _, _)| n)
 }
 
 /// `dir` private (0700) and, when Postgres runs as another user, owned by
@@ -801,54 +751,6 @@ fn read_small(path: &Path) -> std::io::Result<Option<String>> {
     read_limited(path, 4096)
 }
 
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<Option<String>> {
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    f.take(limit).read_to_end(&mut bytes)?;
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
-}
-
-/// Replaces `path` atomically with `bytes`, mode `mode`, given to `owner`.
-/// Unlike [`crate::write_private_file`] it never writes through a link
-/// (the directory may belong to the less privileged Postgres user).
-fn write_new(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-    }
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
 /// The last `lines` lines of a log (its last few KiB), links not followed.
 fn log_tail(path: &Path, lines: usize) -> std::io::Result<String> {
     let mut f = std::fs::OpenOptions::new()
@@ -862,22 +764,6 @@ fn log_tail(path: &Path, lines: usize) -> std::io::Result<String> {
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     Ok(all[all.len().saturating_sub(lines)..].join("\n"))
-}
-
-/// A program's stderr (else stdout), trimmed, for an error message.
-fn output_text(out: &std::process::Output) -> String {
-    let text = if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
-        &out.stderr
-    } else {
-        &out.stdout
-    };
-    let text = String::from_utf8_lossy(text);
-    let text = text.trim();
-    if text.is_empty() {
-        "(no output)".to_owned()
-    } else {
-        text.to_owned()
-    }
 }
 
 #[cfg(test)]
