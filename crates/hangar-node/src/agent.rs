@@ -323,7 +323,7 @@ impl Agent {
                 return Err(e.into());
             }
         };
-        self.prepare_network(&m).await?;
+        self.prepare_network(&m, &app.org_id).await?;
         if skip_launch {
             // Not started, but the proxy knows the app: a request wakes it.
             if m.release_id.is_none() {
@@ -333,7 +333,7 @@ impl Agent {
         }
         let lock = self.lock(format!("mch:{}", m.id));
         let _guard = lock.lock().await;
-        let m = self.launch(&m, &app.name).await?;
+        let m = self.launch(&m, app).await?;
         if m.release_id.is_none() {
             self.publish_routes(&m.app_id).await?;
         }
@@ -384,7 +384,7 @@ impl Agent {
             }
             MachineState::Created | MachineState::Stopped | MachineState::Failed => {
                 self.inner.store.set_machine_restarts(&m.id, 0).await?;
-                let m = self.launch(&m, &app.name).await?;
+                let m = self.launch(&m, &app).await?;
                 if publish {
                     self.publish_routes(&m.app_id).await?;
                 }
@@ -516,7 +516,7 @@ impl Agent {
             .ok_or_else(|| NodeError::NotFound(format!("machine {id}")))?;
         if was_running && !skip_launch {
             self.inner.store.set_machine_restarts(id, 0).await?;
-            let m = self.launch(&updated, &app.name).await?;
+            let m = self.launch(&updated, &app).await?;
             self.publish_routes(&m.app_id).await?;
             return Ok(m);
         }
@@ -625,7 +625,7 @@ impl Agent {
                 return;
             }
             info!(machine = %m.id, attempt = restarts + 1, "restarting after exit");
-            match self.launch(&cur, &app.name).await {
+            match self.launch(&cur, &app).await {
                 Ok(m) => {
                     let _ = self.publish_routes(&m.app_id).await;
                 }

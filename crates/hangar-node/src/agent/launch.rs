@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use hangar_core::machine::MachineConfig;
 use hangar_core::status::MachineState;
 use hangar_image::ImageError;
-use hangar_store::Machine;
+use hangar_store::{App, Machine};
 
 use super::{Agent, NodeError};
 use crate::driver::{Limits, MachineSpec};
@@ -74,9 +74,10 @@ impl Agent {
     }
 
     /// Starts the machine's process (from created or stopped).
-    pub(super) async fn launch(&self, m: &Machine, app_name: &str) -> Result<Machine, NodeError> {
+    pub(super) async fn launch(&self, m: &Machine, app: &App) -> Result<Machine, NodeError> {
+        let app_name = app.name.as_str();
         let inner = &self.inner;
-        let m = &self.with_own_network(m).await?;
+        let m = &self.with_own_network(m, &app.org_id).await?;
         let (rootfs, image, mut env) = self.image_of(m).await?;
         env.extend([
             format!("PORT={}", m.port),
@@ -108,7 +109,7 @@ impl Agent {
         let process_user = m.config.processes.first().and_then(|p| p.user.clone());
         let user = parse_user(process_user.as_deref().or(image.config.user.as_deref()));
         // Its org's range of host uids (runc): uid 0 inside is not root.
-        let uid_base = self.uid_base(m).await?;
+        let uid_base = self.uid_base(&app.org_id).await?;
         let host_user = match uid_base {
             Some(base) => (base + user.0, base + user.1),
             None => user,
@@ -241,17 +242,12 @@ pub(super) const USERNS_FIRST: u32 = 1_000_000;
 pub(super) const USERNS_RANGES: i64 = ((u32::MAX - USERNS_FIRST) / USERNS_SIZE) as i64;
 
 impl Agent {
-    /// The first host uid of the machine's org (runc only).
-    pub(super) async fn uid_base(&self, m: &Machine) -> Result<Option<u32>, NodeError> {
+    /// The first host uid of an org's machines (runc only).
+    pub(super) async fn uid_base(&self, org_id: &str) -> Result<Option<u32>, NodeError> {
         if !matches!(self.inner.driver, crate::Driver::Runc { .. }) {
             return Ok(None);
         }
-        let store = &self.inner.store;
-        let app = store
-            .app(&m.app_id)
-            .await?
-            .ok_or_else(|| NodeError::NotFound(format!("app of machine {}", m.id)))?;
-        let range = store.org_uid_range(&app.org_id).await?;
+        let range = self.inner.store.org_uid_range(org_id).await?;
         if !(0..USERNS_RANGES).contains(&range) {
             return Err(NodeError::Resources(format!(
                 "no host uid range left for this organisation (range {range})"

@@ -56,17 +56,17 @@ impl Agent {
     /// Gives back an address handed out for a machine never stored.
     pub(super) fn forget_address(&self, address: IpAddr) {
         if let (Some(net), IpAddr::V4(a)) = (&self.inner.network, address) {
-            net.forget(a);
+            net.release(a);
         }
     }
 
     /// Makes a new machine's namespace and link; on failure the machine is
     /// destroyed again (it never ran) and the error returned.
-    pub(super) async fn prepare_network(&self, m: &Machine) -> Result<(), NodeError> {
+    pub(super) async fn prepare_network(&self, m: &Machine, org_id: &str) -> Result<(), NodeError> {
         let (Some(net), Some(addr)) = (&self.inner.network, self.own_address(m)) else {
             return Ok(());
         };
-        let uid_base = self.uid_base(m).await?;
+        let uid_base = self.uid_base(org_id).await?;
         if let Err(e) = net.prepare(&m.id, addr, uid_base).await {
             net.remove(&m.id, addr).await;
             let _ = self
@@ -108,7 +108,11 @@ impl Agent {
 
     /// A machine made before machines had addresses of their own (it
     /// listened on the host's loopback) gets one at its next launch.
-    pub(super) async fn with_own_network(&self, m: &Machine) -> Result<Machine, NodeError> {
+    pub(super) async fn with_own_network(
+        &self,
+        m: &Machine,
+        org_id: &str,
+    ) -> Result<Machine, NodeError> {
         if self.inner.network.is_none() || self.own_address(m).is_some() {
             return Ok(m.clone());
         }
@@ -127,7 +131,7 @@ impl Agent {
             port: i64::from(port),
             ..m.clone()
         };
-        self.prepare_network(&moved).await?;
+        self.prepare_network(&moved, org_id).await?;
         info!(machine = %m.id, %address, "machine moved into a network namespace of its own");
         Ok(moved)
     }
@@ -142,11 +146,19 @@ impl Agent {
         let machines = self.inner.store.undestroyed_machines().await?;
         let live: HashSet<String> = machines.iter().map(|m| m.id.clone()).collect();
         net.remove_orphans(&live).await;
+        let orgs: HashMap<String, String> = self
+            .inner
+            .store
+            .all_apps()
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a.org_id))
+            .collect();
         for m in &machines {
-            let Some(addr) = self.own_address(m) else {
+            let (Some(addr), Some(org_id)) = (self.own_address(m), orgs.get(&m.app_id)) else {
                 continue;
             };
-            let prepared = match self.uid_base(m).await {
+            let prepared = match self.uid_base(org_id).await {
                 Ok(uid_base) => net.prepare(&m.id, addr, uid_base).await.map_err(Into::into),
                 Err(e) => Err(e),
             };

@@ -389,14 +389,10 @@ impl Network {
         self.cfg.subnet.pair_of(address).is_some()
     }
 
-    /// Gives back an address that never got a namespace.
-    pub fn forget(&self, address: Ipv4Addr) {
-        self.release(address);
-    }
-
-    /// Gives an address back (after its machine was destroyed and left
-    /// every route).
-    fn release(&self, address: Ipv4Addr) {
+    /// Gives an address back: one that never got a namespace, or (from
+    /// [`Network::remove`]) one whose machine was destroyed and left every
+    /// route.
+    pub fn release(&self, address: Ipv4Addr) {
         if let Some(pair) = self.cfg.subnet.pair_of(address) {
             let mut alloc = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
             alloc.taken.remove(&pair);
