@@ -12,24 +12,40 @@ use support::{StopCluster, TestPlatform, example, require_runc_and_root};
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// The environment of the running process called `name` (root reads any).
-fn environ_of(name: &str) -> Vec<(String, String)> {
+/// The environment of `app`'s machine process on platform `p`. Another
+/// test may run an app of the same name on its own platform at the same
+/// time: the process is the one whose HANGAR_MACHINE_ID is this
+/// platform's machine.
+fn environ_of(p: &TestPlatform, name: &str) -> Vec<(String, String)> {
+    let status = p.api_get(&format!("/api/v1/apps/{name}"));
+    let ids: Vec<String> = status["machines"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect();
     let out = std::process::Command::new("pgrep")
         .args(["-x", name])
         .output()
         .expect("pgrep");
     let pids = String::from_utf8_lossy(&out.stdout).into_owned();
-    let pid = pids
-        .lines()
-        .next()
-        .unwrap_or_else(|| panic!("no process {name}"));
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    raw.split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_owned(), v.to_owned()))
+    pids.lines()
+        .map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            raw.split(|b| *b == 0)
+                .filter_map(|kv| {
+                    let kv = String::from_utf8_lossy(kv);
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_owned(), v.to_owned()))
+                })
+                .collect::<Vec<_>>()
         })
-        .collect()
+        .find(|env| {
+            env.iter()
+                .any(|(k, v)| k == "HANGAR_MACHINE_ID" && ids.contains(v))
+        })
+        .unwrap_or_else(|| panic!("no process {name} of this platform's machines {ids:?}"))
 }
 
 #[test]
@@ -65,7 +81,7 @@ fn a_shuttle_app_deploys_unchanged() {
 
     // The runtime's contract: its environment, and the API answering only
     // with the app's own token.
-    let env = environ_of(app);
+    let env = environ_of(&p, app);
     let var = |k: &str| {
         env.iter()
             .find(|(n, _)| n == k)
