@@ -41,6 +41,7 @@ fn main() {
         Some("pg") if args.len() == 5 => pg(&args[2], &args[3], &args[4]),
         Some("send") if args.len() >= 4 => send(&args[2], &args[3..]),
         Some("whoami") => whoami(),
+        Some("compat") => compat(),
         Some("cat") if args.len() == 3 => match std::fs::read_to_string(&args[2]) {
             Ok(text) => print!("{text}"),
             Err(e) => {
@@ -220,6 +221,29 @@ fn whoami() {
         };
         println!("WRITE {path} {outcome}");
     }
+}
+
+/// A 32-bit system call (`int 0x80`, i386 getpid) from this 64-bit
+/// process: the kernel's compat entry, which a machine's seccomp filter
+/// does not allow.
+fn compat() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ret: i64;
+        // SAFETY: i386 getpid (20) takes no arguments and touches no memory;
+        // the registers the 32-bit entry may clobber are declared.
+        unsafe {
+            std::arch::asm!(
+                "int 0x80",
+                inlateout("rax") 20i64 => ret,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                options(nostack)
+            );
+        }
+        println!("COMPAT ok {ret}");
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    println!("COMPAT not applicable");
 }
 
 fn alloc(mb: usize) {
