@@ -323,7 +323,6 @@ impl Agent {
                 return Err(e.into());
             }
         };
-        self.prepare_network(&m, &app.org_id).await?;
         if skip_launch {
             // Not started, but the proxy knows the app: a request wakes it.
             if m.release_id.is_none() {

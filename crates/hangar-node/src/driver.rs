@@ -72,15 +72,15 @@ pub struct MachineSpec {
     /// a process machine reads it in place. `$HANGAR_RESOURCES` names the
     /// file either way.
     pub resources: Option<PathBuf>,
-    /// The machine's own network namespace (`/run/netns/<name>`, made by
-    /// `network`); `None`: the host's network (process driver only).
-    pub netns: Option<PathBuf>,
+    /// The machine's link (runc machines with their own address): runc
+    /// makes a new network namespace, wired by [`crate::network::attach`]
+    /// before the machine's process starts; `None`: an empty namespace
+    /// (runc) or the host's network (process driver).
+    pub net: Option<crate::network::MachineNet>,
     /// The host uid the machine's uid 0 is (a user namespace mapping
-    /// 65536 uids from there); `None`: no user namespace.
+    /// 65536 uids from there, which owns the network namespace); `None`:
+    /// no user namespace.
     pub uid_base: Option<u32>,
-    /// That user namespace, made ahead with the network namespace it owns
-    /// (`network`); `None` with a `uid_base`: runc makes a new one.
-    pub userns: Option<PathBuf>,
 }
 
 /// Where a runc machine sees its resources directory.
@@ -207,18 +207,21 @@ impl Driver {
                 // A container of the same id left over from a crash would make
                 // `runc run` fail; it is ours, so remove it.
                 let _ = runc_cmd(runc, state_root, &["delete", "--force", &spec.id]).await;
-                // --detach: runc exits once the container runs, handing the
-                // container our log file as its stdout and stderr.
+                // `create`, then the machine's link, then `start`: runc
+                // makes the namespaces, Hangar wires the network one before
+                // the app's first instruction. runc hands the container our
+                // log file as its stdout and stderr and exits.
                 // runc's own errors go to a file of their own: its stderr is
                 // the container's, and the container's is the app log.
                 let runc_log = spec.dir.join("runc.log");
                 let _ = fs::remove_file(&runc_log);
+                let t0 = std::time::Instant::now();
                 let out = Command::new(runc)
                     .arg("--root")
                     .arg(state_root)
                     .arg("--log")
                     .arg(&runc_log)
-                    .args(["run", "--detach", "--bundle"])
+                    .args(["create", "--bundle"])
                     .arg(&spec.dir)
                     .arg("--pid-file")
                     .arg(&pid_file)
@@ -237,19 +240,44 @@ impl Driver {
                         why = tail_of(&spec.log, 5);
                     }
                     return Err(DriverError::Runc {
-                        action: "run".into(),
+                        action: "create".into(),
                         stderr: why,
                     });
                 }
-                let pid = fs::read_to_string(&pid_file)
-                    .map_err(io("reading runc's pid file"))?
-                    .trim()
-                    .parse::<u32>()
-                    .map_err(|e| DriverError::Runc {
-                        action: "run".into(),
-                        stderr: format!("bad pid file: {e}"),
-                    })?;
-                Ok(pid)
+                let started = async {
+                    let pid = fs::read_to_string(&pid_file)
+                        .map_err(io("reading runc's pid file"))?
+                        .trim()
+                        .parse::<u32>()
+                        .map_err(|e| DriverError::Runc {
+                            action: "create".into(),
+                            stderr: format!("bad pid file: {e}"),
+                        })?;
+                    let t1 = std::time::Instant::now();
+                    if let Some(net) = &spec.net {
+                        crate::network::attach(net, pid)
+                            .await
+                            .map_err(|e| DriverError::Runc {
+                                action: "wire the network of".into(),
+                                stderr: e.to_string(),
+                            })?;
+                    }
+                    let t2 = std::time::Instant::now();
+                    runc_ok(runc, state_root, &["start", &spec.id]).await?;
+                    tracing::debug!(
+                        machine = %spec.id,
+                        create_us = (t1 - t0).as_micros() as u64,
+                        link_us = (t2 - t1).as_micros() as u64,
+                        start_us = t2.elapsed().as_micros() as u64,
+                        "machine started"
+                    );
+                    Ok(pid)
+                }
+                .await;
+                if started.is_err() {
+                    let _ = runc_cmd(runc, state_root, &["delete", "--force", &spec.id]).await;
+                }
+                started
             }
             Driver::Process => {
                 let (prog, args) = spec.argv.split_first().ok_or(DriverError::NoCommand)?;
@@ -778,12 +806,9 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
     ];
-    // Its own network (made ahead by `network`, joined here), or else a
-    // new, empty one: a runc machine never shares the host's network.
-    namespaces.push(match &spec.netns {
-        Some(path) => json!({"type": "network", "path": path}),
-        None => json!({"type": "network"}),
-    });
+    // A new network namespace, wired before start when the machine has an
+    // address, else empty: a runc machine never shares the host's network.
+    namespaces.push(json!({"type": "network"}));
     let masked = vec![
         "/proc/acpi",
         "/proc/kcore",
@@ -796,10 +821,7 @@ fn oci_config(spec: &MachineSpec) -> Result<serde_json::Value, DriverError> {
         "/sys/firmware",
     ];
     if spec.uid_base.is_some() {
-        namespaces.push(match &spec.userns {
-            Some(path) => json!({"type": "user", "path": path}),
-            None => json!({"type": "user"}),
-        });
+        namespaces.push(json!({"type": "user"}));
     }
     let quota_period: u64 = 100_000;
     let quota = (spec.limits.cpus * quota_period as f64).round().max(1000.0) as i64;
@@ -871,7 +893,7 @@ mod tests {
         assert!(Driver::decide(DriverChoice::Runc, None, true, state).is_err());
     }
 
-    fn spec(uid_base: Option<u32>, netns: Option<PathBuf>) -> MachineSpec {
+    fn spec(uid_base: Option<u32>) -> MachineSpec {
         MachineSpec {
             id: "mch_1".into(),
             hostname: "app".into(),
@@ -885,18 +907,14 @@ mod tests {
             limits: Limits::default(),
             gpus: Vec::new(),
             resources: None,
-            userns: netns
-                .as_ref()
-                .map(|_| PathBuf::from("/run/hangar-userns/hangar-t-mch_1")),
-            netns,
+            net: None,
             uid_base,
         }
     }
 
     #[test]
     fn a_machine_spec_isolates_by_default() {
-        let netns = PathBuf::from("/run/netns/hangar-t-mch_1");
-        let c = oci_config(&spec(Some(1_000_000), Some(netns.clone()))).unwrap();
+        let c = oci_config(&spec(Some(1_000_000))).unwrap();
         let ns: Vec<&str> = c["linux"]["namespaces"]
             .as_array()
             .unwrap()
@@ -904,7 +922,9 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap())
             .collect();
         assert_eq!(ns, ["pid", "mount", "ipc", "uts", "network", "user"]);
-        assert_eq!(c["linux"]["namespaces"][4]["path"], json!(netns));
+        // New namespaces, made by runc: the network one owned by the
+        // user one (nothing is joined by path).
+        assert_eq!(c["linux"]["namespaces"][4], json!({"type": "network"}));
         assert_eq!(
             c["linux"]["uidMappings"],
             json!([{"containerID": 0, "hostID": 1_000_000, "size": 65_536}])
@@ -913,13 +933,10 @@ mod tests {
         assert_eq!(c["process"]["oomScoreAdj"], 500);
         assert_eq!(c["process"]["capabilities"]["bounding"], json!([]));
         assert_eq!(c["root"]["readonly"], true);
-        assert_eq!(
-            c["linux"]["namespaces"][5],
-            json!({"type": "user", "path": "/run/hangar-userns/hangar-t-mch_1"})
-        );
-        // Without a namespace of its own a runc machine still gets a new,
-        // empty network: never the host's.
-        let c = oci_config(&spec(None, None)).unwrap();
+        assert_eq!(c["linux"]["namespaces"][5], json!({"type": "user"}));
+        // Without a user namespace a runc machine still gets a new network
+        // namespace: never the host's.
+        let c = oci_config(&spec(None)).unwrap();
         assert_eq!(c["linux"]["namespaces"][4], json!({"type": "network"}));
         assert!(c["linux"].get("uidMappings").is_none());
     }

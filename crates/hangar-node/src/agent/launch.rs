@@ -77,7 +77,7 @@ impl Agent {
     pub(super) async fn launch(&self, m: &Machine, app: &App) -> Result<Machine, NodeError> {
         let app_name = app.name.as_str();
         let inner = &self.inner;
-        let m = &self.with_own_network(m, &app.org_id).await?;
+        let m = &self.with_own_network(m).await?;
         let (rootfs, image, mut env) = self.image_of(m).await?;
         env.extend([
             format!("PORT={}", m.port),
@@ -136,8 +136,7 @@ impl Agent {
             },
             gpus,
             resources,
-            netns: self.netns_of(m),
-            userns: uid_base.and(self.userns_of(m)),
+            net: self.link_of(m),
             uid_base,
         };
         inner

@@ -2,20 +2,19 @@
 //! and namespace, and pointing their resources at the service address
 //! (see [`crate::network`] for the mechanism).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use hangar_core::machine::MachineConfig;
 use hangar_resources::MachineResources;
 use hangar_resources::gate::{self, Directory, Grant, Kind, NatsGrant, PostgresGrant, RedisGrant};
 use hangar_store::Machine;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Agent, NodeError};
 use crate::driver::DriverError;
-use crate::network::{Endpoint, replace_authority, resolve, url_host_port};
+use crate::network::{Endpoint, MachineNet, replace_authority, resolve, url_host_port};
 
 /// The port a machine in its own namespace listens on: its first
 /// service's `internal_port`, else 8080 (Fly's default).
@@ -60,59 +59,23 @@ impl Agent {
         }
     }
 
-    /// Makes a new machine's namespace and link; on failure the machine is
-    /// destroyed again (it never ran) and the error returned.
-    pub(super) async fn prepare_network(&self, m: &Machine, org_id: &str) -> Result<(), NodeError> {
-        let (Some(net), Some(addr)) = (&self.inner.network, self.own_address(m)) else {
-            return Ok(());
-        };
-        let uid_base = self.uid_base(org_id).await?;
-        if let Err(e) = net.prepare(&m.id, addr, uid_base).await {
-            net.remove(&m.id, addr).await;
-            let _ = self
-                .inner
-                .store
-                .set_machine_state(
-                    &m.id,
-                    hangar_core::status::MachineState::Destroyed,
-                    None,
-                    None,
-                )
-                .await;
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
-    /// Removes a destroyed machine's namespace, grants and address.
+    /// Removes a destroyed machine's grants, leftover link and address.
     pub(super) async fn remove_network(&self, m: &Machine) {
         if let (Some(net), Some(addr)) = (&self.inner.network, self.own_address(m)) {
             self.inner.resource_gates.forget(IpAddr::V4(addr));
-            net.remove(&m.id, addr).await;
+            net.remove(addr).await;
         }
     }
 
-    /// The namespace a runc machine joins.
-    pub(super) fn netns_of(&self, m: &Machine) -> Option<PathBuf> {
+    /// The link a runc machine's new network namespace gets at start.
+    pub(super) fn link_of(&self, m: &Machine) -> Option<MachineNet> {
         let net = self.inner.network.as_ref()?;
-        let addr = self.own_address(m)?;
-        Some(net.machine_net(&m.id, addr).netns_path())
-    }
-
-    /// The user namespace that owns it.
-    pub(super) fn userns_of(&self, m: &Machine) -> Option<PathBuf> {
-        let net = self.inner.network.as_ref()?;
-        let addr = self.own_address(m)?;
-        Some(net.machine_net(&m.id, addr).userns_path())
+        Some(net.machine_net(self.own_address(m)?))
     }
 
     /// A machine made before machines had addresses of their own (it
     /// listened on the host's loopback) gets one at its next launch.
-    pub(super) async fn with_own_network(
-        &self,
-        m: &Machine,
-        org_id: &str,
-    ) -> Result<Machine, NodeError> {
+    pub(super) async fn with_own_network(&self, m: &Machine) -> Result<Machine, NodeError> {
         if self.inner.network.is_none() || self.own_address(m).is_some() {
             return Ok(m.clone());
         }
@@ -131,40 +94,15 @@ impl Agent {
             port: i64::from(port),
             ..m.clone()
         };
-        self.prepare_network(&moved, org_id).await?;
         info!(machine = %m.id, %address, "machine moved into a network namespace of its own");
         Ok(moved)
     }
 
-    /// At start: the namespaces of every machine that exists are there
-    /// (a reboot empties /run), and those of machines that are gone are
-    /// removed.
+    /// At start: removes what an earlier layout kept for machines of this
+    /// node (namespaces as bind mounts, made ahead of each start).
     pub(super) async fn reconcile_networks(&self) -> Result<(), NodeError> {
-        let Some(net) = &self.inner.network else {
-            return Ok(());
-        };
-        let machines = self.inner.store.undestroyed_machines().await?;
-        let live: HashSet<String> = machines.iter().map(|m| m.id.clone()).collect();
-        net.remove_orphans(&live).await;
-        let orgs: HashMap<String, String> = self
-            .inner
-            .store
-            .all_apps()
-            .await?
-            .into_iter()
-            .map(|a| (a.id, a.org_id))
-            .collect();
-        for m in &machines {
-            let (Some(addr), Some(org_id)) = (self.own_address(m), orgs.get(&m.app_id)) else {
-                continue;
-            };
-            let prepared = match self.uid_base(org_id).await {
-                Ok(uid_base) => net.prepare(&m.id, addr, uid_base).await.map_err(Into::into),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = prepared {
-                warn!(machine = %m.id, "recreating its network: {e}");
-            }
+        if let Some(net) = &self.inner.network {
+            net.remove_old_namespaces().await;
         }
         Ok(())
     }

@@ -1,16 +1,22 @@
 //! Machine networking: a network namespace, an address and a default-deny
 //! firewall for every runc machine.
 //!
-//! How it works (all with the standard tools: `ip` and `nft`; no namespace
-//! code of our own):
+//! How it works (runc makes the namespaces; links and addresses are
+//! rtnetlink requests, the firewall is `nft`; no namespace code of our
+//! own):
 //! - Each machine owns one IPv4 address for its whole life, from the
 //!   node's subnet. Addresses come in point-to-point pairs: pair `k` is
 //!   `base + 2k` on the host's end of a veth and `base + 2k + 1` on the
-//!   machine's `eth0`, in a namespace `hangar-<tag>-<machine id>` made
-//!   when the machine is created and removed when it is destroyed, so a
-//!   start or a wake costs nothing for networking. No bridge: machines
+//!   machine's `eth0`. runc makes the machine's network namespace at each
+//!   start, owned by the machine's user namespace, and [`link::attach`]
+//!   wires it between `runc create` and `runc start`; the kernel removes
+//!   namespace and link when the container is deleted, so a stopped
+//!   machine costs no kernel memory for networking. No bridge: machines
 //!   share no link, so all of a machine's traffic goes through the host's
 //!   IP stack, where the rules below see it.
+//! - The whole subnet has an `unreachable` route on the host: an address
+//!   whose machine is stopped fails at once and is never sent to the
+//!   host's default gateway.
 //! - The proxy and health checks dial `address:port`: every machine may
 //!   listen on the same port, and a machine's port is no host-wide name.
 //! - Addresses are handed out round-robin (a cursor that only moves
@@ -37,7 +43,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -45,11 +51,14 @@ use std::sync::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-mod userns;
-pub use userns::USERNS_DIR;
+mod link;
+pub use link::attach;
 
-/// Where `ip netns add` puts namespaces.
+/// Where `ip netns add` puts namespaces (an earlier layout kept machines'
+/// namespaces there; see [`Network::remove_old_namespaces`]).
 const NETNS_DIR: &str = "/run/netns";
+/// Where the earlier layout kept machines' user namespaces.
+pub const USERNS_DIR: &str = "/run/hangar-userns";
 /// The interface name prefix of the host's ends of machines' veths.
 const IFACE_PREFIX: &str = "hg";
 
@@ -198,21 +207,6 @@ pub struct MachineNet {
     pub gateway: Ipv4Addr,
     /// The host's interface name.
     pub host_iface: String,
-    /// The namespace's name (`/run/netns/<name>`).
-    pub netns: String,
-}
-
-impl MachineNet {
-    /// The namespace's path, for the OCI spec.
-    pub fn netns_path(&self) -> PathBuf {
-        Path::new(NETNS_DIR).join(&self.netns)
-    }
-
-    /// Where the user namespace that owns it is kept (machines with a
-    /// user namespace of their own).
-    pub fn userns_path(&self) -> PathBuf {
-        userns::userns_path(&self.netns)
-    }
 }
 
 /// Address allocation: which pairs are taken, and where the next search
@@ -271,6 +265,13 @@ impl Network {
             t = net.table()
         );
         nft(&script).await?;
+        // Addresses of stopped machines have no link: they fail here rather
+        // than follow the default route out of the host.
+        ip(
+            &[],
+            &format!("route replace unreachable {}\n", net.cfg.subnet),
+        )
+        .await?;
         if net.cfg.egress != Egress::None {
             write_sysctl(Path::new("/proc/sys/net/ipv4/ip_forward"), "1")?;
         }
@@ -355,18 +356,13 @@ impl Network {
     }
 
     /// The network identity of the machine at `address` (pure).
-    pub fn machine_net(&self, machine_id: &str, address: Ipv4Addr) -> MachineNet {
+    pub fn machine_net(&self, address: Ipv4Addr) -> MachineNet {
         let gateway = Ipv4Addr::from(u32::from(address) - 1);
         MachineNet {
             address,
             gateway,
             host_iface: format!("{IFACE_PREFIX}{:08x}", u32::from(address)),
-            netns: self.netns_name(machine_id),
         }
-    }
-
-    fn netns_name(&self, machine_id: &str) -> String {
-        format!("hangar-{}-{machine_id}", self.cfg.tag)
     }
 
     /// Takes a free address.
@@ -399,116 +395,32 @@ impl Network {
         }
     }
 
-    /// Makes the machine's namespace and link (idempotent: an existing,
-    /// complete one is kept).
-    /// With `uid_base`, the namespace is owned by a user namespace of the
-    /// machine's own mapping 65536 uids from there (see `userns`).
-    pub async fn prepare(
-        &self,
-        machine_id: &str,
-        address: Ipv4Addr,
-        uid_base: Option<u32>,
-    ) -> Result<(), NetworkError> {
-        let net = self.machine_net(machine_id, address);
-        let sys = Path::new("/sys/class/net").join(&net.host_iface);
-        if net.netns_path().exists()
-            && sys.exists()
-            && (uid_base.is_none() || net.userns_path().exists())
-        {
-            return Ok(());
-        }
-        // A half-made one (a crash mid-way) is made again.
-        self.teardown(&net).await;
-        let add_link = format!(
-            "link add {h} type veth peer name eth0 netns {ns}\n",
-            ns = net.netns,
-            h = net.host_iface
-        );
-        match uid_base {
-            Some(base) => {
-                userns::make_pair(&net.netns, base, 65_536).await?;
-                ip(&[], &add_link).await?;
-            }
-            None => ip(&[], &format!("netns add {}\n{add_link}", net.netns)).await?,
-        }
-        let conf = Path::new("/proc/sys/net");
-        // Connections DNATed to a resource on the host's loopback.
-        write_sysctl(
-            &conf
-                .join("ipv4/conf")
-                .join(&net.host_iface)
-                .join("route_localnet"),
-            "1",
-        )?;
-        write_sysctl(
-            &conf
-                .join("ipv6/conf")
-                .join(&net.host_iface)
-                .join("disable_ipv6"),
-            "1",
-        )?;
-        // Strict reverse-path filtering: a packet from this link must come
-        // from the machine's own address.
-        write_sysctl(
-            &conf
-                .join("ipv4/conf")
-                .join(&net.host_iface)
-                .join("rp_filter"),
-            "1",
-        )?;
-        ip(
-            &[],
-            &format!(
-                "addr add {gw}/31 dev {h}\nlink set {h} up\n",
-                gw = net.gateway,
-                h = net.host_iface
-            ),
-        )
-        .await?;
-        ip(
-            &["-n", &net.netns],
-            &format!(
-                "link set lo up\naddr add {a}/31 dev eth0\nlink set eth0 up\nroute add default via {gw} dev eth0\n",
-                a = net.address,
-                gw = net.gateway
-            ),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Removes the machine's namespace, link and grants, and frees its
-    /// address. Best effort: what is already gone is fine.
-    pub async fn remove(&self, machine_id: &str, address: Ipv4Addr) {
-        let net = self.machine_net(machine_id, address);
+    /// Removes the machine's grants and link (a link outlives its
+    /// container only after a crash) and frees its address. Best effort:
+    /// what is already gone is fine.
+    pub async fn remove(&self, address: Ipv4Addr) {
         self.revoke(address).await;
-        self.teardown(&net).await;
+        link::detach(&self.machine_net(address).host_iface).await;
         self.release(address);
     }
 
-    async fn teardown(&self, net: &MachineNet) {
-        let _ = ip(&[], &format!("netns del {}\n", net.netns)).await;
-        userns::remove_pair(&net.netns).await;
-        if Path::new("/sys/class/net").join(&net.host_iface).exists() {
-            let _ = ip(&[], &format!("link del {}\n", net.host_iface)).await;
-        }
-    }
-
-    /// Removes namespaces of this node whose machine is gone (a crash
-    /// between a destroy's steps), given the ids of machines that exist.
-    pub async fn remove_orphans(&self, live: &HashSet<String>) {
+    /// Removes the namespaces an earlier layout kept for this node's
+    /// machines as bind mounts (`/run/netns`, [`USERNS_DIR`]); a machine
+    /// still running in one keeps it through its processes.
+    pub async fn remove_old_namespaces(&self) {
         let prefix = format!("hangar-{}-", self.cfg.tag);
-        let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_prefix(&prefix)
-                && !live.contains(id)
-            {
-                tracing::info!(netns = %name, "removing the namespace of a machine that is gone");
-                let _ = ip(&[], &format!("netns del {name}\n")).await;
-                userns::remove_pair(&name).await;
+        for dir in [NETNS_DIR, USERNS_DIR] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    let path = e.path();
+                    tracing::info!(path = %path.display(), "removing a namespace of the earlier layout");
+                    let _ = run_tool("umount", &["--lazy"], &[&path.to_string_lossy()], "").await;
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
     }
@@ -801,11 +713,10 @@ mod tests {
         n.release(all[4]);
         assert_eq!(n.allocate().unwrap(), all[1]);
         assert_eq!(n.allocate().unwrap(), all[4]);
-        let m = n.machine_net("mch_x", all[0]);
+        let m = n.machine_net(all[0]);
         assert_eq!(m.gateway, Ipv4Addr::new(10, 9, 0, 2));
         assert_eq!(m.host_iface, "hg0a090003");
         assert!(m.host_iface.len() <= 15);
-        assert_eq!(m.netns_path(), Path::new("/run/netns/hangar-abc123-mch_x"));
     }
 
     #[test]

@@ -470,31 +470,13 @@ impl Drop for TestPlatform {
                     .output();
             }
         }
-        // And its machines' network namespaces and firewall table.
+        // And its firewall table and its subnet's route.
+        let _ = Command::new("ip")
+            .args(["route", "del", "unreachable", &self.subnet])
+            .output();
         if let Ok(data) = self.data_dir().canonicalize() {
             use sha2::Digest;
             let tag = hex::encode(&sha2::Sha256::digest(data.as_os_str().as_encoded_bytes())[..3]);
-            let prefix = format!("hangar-{tag}-");
-            for e in std::fs::read_dir("/run/netns")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix) {
-                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
-                }
-            }
-            for e in std::fs::read_dir("/run/hangar-userns")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = Command::new("umount").arg("--lazy").arg(e.path()).output();
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
             let _ = Command::new("nft")
                 .args(["delete", "table", "inet", &format!("hangar_{tag}")])
                 .output();
