@@ -2,12 +2,22 @@
 //! uploaded sources (`.tar.gz`) and image layers.
 //!
 //! Architecture Invariant: nothing is ever written outside `dest`. Entries with
-//! absolute paths or `..` components, links that point outside the tree,
+//! absolute paths or `..` components, links that point outside the tree
+//! (resolved through the other links of the tree, so no chain leaves it),
 //! hard links, device files and FIFOs are rejected, and the unpacked size and
 //! entry count are capped, before or while anything is written.
+//!
+//! Entries are read raw: the extension headers (GNU long names and links,
+//! PAX local and global headers) are entries like the others, their bodies
+//! count against the size cap and are read only up to
+//! [`MAX_HEADER_BODY`], so a header claiming gigabytes is refused before a
+//! byte of it is held in memory.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -48,6 +58,15 @@ pub enum ArchiveError {
     SpecialFile { path: String, kind: &'static str },
     #[error("archive unpacks to more than {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error(
+        "archive has a {kind} header of {size} bytes before {after:?}; at most {limit} are accepted"
+    )]
+    HeaderTooLarge {
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+        after: String,
+    },
     #[error("archive has more than {limit} entries")]
     TooManyEntries { limit: u64 },
     #[error("archive is not a valid tar file (an upload must be a gzip-compressed tar): {0}")]
@@ -67,7 +86,9 @@ impl ArchiveError {
     pub fn is_too_large(&self) -> bool {
         matches!(
             self,
-            ArchiveError::TooLarge { .. } | ArchiveError::TooManyEntries { .. }
+            ArchiveError::TooLarge { .. }
+                | ArchiveError::TooManyEntries { .. }
+                | ArchiveError::HeaderTooLarge { .. }
         )
     }
 }
@@ -120,6 +141,49 @@ enum Mode {
     Layer,
 }
 
+/// The most bytes an extension header's body may have (a long name, a
+/// long link target, a PAX header): real ones are a few hundred bytes.
+pub const MAX_HEADER_BODY: u64 = 64 * 1024;
+
+/// Extension headers seen since the last real entry: they describe the
+/// next one.
+#[derive(Default)]
+struct Pending {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.long_name.is_none() && self.long_link.is_none() && self.pax.is_none()
+    }
+}
+
+fn corrupt(msg: String) -> ArchiveError {
+    ArchiveError::Corrupt(io::Error::new(io::ErrorKind::InvalidData, msg))
+}
+
+/// A GNU long name or link body: the bytes up to the first NUL.
+fn c_string(mut body: Vec<u8>) -> PathBuf {
+    if let Some(end) = body.iter().position(|b| *b == 0) {
+        body.truncate(end);
+    }
+    PathBuf::from(OsString::from_vec(body))
+}
+
+/// The value of `key` in a PAX header body.
+fn pax_value(body: &[u8], key: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
+    let mut found = None;
+    for ext in tar::PaxExtensions::new(body) {
+        let ext = ext.map_err(|e| corrupt(format!("bad PAX header: {e}")))?;
+        if ext.key_bytes() == key.as_bytes() {
+            found = Some(ext.value_bytes().to_vec());
+        }
+    }
+    Ok(found)
+}
+
 fn walk<R: Read>(
     mut archive: tar::Archive<R>,
     dest: Option<&Path>,
@@ -128,7 +192,12 @@ fn walk<R: Read>(
 ) -> Result<(), ArchiveError> {
     let mut total: u64 = 0;
     let mut count: u64 = 0;
-    let entries = archive.entries().map_err(ArchiveError::Corrupt)?;
+    let mut pending = Pending::default();
+    // Source mode: every symlink of the tree (its path → its target),
+    // resolved once the tree is complete.
+    let mut links: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let entries = archive.entries().map_err(ArchiveError::Corrupt)?.raw(true);
+    let mut last = String::new();
     for entry in entries {
         let mut entry = entry.map_err(ArchiveError::Corrupt)?;
         count += 1;
@@ -137,46 +206,112 @@ fn walk<R: Read>(
                 limit: limits.max_entries,
             });
         }
-        let raw = entry.path().map_err(ArchiveError::Corrupt)?.into_owned();
-        let shown = raw.display().to_string();
-        let rel = checked_relative(&raw, &shown)?;
         let kind = entry.header().entry_type();
-        let size = entry.header().size().map_err(ArchiveError::Corrupt)?;
-        if kind.is_file() || kind.is_contiguous() {
-            total = total.saturating_add(size);
-            if total > limits.max_unpacked_bytes {
-                return Err(ArchiveError::TooLarge {
-                    limit: limits.max_unpacked_bytes,
+        let size = entry.header().entry_size().map_err(ArchiveError::Corrupt)?;
+        // Every entry's body counts, extension headers' too.
+        total = total.saturating_add(size);
+        if total > limits.max_unpacked_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: limits.max_unpacked_bytes,
+            });
+        }
+        let header_kind = match kind {
+            tar::EntryType::GNULongName => Some("GNU long name"),
+            tar::EntryType::GNULongLink => Some("GNU long link"),
+            tar::EntryType::XHeader => Some("PAX"),
+            tar::EntryType::XGlobalHeader => Some("PAX global"),
+            _ => None,
+        };
+        if let Some(what) = header_kind {
+            if size > MAX_HEADER_BODY {
+                return Err(ArchiveError::HeaderTooLarge {
+                    kind: what,
+                    size,
+                    limit: MAX_HEADER_BODY,
+                    after: last,
                 });
             }
+            let mut body = Vec::with_capacity(size as usize);
+            (&mut entry)
+                .take(size)
+                .read_to_end(&mut body)
+                .map_err(ArchiveError::Corrupt)?;
+            let slot = match kind {
+                tar::EntryType::GNULongName => &mut pending.long_name,
+                tar::EntryType::GNULongLink => &mut pending.long_link,
+                tar::EntryType::XHeader => &mut pending.pax,
+                // Global headers set defaults Hangar does not use.
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(corrupt(format!(
+                    "two {what} headers describe the same entry (after {last:?})"
+                )));
+            }
+            *slot = Some(body);
+            continue;
         }
+        let ext = std::mem::take(&mut pending);
+        let pax_path = match &ext.pax {
+            Some(body) => pax_value(body, "path")?,
+            None => None,
+        };
+        let raw = match (pax_path, ext.long_name) {
+            (Some(p), _) => PathBuf::from(OsString::from_vec(p)),
+            (None, Some(n)) => c_string(n),
+            (None, None) => entry
+                .header()
+                .path()
+                .map_err(ArchiveError::Corrupt)?
+                .into_owned(),
+        };
+        let shown = raw.display().to_string();
+        last = shown.clone();
+        if let Some(body) = &ext.pax
+            && let Some(v) = pax_value(body, "size")?
+            && std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                != Some(size)
+        {
+            // Parsers that disagree on an entry's size disagree on
+            // everything after it: refused, not guessed.
+            return Err(corrupt(format!(
+                "entry {shown:?}: its PAX size disagrees with its header's"
+            )));
+        }
+        let link_name = || -> Result<Option<PathBuf>, ArchiveError> {
+            if let Some(body) = &ext.pax
+                && let Some(v) = pax_value(body, "linkpath")?
+            {
+                return Ok(Some(PathBuf::from(OsString::from_vec(v))));
+            }
+            if let Some(l) = &ext.long_link {
+                return Ok(Some(c_string(l.clone())));
+            }
+            Ok(entry
+                .header()
+                .link_name()
+                .map_err(ArchiveError::Corrupt)?
+                .map(|l| l.into_owned()))
+        };
+        let rel = checked_relative(&raw, &shown)?;
         let target = match kind {
-            tar::EntryType::Regular
-            | tar::EntryType::Continuous
-            | tar::EntryType::Directory
-            | tar::EntryType::GNULongName
-            | tar::EntryType::XHeader
-            | tar::EntryType::XGlobalHeader => None,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {
+                None
+            }
             tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(ArchiveError::Corrupt)?
-                    .ok_or_else(|| ArchiveError::LinkOutside {
-                        path: shown.clone(),
-                        target: String::new(),
-                    })?
-                    .into_owned();
+                let link = link_name()?.ok_or_else(|| ArchiveError::LinkOutside {
+                    path: shown.clone(),
+                    target: String::new(),
+                })?;
                 if mode == Mode::Source {
                     check_link(&rel, &link, &shown)?;
                 }
                 Some(link)
             }
             tar::EntryType::Link if mode == Mode::Layer => {
-                let link = entry
-                    .link_name()
-                    .map_err(ArchiveError::Corrupt)?
-                    .ok_or_else(|| ArchiveError::HardLink(shown.clone()))?
-                    .into_owned();
+                let link = link_name()?.ok_or_else(|| ArchiveError::HardLink(shown.clone()))?;
                 // The target is another entry of the tree: same rules as a path.
                 Some(checked_relative(&link, &shown)?)
             }
@@ -191,6 +326,16 @@ fn walk<R: Read>(
             tar::EntryType::Fifo => return Err(special(shown, "FIFO")),
             _ => return Err(special(shown, "special entry")),
         };
+        if mode == Mode::Source {
+            match (&kind, &target) {
+                (tar::EntryType::Symlink, Some(t)) => {
+                    links.insert(rel.clone(), t.clone());
+                }
+                _ => {
+                    links.remove(&rel);
+                }
+            }
+        }
         if rel.as_os_str().is_empty() {
             continue; // "./" itself
         }
@@ -262,7 +407,76 @@ fn walk<R: Read>(
             }
         }
     }
+    if !pending.is_empty() {
+        return Err(corrupt(format!(
+            "the archive ends with extension headers but no entry (after {last:?})"
+        )));
+    }
+    // Each link alone stays inside (checked above); through the others, a
+    // chain could still leave (`a -> .`, `x -> a/a/../../etc`).
+    let mut sorted: Vec<(&PathBuf, &PathBuf)> = links.iter().collect();
+    sorted.sort();
+    for (at, target) in sorted {
+        if resolves_outside(&links, at, target) {
+            return Err(ArchiveError::LinkOutside {
+                path: at.display().to_string(),
+                target: target.display().to_string(),
+            });
+        }
+    }
     Ok(())
+}
+
+/// Most links followed while resolving one (Linux's own limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Whether the symlink at `at` (relative to the root) pointing at `target`
+/// leaves the root once the tree's other symlinks are followed, or loops.
+fn resolves_outside(links: &HashMap<PathBuf, PathBuf>, at: &Path, target: &Path) -> bool {
+    let mut stack: Vec<OsString> = at
+        .parent()
+        .map(|p| p.iter().map(|c| c.to_owned()).collect())
+        .unwrap_or_default();
+    let mut todo: Vec<OsString> = Vec::new();
+    let push_front = |todo: &mut Vec<OsString>, path: &Path| -> bool {
+        // `todo` is a stack: the next component is at its end.
+        let mut comps = Vec::new();
+        for c in path.components() {
+            match c {
+                Component::Normal(n) => comps.push(n.to_owned()),
+                Component::ParentDir => comps.push(OsString::from("..")),
+                Component::CurDir => {}
+                Component::RootDir | Component::Prefix(_) => return false,
+            }
+        }
+        todo.extend(comps.into_iter().rev());
+        true
+    };
+    if !push_front(&mut todo, target) {
+        return true;
+    }
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            if stack.pop().is_none() {
+                return true;
+            }
+            continue;
+        }
+        stack.push(c);
+        let here: PathBuf = stack.iter().collect();
+        if let Some(next) = links.get(&here) {
+            hops += 1;
+            if hops > MAX_LINK_HOPS {
+                return true;
+            }
+            stack.pop();
+            if !push_front(&mut todo, next) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn special(path: String, kind: &'static str) -> ArchiveError {
@@ -376,166 +590,4 @@ pub mod testing {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::testing::raw_targz as targz;
-    use super::*;
-
-    fn unpack(data: &[u8]) -> (tempfile::TempDir, Result<(), ArchiveError>) {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("out");
-        let r = unpack_tar_gz(data, &dest, Limits::default());
-        (dir, r)
-    }
-
-    use tar::EntryType as T;
-
-    #[test]
-    fn unpacks_files_dirs_and_inner_links() {
-        let data = targz(&[
-            ("src/", T::Directory, b"", None),
-            ("src/main.rs", T::Regular, b"fn main() {}", None),
-            ("link.rs", T::Symlink, b"", Some("src/main.rs")),
-        ]);
-        let (dir, r) = unpack(&data);
-        r.unwrap();
-        let out = dir.path().join("out");
-        assert_eq!(fs::read(out.join("src/main.rs")).unwrap(), b"fn main() {}");
-        assert_eq!(fs::read(out.join("link.rs")).unwrap(), b"fn main() {}");
-        validate_tar_gz(&data[..], Limits::default()).unwrap();
-    }
-
-    #[test]
-    fn rejects_parent_dir_and_writes_nothing_outside() {
-        let data = targz(&[("../evil", T::Regular, b"x", None)]);
-        let (dir, r) = unpack(&data);
-        assert!(matches!(r, Err(ArchiveError::ParentDir(_))), "{r:?}");
-        assert!(!dir.path().join("evil").exists());
-        assert!(validate_tar_gz(&data[..], Limits::default()).is_err());
-    }
-
-    #[test]
-    fn rejects_absolute_paths() {
-        let data = targz(&[("/tmp/evil", T::Regular, b"x", None)]);
-        assert!(matches!(
-            unpack(&data).1,
-            Err(ArchiveError::AbsolutePath(_))
-        ));
-    }
-
-    #[test]
-    fn rejects_links_pointing_outside() {
-        for target in ["/etc/passwd", "../../etc", "a/../../x"] {
-            let data = targz(&[("l", T::Symlink, b"", Some(target))]);
-            let r = unpack(&data).1;
-            assert!(
-                matches!(r, Err(ArchiveError::LinkOutside { .. })),
-                "{target}: {r:?}"
-            );
-        }
-        let data = targz(&[("h", T::Link, b"", Some("x"))]);
-        assert!(matches!(unpack(&data).1, Err(ArchiveError::HardLink(_))));
-    }
-
-    #[test]
-    fn refuses_to_write_through_a_symlinked_directory() {
-        // `d -> .` is inside, but a later `d/x` must not be written through it.
-        let data = targz(&[
-            ("d", T::Symlink, b"", Some(".")),
-            ("d/x", T::Regular, b"x", None),
-        ]);
-        assert!(matches!(unpack(&data).1, Err(ArchiveError::Io { .. })));
-    }
-
-    #[test]
-    fn rejects_devices_and_fifos() {
-        for kind in [T::Char, T::Block, T::Fifo] {
-            let data = targz(&[("dev", kind, b"", None)]);
-            assert!(matches!(
-                unpack(&data).1,
-                Err(ArchiveError::SpecialFile { .. })
-            ));
-        }
-    }
-
-    #[test]
-    fn enforces_size_and_count_caps() {
-        let big = vec![0u8; 4096];
-        let data = targz(&[("a", T::Regular, &big, None), ("b", T::Regular, &big, None)]);
-        let limits = Limits {
-            max_unpacked_bytes: 5000,
-            max_entries: 10,
-        };
-        let err = validate_tar_gz(&data[..], limits).unwrap_err();
-        assert!(err.is_too_large(), "{err}");
-        let limits = Limits {
-            max_unpacked_bytes: 1 << 20,
-            max_entries: 1,
-        };
-        assert!(matches!(
-            validate_tar_gz(&data[..], limits),
-            Err(ArchiveError::TooManyEntries { .. })
-        ));
-    }
-
-    fn plain_tar(entries: &[(&str, T, &[u8], Option<&str>)]) -> Vec<u8> {
-        let gz = targz(entries);
-        let mut out = Vec::new();
-        io::copy(&mut GzDecoder::new(&gz[..]), &mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn layers_apply_whiteouts_hard_links_and_absolute_symlinks() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("rootfs");
-        let lower = plain_tar(&[
-            ("etc/", T::Directory, b"", None),
-            ("etc/keep", T::Regular, b"k", None),
-            ("etc/gone", T::Regular, b"g", None),
-            ("var/", T::Directory, b"", None),
-            ("var/cache/", T::Directory, b"", None),
-            ("var/cache/a", T::Regular, b"a", None),
-            ("bin/", T::Directory, b"", None),
-            ("bin/busy", T::Regular, b"#!", None),
-            ("dev/", T::Directory, b"", None),
-            ("dev/null", T::Char, b"", None),
-        ]);
-        let upper = plain_tar(&[
-            ("etc/.wh.gone", T::Regular, b"", None),
-            ("var/cache/.wh..wh..opq", T::Regular, b"", None),
-            ("var/cache/b", T::Regular, b"b", None),
-            ("bin/sh", T::Link, b"", Some("bin/busy")),
-            ("lib", T::Symlink, b"", Some("/usr/lib")),
-        ]);
-        unpack_layer(&lower[..], &root, Limits::default()).unwrap();
-        unpack_layer(&upper[..], &root, Limits::default()).unwrap();
-        assert!(root.join("etc/keep").exists());
-        assert!(!root.join("etc/gone").exists());
-        assert!(!root.join("var/cache/a").exists());
-        assert!(root.join("var/cache/b").exists());
-        assert!(!root.join("dev/null").exists(), "device nodes are skipped");
-        assert_eq!(fs::read(root.join("bin/sh")).unwrap(), b"#!");
-        assert_eq!(
-            fs::read_link(root.join("lib")).unwrap(),
-            Path::new("/usr/lib")
-        );
-        // Still no escape through names or hard links.
-        let evil = plain_tar(&[("x", T::Link, b"", Some("../../etc/passwd"))]);
-        assert!(unpack_layer(&evil[..], &root, Limits::default()).is_err());
-        let evil = plain_tar(&[("../x", T::Regular, b"x", None)]);
-        assert!(unpack_layer(&evil[..], &root, Limits::default()).is_err());
-        // Through a symlinked directory (lib -> /usr/lib): neither a hard
-        // link's target nor a whiteout may reach the host.
-        let evil = plain_tar(&[("y", T::Link, b"", Some("lib/os-release"))]);
-        assert!(unpack_layer(&evil[..], &root, Limits::default()).is_err());
-        let evil = plain_tar(&[("lib/.wh.os-release", T::Regular, b"", None)]);
-        assert!(unpack_layer(&evil[..], &root, Limits::default()).is_err());
-        assert!(Path::new("/usr/lib/os-release").exists());
-    }
-
-    #[test]
-    fn garbage_is_corrupt_not_a_panic() {
-        let r = validate_tar_gz(&b"not a tarball at all"[..], Limits::default());
-        assert!(matches!(r, Err(ArchiveError::Corrupt(_))));
-    }
-}
+mod tests;
