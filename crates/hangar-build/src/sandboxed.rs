@@ -38,6 +38,9 @@ pub fn offline_hint(offline: bool) -> String {
     }
 }
 
+/// Cargo's locks in its home, as cargo names them.
+const CARGO_LOCK_FILES: [&str; 2] = [".package-cache", ".package-cache-mutate"];
+
 /// One build's cargo runs in the sandbox.
 pub struct Sandboxed<'a> {
     cfg: &'a SandboxConfig,
@@ -47,6 +50,12 @@ pub struct Sandboxed<'a> {
     /// `<cargo home>/registry` and `/git` on the host.
     registry: PathBuf,
     git: PathBuf,
+    /// The cargo home's lock files (`.package-cache`, and the newer
+    /// `.package-cache-mutate`): bound into the fetch step so its downloads
+    /// take the same locks as every other cargo on the host (another
+    /// build's fetch, the operator's own cargo). Without them two fetches
+    /// unpack the same crate at once and one fails ("File exists").
+    locks: Vec<PathBuf>,
     /// Who owns them: the fetch step's user.
     cache_owner: (u32, u32),
     src: &'a Path,
@@ -80,6 +89,16 @@ impl<'a> Sandboxed<'a> {
         }
         let meta = std::fs::metadata(&registry)
             .map_err(|e| format!("reading {}: {e}", registry.display()))?;
+        let mut locks = Vec::new();
+        for name in CARGO_LOCK_FILES {
+            let path = home.join(name);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+            locks.push(path);
+        }
         let user = cfg.user;
         let owned = target.to_owned();
         tokio::task::spawn_blocking(move || own_tree(&owned, user))
@@ -92,6 +111,7 @@ impl<'a> Sandboxed<'a> {
             toolchain,
             registry,
             git,
+            locks,
             cache_owner: (meta.uid(), meta.gid()),
             src,
             target,
@@ -291,6 +311,14 @@ impl<'a> Sandboxed<'a> {
             cache(&self.registry, "registry"),
             cache(&self.git, "git"),
         ];
+        if fetch {
+            for lock in &self.locks {
+                if let Some(name) = lock.file_name() {
+                    let inside = format!("{}/{}", paths::CARGO_HOME, name.to_string_lossy());
+                    binds.push(Bind::rw(lock, &inside));
+                }
+            }
+        }
         if let Some(rt) = self.runtime {
             binds.push(Bind::ro(rt, paths::RUNTIME));
         }
