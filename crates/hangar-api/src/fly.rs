@@ -682,17 +682,19 @@ impl StopRequest {
         };
         let timeout = match &self.timeout {
             None => None,
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .filter(|f| *f >= 0.0)
-                .map(Duration::from_secs_f64),
-            Some(Value::String(s)) => hangar_core::machine::parse_duration(s),
+            Some(Value::Number(n)) => n.as_f64().and_then(hangar_core::duration::seconds),
+            Some(Value::String(s)) => hangar_core::duration::parse(s),
             Some(_) => None,
         };
         if self.timeout.is_some() && timeout.is_none() {
             return Err(ApiError::bad_request(
                 "timeout: must be a duration such as \"10s\" or seconds",
             ));
+        }
+        if let Some(t) = timeout {
+            hangar_core::duration::Bounds::STOP_GRACE
+                .check(t)
+                .map_err(|why| ApiError::bad_request(format!("timeout: {why}")))?;
         }
         Ok((signal, timeout))
     }

@@ -428,11 +428,7 @@ fn syntax_error(src: &str, e: &toml::de::Error) -> ConfigError {
 
 /// Formats a duration the way [`machine::parse_duration`] reads it.
 fn duration_string(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
+    crate::duration::format(d)
 }
 
 /// Parses a memory size: `"512mb"`, `"1gb"`, `"1.5gb"`, `"2048"` (MB).
@@ -801,7 +797,7 @@ impl<'s> Parser<'s> {
                 )
             })?,
             DeValue::Integer(_) => match as_i64(v.get_ref()) {
-                Some(n) if n >= 0 => Duration::from_secs(n as u64),
+                Some(n) if n >= 0 => Duration::from_secs(n.unsigned_abs()),
                 _ => {
                     return Err(self.err(
                         &v.span(),
@@ -815,6 +811,11 @@ impl<'s> Parser<'s> {
             },
             _ => return Err(self.type_err(t, name, v, "a duration such as \"10s\"")),
         };
+        // Every duration a tenant writes is bounded; keys with a tighter
+        // range check it after.
+        let d = crate::duration::Bounds::at_least(Duration::ZERO)
+            .check(d)
+            .map_err(|why| self.err(&v.span(), &t.key(name), why))?;
         Ok(Some((d, v.span())))
     }
 
@@ -1759,6 +1760,16 @@ processes = []
             r#"hangar.toml line 2: deploy.wait_timeout: expected a duration such as "10s", found a float"#
         );
         assert!(dur("\"5y\"").is_err());
+        // Hostile values are errors naming the key, never a panic.
+        for v in ["\"1e20\"", "\"inf\"", "\"NaN\""] {
+            let e = dur(v).unwrap_err().to_string();
+            assert!(e.contains("deploy.wait_timeout"), "{v}: {e}");
+        }
+        assert_eq!(
+            dur("\"87600h\"").unwrap_err().to_string(),
+            "hangar.toml line 2: deploy.wait_timeout: must be 0s to 24h, not 87600h"
+        );
+        assert!(dur("9223372036854775807").is_err());
     }
 
     #[test]

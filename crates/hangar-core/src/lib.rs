@@ -4,6 +4,7 @@
 //! - [`name`]: app names (DNS labels) and their validation rule.
 //! - [`id`]: random identifiers and bearer tokens (stored hashed).
 //! - [`archive`]: the one safe tar unpacker, used for uploaded sources and image layers.
+//! - [`duration`]: the one parser and the bounds of durations tenants write.
 //! - [`route`]: the [`route::RouteSink`] seam between the node agent and the edge proxy.
 //! - [`machine`]: a machine's configuration (Fly Machines API shape) and its validation.
 //! - [`resource`]: the resources an app declares in its code.
@@ -14,6 +15,7 @@
 
 pub mod app_config;
 pub mod archive;
+pub mod duration;
 pub mod id;
 pub mod machine;
 pub mod name;

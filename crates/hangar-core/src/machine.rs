@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::duration::{self, Bounds};
+
 /// A machine's configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct MachineConfig {
@@ -129,6 +131,8 @@ pub struct Service {
 
 /// Idle time before autostop acts when a service names none.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The range of a service's idle timeout.
+pub const IDLE_TIMEOUT: Bounds = Bounds::at_least(Duration::from_secs(1));
 
 impl Service {
     /// The service's idle timeout (validated by [`MachineConfig::validate`]).
@@ -136,6 +140,7 @@ impl Service {
         self.idle_timeout
             .as_deref()
             .and_then(parse_duration)
+            .map(|d| IDLE_TIMEOUT.clamp(d))
             .unwrap_or(DEFAULT_IDLE_TIMEOUT)
     }
 }
@@ -248,7 +253,12 @@ impl Check {
         };
         let mut spec = Spec::new(kind);
         spec.port = self.port;
-        let time = |v: &Option<String>| v.as_deref().and_then(parse_duration);
+        // Clamped: rows stored before the bounds existed stay bounded.
+        let time = |v: &Option<String>| {
+            v.as_deref()
+                .and_then(parse_duration)
+                .map(|d| d.min(duration::MAX_TENANT_DURATION))
+        };
         if let Some(d) = time(&self.interval) {
             spec.interval = d;
         }
@@ -274,13 +284,16 @@ impl Check {
             ("timeout", &self.timeout, Duration::from_millis(1)),
             ("grace_period", &self.grace_period, Duration::ZERO),
         ] {
-            if let Some(v) = value
-                && parse_duration(v).is_none_or(|d| d < min)
-            {
-                return Err(invalid(
-                    &format!("{at}.{name}"),
-                    format!("must be a duration such as \"10s\" or \"500ms\", not {v:?}"),
-                ));
+            if let Some(v) = value {
+                let d = parse_duration(v).ok_or_else(|| {
+                    invalid(
+                        &format!("{at}.{name}"),
+                        format!("must be a duration such as \"10s\" or \"500ms\", not {v:?}"),
+                    )
+                })?;
+                Bounds::at_least(min)
+                    .check(d)
+                    .map_err(|why| invalid(&format!("{at}.{name}"), why))?;
             }
         }
         if let Some(p) = &self.path
@@ -437,13 +450,16 @@ impl MachineConfig {
                     "must be 1 to 65535",
                 ));
             }
-            if let Some(t) = &s.idle_timeout
-                && parse_duration(t).is_none_or(|d| d < Duration::from_secs(1))
-            {
-                return Err(invalid(
-                    &format!("services[{i}].idle_timeout"),
-                    "must be a duration of at least 1s, such as \"30s\" or \"5m\"",
-                ));
+            if let Some(t) = &s.idle_timeout {
+                let d = parse_duration(t).ok_or_else(|| {
+                    invalid(
+                        &format!("services[{i}].idle_timeout"),
+                        "must be a duration of at least 1s, such as \"30s\" or \"5m\"",
+                    )
+                })?;
+                IDLE_TIMEOUT
+                    .check(d)
+                    .map_err(|why| invalid(&format!("services[{i}].idle_timeout"), why))?;
             }
             if let Some(c) = &s.concurrency {
                 if !matches!(c.kind.as_str(), "requests" | "connections") {
@@ -491,13 +507,16 @@ impl MachineConfig {
                     ),
                 ));
             }
-            if let Some(t) = &stop.timeout
-                && parse_duration_value(t).is_none()
-            {
-                return Err(invalid(
-                    "stop_config.timeout",
-                    "must be a duration such as \"10s\" or a number of seconds",
-                ));
+            if let Some(t) = &stop.timeout {
+                let d = parse_duration_value(t).ok_or_else(|| {
+                    invalid(
+                        "stop_config.timeout",
+                        "must be a duration such as \"10s\" or a number of seconds",
+                    )
+                })?;
+                Bounds::STOP_GRACE
+                    .check(d)
+                    .map_err(|why| invalid("stop_config.timeout", why))?;
             }
         }
         Ok(())
@@ -528,6 +547,7 @@ impl MachineConfig {
             .timeout
             .as_ref()
             .and_then(parse_duration_value)
+            .map(|d| Bounds::STOP_GRACE.clamp(d))
             .unwrap_or(Duration::from_secs(10));
         (sig, grace)
     }
@@ -552,47 +572,15 @@ impl MachineConfig {
     }
 }
 
-/// Parses Go-style durations as Fly uses them: `"10s"`, `"1m30s"`,
-/// `"500ms"`, `"2h"`; a bare number is seconds.
+/// Parses Go-style durations as Fly uses them (see [`duration::parse`]).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_end] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total += Duration::from_secs_f64(n * unit);
-    }
-    Some(total)
+    duration::parse(s)
 }
 
 fn parse_duration_value(v: &serde_json::Value) -> Option<Duration> {
     match v {
-        serde_json::Value::Number(n) => n
-            .as_f64()
-            .filter(|f| *f >= 0.0)
-            .map(Duration::from_secs_f64),
-        serde_json::Value::String(s) => parse_duration(s),
+        serde_json::Value::Number(n) => n.as_f64().and_then(duration::seconds),
+        serde_json::Value::String(s) => duration::parse(s),
         // Fly also sends {"Duration": nanoseconds}.
         serde_json::Value::Object(o) => o
             .get("Duration")
@@ -639,6 +627,44 @@ mod tests {
             c.validate().unwrap_err().field
         };
         assert_eq!(bad(r#"{"image": ""}"#), "config.image");
+        // Durations are finite and bounded: stop grace at most 5 minutes
+        // (as Fly), everything else at most 24 hours.
+        for (json, field) in [
+            (
+                r#"{"image": "x", "stop_config": {"timeout": "87600h"}}"#,
+                "config.stop_config.timeout",
+            ),
+            (
+                r#"{"image": "x", "stop_config": {"timeout": 1e20}}"#,
+                "config.stop_config.timeout",
+            ),
+            (
+                r#"{"image": "x", "stop_config": {"timeout": "inf"}}"#,
+                "config.stop_config.timeout",
+            ),
+            (
+                r#"{"image": "x", "services": [{"internal_port": 80, "idle_timeout": "1e20"}]}"#,
+                "config.services[0].idle_timeout",
+            ),
+            (
+                r#"{"image": "x", "services": [{"internal_port": 80, "idle_timeout": "25h"}]}"#,
+                "config.services[0].idle_timeout",
+            ),
+            (
+                r#"{"image": "x", "checks": {"c": {"type": "tcp", "port": 80, "interval": "48h"}}}"#,
+                "config.checks.c.interval",
+            ),
+        ] {
+            assert_eq!(bad(json), field, "{json}");
+        }
+        let ok: MachineConfig =
+            serde_json::from_str(r#"{"image": "x", "stop_config": {"timeout": "5m"}}"#).unwrap();
+        assert!(ok.validate().is_ok());
+        // A row stored before the bounds: its grace is clamped, never 10 years.
+        let old: MachineConfig =
+            serde_json::from_str(r#"{"image": "x", "stop_config": {"timeout": "87600h"}}"#)
+                .unwrap();
+        assert_eq!(old.stop().1, duration::MAX_STOP_GRACE);
         assert_eq!(
             bad(r#"{"image": "x", "guest": {"cpus": 0}}"#),
             "config.guest.cpus"

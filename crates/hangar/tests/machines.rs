@@ -440,6 +440,36 @@ fn orgs_are_isolated_and_errors_are_clear() {
         assert_eq!(code, 422, "{body}");
         assert!(body["error"].as_str().unwrap().contains("GPU"), "{body}");
     }
+    // Hostile durations are 4xx naming the field, and hangar stays up.
+    for config in [
+        json!({"image": "toolbox:v1", "stop_config": {"timeout": 1e20}}),
+        json!({"image": "toolbox:v1", "stop_config": {"timeout": "87600h"}}),
+        json!({"image": "toolbox:v1",
+               "services": [{"internal_port": 8080, "idle_timeout": "inf"}]}),
+    ] {
+        let (code, body) = bad(json!({ "config": config }));
+        assert!(code == 400 || code == 422, "{code} {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("stop_config.timeout") || error.contains("idle_timeout"),
+            "{body}"
+        );
+    }
+    let (code, body) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{id}/stop"),
+        json!({"timeout": 1e20}),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("timeout"),
+        "{body}"
+    );
+    assert_eq!(
+        machine(&p, &id)["state"],
+        "started",
+        "still up, still running"
+    );
     let (code, _) = p.call("GET", "/v1/apps/toolbox/machines/mch_nope", Value::Null);
     assert_eq!(code, 404);
 }
