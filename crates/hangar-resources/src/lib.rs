@@ -36,6 +36,12 @@ pub enum ResourceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the secrets key {path} is missing, but the store holds {sealed} values sealed with it \
+         (secrets and resource credentials); a new key could read none of them. Restore the \
+         key file from a backup, or move state.db away to start empty"
+    )]
+    KeyMissing { path: String, sealed: i64 },
     #[error("the secrets key {0} is not 64 hex digits")]
     BadKey(String),
     #[error("a sealed value could not be opened (wrong key, or tampered with)")]
@@ -88,12 +94,25 @@ const NONCE_LEN: usize = 12;
 impl Vault {
     /// Opens the key at `path`, creating it (mode 0600) on first use.
     pub fn open(path: &Path) -> Result<Vault> {
+        Self::open_with(path, 0)
+    }
+
+    /// Like [`Vault::open`], but with `sealed` values already stored under
+    /// a key, a missing key file is an error: a new key could read none of
+    /// them, and every secret would silently be lost.
+    pub fn open_with(path: &Path, sealed: i64) -> Result<Vault> {
         let key_err = |source| ResourceError::Key {
             path: path.display().to_string(),
             source,
         };
         let hex_key = match std::fs::read_to_string(path) {
             Ok(text) => text.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && sealed > 0 => {
+                return Err(ResourceError::KeyMissing {
+                    path: path.display().to_string(),
+                    sealed,
+                });
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 getrandom::fill(&mut key)
@@ -1453,6 +1472,25 @@ impl Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_key_with_sealed_values_stored_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("secrets.key");
+        let Err(err) = Vault::open_with(&key, 3) else {
+            panic!("opened without its key");
+        };
+        assert!(
+            matches!(err, ResourceError::KeyMissing { sealed: 3, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("Restore the key file"), "{err}");
+        assert!(!key.exists(), "no new key was written");
+        // Nothing sealed yet: a first start makes the key.
+        Vault::open_with(&key, 0).unwrap();
+        assert!(key.exists());
+        Vault::open_with(&key, 3).unwrap();
+    }
 
     #[test]
     fn sealed_values_open_only_in_their_context_with_their_key() {

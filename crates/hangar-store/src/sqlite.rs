@@ -36,7 +36,9 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a commit is on disk when it returns (NORMAL in WAL mode may
+        // lose the last commits on power loss, though never corrupts).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         Self::init(conn)
     }
 
@@ -290,6 +292,20 @@ impl Store {
             }
             tx.commit()?;
             Ok(removed)
+        })
+        .await
+    }
+
+    /// How many rows hold values sealed by the vault (secrets and
+    /// resource credentials): without its key they cannot be read.
+    pub async fn sealed_rows(&self) -> Result<i64> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT COUNT(*) FROM secrets) \
+                 + (SELECT COUNT(*) FROM resources WHERE sealed IS NOT NULL)",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .await
     }

@@ -254,3 +254,57 @@ fn todo_deploys_with_no_flags_on_hangars_own_servers() {
         "destroy stops and removes the app's own Redis"
     );
 }
+
+#[test]
+fn a_lost_secrets_key_stops_hangar_up_instead_of_losing_every_secret() {
+    let mut p = TestPlatform::start_with(&["--driver", "runc", "--postgres-url", ADMIN_URL]);
+    let (code, body) = p.call("POST", "/v1/apps", serde_json::json!({"app_name": "keyed"}));
+    assert!(code == 200 || code == 201, "{code} {body}");
+    let out = p.hangar(&["secrets", "set", "keyed", "TOKEN=s3cret-value"]);
+    assert!(out.status.success());
+    p.kill9();
+    let key = p.data_dir().join("secrets.key");
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+
+    // Started again without its key, hangar refuses, and makes no new one.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(p.data_dir())
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--machine-subnet",
+            &p.subnet,
+        ])
+        .args(["--driver", "runc", "--postgres-url", ADMIN_URL])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(60, "hangar up to give up without its key", || {
+        child.try_wait().unwrap()
+    });
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "hangar up started without its key");
+    assert!(
+        stderr.contains("secrets key") && stderr.contains("is missing"),
+        "{stderr}"
+    );
+    assert!(!key.exists(), "a new key was made");
+
+    // The key back: everything reads again.
+    std::fs::write(&key, saved).unwrap();
+    p.restart();
+    let out = p.hangar(&["secrets", "list", "keyed"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TOKEN"));
+}
