@@ -28,6 +28,7 @@
 mod auth;
 mod error;
 mod fly;
+pub mod listen;
 pub mod quota;
 mod routes;
 mod shuttle;
@@ -98,7 +99,5 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    listen::serve(listener, router(state), listen::LIMITS, shutdown).await
 }

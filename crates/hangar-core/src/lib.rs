@@ -1,6 +1,7 @@
 //! Shared vocabulary of Hangar: the small types every other crate speaks.
 //!
 //! Layout:
+//! - [`admission`]: connection caps (total, per client) for the listeners.
 //! - [`name`]: app names (DNS labels) and their validation rule.
 //! - [`id`]: random identifiers and bearer tokens (stored hashed).
 //! - [`archive`]: the one safe tar unpacker, used for uploaded sources and image layers.
@@ -13,6 +14,7 @@
 //! This crate does no I/O of its own except in [`archive`], and knows nothing of
 //! HTTP, SQL or runc.
 
+pub mod admission;
 pub mod app_config;
 pub mod archive;
 pub mod duration;

@@ -114,6 +114,8 @@ pub(crate) struct Shared {
     pub(crate) routes: Arc<RouteTable>,
     /// The worker's upstream connections, reused across its clients.
     pub(crate) pool: Pool,
+    /// Peers whose `X-Forwarded-For` chain is extended.
+    pub(crate) trusted: Arc<[crate::IpNet]>,
 }
 
 /// Per client connection state: cloned into each request's future as one
@@ -124,6 +126,8 @@ pub(crate) struct ConnCtx {
     pub(crate) shared: Arc<Shared>,
     /// The client's IP rendered once per connection for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
+    /// Whether the peer is a trusted proxy (its chain is kept).
+    pub(crate) trusted: bool,
 }
 
 /// The service function: never fails at the hyper level; every error becomes
@@ -252,7 +256,16 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    append_forwarded_for(headers, &ctx.client_ip);
+    // Who the client is, the edge says: what a client claims about itself
+    // is dropped, unless it comes through a trusted proxy.
+    for name in CLIENT_IP_HEADERS {
+        headers.remove(name);
+    }
+    if ctx.trusted {
+        append_forwarded_for(headers, &ctx.client_ip);
+    } else {
+        headers.insert(&X_FORWARDED_FOR, ctx.client_ip.clone());
+    }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     headers.insert(&X_FORWARDED_HOST, original_host.clone());
     if !headers.contains_key(header::HOST) {
@@ -475,8 +488,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers other proxies use to name the client: only the edge names it,
+/// in `X-Forwarded-For`.
+const CLIENT_IP_HEADERS: [&str; 7] = [
+    "x-real-ip",
+    "forwarded",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
+
 /// Sets `X-Forwarded-For` to the client IP, appended with ", " to whatever
-/// chain the client already sent (several header lines are folded into one).
+/// chain a trusted proxy already sent (several header lines are folded into
+/// one).
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
     let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
     if existing.peek().is_none() {

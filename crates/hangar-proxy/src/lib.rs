@@ -69,6 +69,7 @@ mod error;
 mod forward;
 mod pool;
 mod table;
+mod trust;
 
 use std::future::Future;
 use std::io;
@@ -76,6 +77,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hangar_core::admission::{Admission, ConnLimits};
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -86,6 +88,7 @@ use tokio::task::JoinSet;
 
 pub use error::ProxyError;
 pub use table::RouteTable;
+pub use trust::IpNet;
 
 use forward::{ConnCtx, Shared};
 
@@ -106,8 +109,51 @@ pub async fn serve(
     routes: Arc<RouteTable>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    serve_with_workers(listener, routes, workers, shutdown).await
+    serve_with(listener, routes, EdgeOptions::default(), shutdown).await
+}
+
+/// How the edge serves, beyond its routes.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    /// Worker threads (at least 1; default: one per CPU).
+    pub workers: usize,
+    /// Peers whose `X-Forwarded-For` chain is extended (a load balancer in
+    /// front); from anyone else it is replaced by the peer's address.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Client connections held at once, in total and per client address
+    /// (all workers together); past them a connection is closed at once.
+    pub limits: ConnLimits,
+}
+
+/// The edge's default connection caps.
+pub const DEFAULT_LIMITS: ConnLimits = ConnLimits {
+    total: 16_384,
+    per_client: 512,
+};
+
+/// How long a client connection may take to send a request's headers,
+/// counted from when it is ready for one (so also its idle time between
+/// requests).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        EdgeOptions {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            trusted_proxies: Vec::new(),
+            limits: DEFAULT_LIMITS,
+        }
+    }
+}
+
+/// [`serve`] with `options`.
+pub async fn serve_with(
+    listener: TcpListener,
+    routes: Arc<RouteTable>,
+    options: EdgeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    serve_workers(listener, routes, options, shutdown).await
 }
 
 /// [`serve`] with `workers` threads (at least 1).
@@ -124,6 +170,22 @@ pub async fn serve_with_workers(
     workers: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
+    let options = EdgeOptions {
+        workers,
+        ..EdgeOptions::default()
+    };
+    serve_workers(listener, routes, options, shutdown).await
+}
+
+async fn serve_workers(
+    listener: TcpListener,
+    routes: Arc<RouteTable>,
+    options: EdgeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    let workers = options.workers;
+    let trusted: Arc<[IpNet]> = options.trusted_proxies.into();
+    let admission = Admission::new(options.limits);
     let local = listener.local_addr().map_err(ProxyError::Listener)?;
     let listener = listener.into_std().map_err(ProxyError::Listener)?;
     tracing::info!(addr = %local, domain = routes.domain(), workers, "proxy listening");
@@ -134,6 +196,8 @@ pub async fn serve_with_workers(
     for n in 0..workers.max(1) {
         let socket = listener.try_clone().map_err(ProxyError::Listener)?;
         let (routes, stop) = (Arc::clone(&routes), stop_rx.clone());
+        let trusted = Arc::clone(&trusted);
+        let admission = Arc::clone(&admission);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("hangar-proxy-{n}"))
@@ -150,7 +214,7 @@ pub async fn serve_with_workers(
                 };
                 runtime.block_on(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => worker(listener, routes, stop).await,
+                        Ok(listener) => worker(listener, routes, trusted, admission, stop).await,
                         Err(err) => tracing::error!(%err, "proxy worker cannot watch the listener"),
                     }
                 });
@@ -177,13 +241,22 @@ pub async fn serve_with_workers(
 
 /// One worker: accepts and serves connections on the current thread until
 /// `stop` turns true, then drains them (bounded by [`SHUTDOWN_GRACE`]).
-async fn worker(listener: TcpListener, routes: Arc<RouteTable>, mut stop: watch::Receiver<bool>) {
+async fn worker(
+    listener: TcpListener,
+    routes: Arc<RouteTable>,
+    trusted: Arc<[IpNet]>,
+    admission: Arc<Admission>,
+    mut stop: watch::Receiver<bool>,
+) {
     let shared = Arc::new(Shared {
         routes,
         pool: pool::Pool::default(),
+        trusted,
     });
     let mut http = http1::Builder::new();
-    http.keep_alive(true).timer(TokioTimer::new());
+    http.keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -205,8 +278,15 @@ async fn worker(listener: TcpListener, routes: Arc<RouteTable>, mut stop: watch:
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(admitted) = admission.admit(peer.ip()) else {
+                        tracing::debug!(%peer, "client connection refused: over its cap");
+                        continue; // dropping the stream closes it
+                    };
                     let conn = serve_connection(&http, &shared, stream, peer, stop.clone());
-                    connections.spawn(conn);
+                    connections.spawn(async move {
+                        let _admitted = admitted;
+                        conn.await
+                    });
                 }
                 Err(err) => {
                     tracing::warn!(%err, "accept failed");
@@ -255,9 +335,11 @@ fn serve_connection(
     }
     let client_ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let trusted = shared.trusted.iter().any(|n| n.contains(peer.ip()));
     let ctx = Arc::new(ConnCtx {
         shared: Arc::clone(shared),
         client_ip,
+        trusted,
     });
     let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
     let conn = http

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hangar_core::route::{Activity, RouteSink};
-use hangar_proxy::{ProxyError, RouteTable, serve};
+use hangar_proxy::{EdgeOptions, ProxyError, RouteTable, serve_with};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -72,6 +72,8 @@ async fn echo(
     for (echoed, received) in [
         ("x-echo-host", "host"),
         ("x-echo-xff", "x-forwarded-for"),
+        ("x-echo-real-ip", "x-real-ip"),
+        ("x-echo-forwarded", "forwarded"),
         ("x-echo-xfp", "x-forwarded-proto"),
         ("x-echo-xfh", "x-forwarded-host"),
         ("x-echo-secret", "x-secret"),
@@ -115,13 +117,22 @@ struct Proxy {
 }
 
 async fn start_proxy() -> Proxy {
+    start_proxy_with(EdgeOptions::default()).await
+}
+
+async fn start_proxy_with(options: EdgeOptions) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
     let routes = Arc::new(RouteTable::new("localhost"));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, Arc::clone(&routes), async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(serve_with(
+        listener,
+        Arc::clone(&routes),
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     Proxy {
         addr,
         routes,
@@ -266,36 +277,65 @@ async fn host_is_matched_case_insensitively_with_trailing_dot() {
 }
 
 #[tokio::test]
-async fn forwarded_for_is_appended_and_hop_by_hop_headers_are_dropped() {
+async fn forwarded_for_is_the_edges_and_hop_by_hop_headers_are_dropped() {
     let up = start_upstream("a").await;
+    let claims = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-real-ip", "203.0.113.8"),
+        ("forwarded", "for=203.0.113.9"),
+        ("connection", "x-secret"),
+        ("x-secret", "do not forward"),
+        ("te", "trailers"),
+        ("upgrade", "websocket"),
+    ];
+    // A client's own claims about who it is are dropped: the app sees the
+    // address the edge saw.
     let proxy = start_proxy().await;
     proxy.routes.set_route("hello", vec![up.addr]);
-
     let resp = proxy
         .request(
             &client(),
             Method::GET,
             &proxy.host("hello"),
             "/hop",
-            &[
-                ("x-forwarded-for", "203.0.113.7"),
-                ("connection", "x-secret"),
-                ("x-secret", "do not forward"),
-                ("te", "trailers"),
-                ("upgrade", "websocket"),
-            ],
+            &claims,
             empty(),
         )
         .await;
     let answer = Answer::read(resp).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    assert_eq!(answer.header("x-echo-xff"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(answer.header("x-echo-xff"), Some("127.0.0.1"));
+    assert_eq!(answer.header("x-echo-real-ip"), None);
+    assert_eq!(answer.header("x-echo-forwarded"), None);
     assert_eq!(answer.header("x-echo-secret"), None);
     assert_eq!(answer.header("x-echo-te"), None);
     assert_eq!(answer.header("x-echo-upgrade"), None);
     // The upstream's hop-by-hop response headers stop at the proxy.
     assert_eq!(answer.header("x-hop"), None);
     assert_eq!(answer.header("keep-alive"), None);
+    proxy.shutdown().await;
+
+    // Through a trusted proxy (a load balancer on 127.0.0.0/8), its chain
+    // is extended.
+    let proxy = start_proxy_with(EdgeOptions {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..EdgeOptions::default()
+    })
+    .await;
+    proxy.routes.set_route("hello", vec![up.addr]);
+    let resp = proxy
+        .request(
+            &client(),
+            Method::GET,
+            &proxy.host("hello"),
+            "/hop",
+            &claims,
+            empty(),
+        )
+        .await;
+    let answer = Answer::read(resp).await;
+    assert_eq!(answer.header("x-echo-xff"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(answer.header("x-echo-real-ip"), None);
     proxy.shutdown().await;
 }
 

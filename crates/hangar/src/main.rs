@@ -90,6 +90,11 @@ enum Command {
         /// addresses only; private ranges denied) or none.
         #[arg(long, default_value = "public")]
         egress: hangar_node::Egress,
+        /// A load balancer in front of the proxy (an address or network,
+        /// repeatable): its X-Forwarded-For chain is extended. From anyone
+        /// else the chain is replaced by the client's address.
+        #[arg(long = "trusted-proxy", value_name = "CIDR")]
+        trusted_proxies: Vec<hangar_proxy::IpNet>,
         /// Apps each organisation may have.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         org_max_apps: u32,
@@ -279,6 +284,7 @@ async fn run(cli: Cli) -> Result<()> {
             build_offline,
             machine_subnet,
             egress,
+            trusted_proxies,
             org_max_apps,
             org_max_machines,
             org_max_memory_mb,
@@ -320,6 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
                 nats_url: servers.nats_url,
                 machine_subnet,
                 egress,
+                trusted_proxies,
                 quotas: hangar_api::quota::Quotas {
                     apps: org_max_apps,
                     machines: org_max_machines,

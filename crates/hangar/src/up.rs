@@ -71,6 +71,8 @@ pub struct UpOptions {
     pub nats_url: Option<String>,
     /// Where runc machines' own addresses come from.
     pub machine_subnet: hangar_node::Subnet,
+    /// Peers whose X-Forwarded-For chain the proxy extends.
+    pub trusted_proxies: Vec<hangar_proxy::IpNet>,
     /// What machines may reach outside the host.
     pub egress: hangar_node::Egress,
     /// What each org may have.
@@ -96,6 +98,7 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Runs until Ctrl-C / SIGTERM.
 pub async fn run(opts: UpOptions) -> Result<()> {
+    raise_nofile();
     let data = &opts.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let data = data.canonicalize()?;
@@ -172,7 +175,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         },
         network,
     );
-    let vault = Vault::open(&data.join("secrets.key")).context("opening the secrets key")?;
+    let sealed = store.sealed_rows().await?;
+    let vault =
+        Vault::open_with(&data.join("secrets.key"), sealed).context("opening the secrets key")?;
     let postgres = opts
         .postgres_url
         .as_deref()
@@ -327,8 +332,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     tasks.spawn({
         let stop = signal(shutdown_rx.clone());
         let routes = routes.clone();
+        let trusted_proxies = opts.trusted_proxies.clone();
         async move {
-            if let Err(e) = hangar_proxy::serve(proxy_listener, routes, stop).await {
+            let options = hangar_proxy::EdgeOptions {
+                trusted_proxies,
+                ..hangar_proxy::EdgeOptions::default()
+            };
+            if let Err(e) = hangar_proxy::serve_with(proxy_listener, routes, options, stop).await {
                 warn!("proxy: {e}");
             }
         }
@@ -544,6 +554,37 @@ fn run_dir(data: &std::path::Path) -> PathBuf {
                 fallback.display()
             );
             fallback
+        }
+    }
+}
+
+/// Raises hangar's open-file limit to the hard limit: every client
+/// connection, upstream connection and machine log holds a descriptor,
+/// and the listeners' caps (hangar_api::listen::LIMITS,
+/// hangar_proxy::DEFAULT_LIMITS) assume the headroom.
+fn raise_nofile() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `rl`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return;
+        }
+        let wanted = rl.rlim_max;
+        if rl.rlim_cur < wanted {
+            rl.rlim_cur = wanted;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                tracing::warn!("cannot raise the open-file limit above {}", rl.rlim_cur);
+                return;
+            }
+        }
+        if rl.rlim_cur < 8192 {
+            tracing::warn!(
+                limit = rl.rlim_cur,
+                "the open-file limit is low: raise it (ulimit -n, LimitNOFILE=) for more connections"
+            );
         }
     }
 }

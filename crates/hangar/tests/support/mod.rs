@@ -246,6 +246,15 @@ impl TestPlatform {
             .to_owned();
     }
 
+    /// The `hangar up` process's pid.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("hangar up is running")
+    }
+
     /// Kills hangar with SIGKILL (no chance to clean up) and waits for it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,115 @@
+//! Hostile clients against the one hangar process every tenant shares:
+//! thousands of silent connections to the API and to the proxy must not
+//! take the platform from anyone else (issue 13).
+
+mod support;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::{TestPlatform, example};
+
+/// Opens `n` connections to `to` from `from` (another loopback address,
+/// so the caps per client see one hostile client) and sends nothing.
+fn silent_connections(from: &str, to: SocketAddr, n: usize) -> Vec<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let local: SocketAddr = format!("{from}:0").parse().unwrap();
+        socket
+            .bind(&local.into())
+            .expect("binding a loopback source address");
+        if socket.connect(&to.into()).is_ok() {
+            // SAFETY: into_raw_fd hands over the only owner of the fd.
+            held.push(unsafe {
+                TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(socket))
+            });
+        }
+    }
+    held
+}
+
+/// How many of `conns` the server has closed (EOF within `wait`).
+fn closed(conns: &mut [TcpStream], wait: Duration) -> usize {
+    let mut n = 0;
+    for c in conns {
+        c.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn three_thousand_silent_connections_take_nothing_from_other_clients() {
+    let p = TestPlatform::start();
+    p.deploy(&example("hello"));
+    let api: SocketAddr = p.api.trim_start_matches("http://").parse().unwrap();
+    let proxy: SocketAddr = format!("127.0.0.1:{}", p.proxy_port).parse().unwrap();
+    let fds_before = open_fds(p.pid());
+
+    let mut on_api = silent_connections("127.0.0.2", api, 3000);
+    let mut on_proxy = silent_connections("127.0.0.3", proxy, 3000);
+    assert!(
+        on_api.len() > 2000 && on_proxy.len() > 2000,
+        "the kernel took the connections"
+    );
+
+    // Everyone else is served, at once.
+    let t = Instant::now();
+    let apps = p.api_get("/api/v1/apps");
+    let api_took = t.elapsed();
+    assert!(apps.to_string().contains("hello"), "{apps}");
+    let t = Instant::now();
+    let (code, body) = p.get("hello", "/");
+    let proxy_took = t.elapsed();
+    assert_eq!(code, 200, "{body}");
+    eprintln!("with 3,000 + 3,000 silent connections: API {api_took:?}, app {proxy_took:?}");
+    assert!(api_took < Duration::from_secs(1), "API took {api_took:?}");
+    assert!(
+        proxy_took < Duration::from_secs(1),
+        "app took {proxy_took:?}"
+    );
+
+    // Past its cap, the hostile client's connections were closed; hangar
+    // holds a bounded number of descriptors for it.
+    let fds = open_fds(p.pid());
+    assert!(
+        fds < fds_before + 256 + 512 + 100,
+        "hangar holds {fds} descriptors (it had {fds_before})"
+    );
+    let refused_api = closed(&mut on_api[2500..], Duration::from_millis(200));
+    let refused_proxy = closed(&mut on_proxy[2500..], Duration::from_millis(200));
+    assert_eq!(
+        refused_api, 500,
+        "API connections past the per-client cap are closed"
+    );
+    assert_eq!(
+        refused_proxy, 500,
+        "proxy connections past the per-client cap are closed"
+    );
+
+    // The admitted silent ones are closed at the API's header deadline.
+    let timed_out = closed(&mut on_api[..10], Duration::from_secs(20));
+    assert_eq!(
+        timed_out, 10,
+        "silent API connections outlived the header timeout"
+    );
+    drop(on_api);
+    drop(on_proxy);
+    let (code, _) = p.get("hello", "/");
+    assert_eq!(code, 200);
+}
