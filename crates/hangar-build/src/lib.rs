@@ -36,7 +36,7 @@ pub use sandbox::{BUILD_UID, BuildLimits, BuildSandbox, SandboxConfig};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Settings of the builder.
 #[derive(Debug, Clone)]
@@ -67,6 +67,12 @@ pub struct BuildConfig {
     /// Builds never use the network: the fetch step finds dependencies
     /// only in the cargo home (`cargo fetch --offline`).
     pub offline: bool,
+    /// A program that scans a source dir for declared resources in a
+    /// process of its own (`hangar __scan-resources DIR`, see
+    /// [`resources::scan_main`]): a source nested deeply enough to overflow
+    /// the parser's stack kills that process, not hangar. `None`: scanned
+    /// in-process (tests).
+    pub resource_scanner: Option<PathBuf>,
 }
 
 /// Errors of the builder that are not a build failing (which is recorded
@@ -234,9 +240,32 @@ impl Builder {
             };
             match claimed {
                 Some(build) => {
+                    // Its own task: a panic anywhere in one build fails that
+                    // build, with a reason, and the worker goes on.
+                    let this = self.clone();
+                    let (id, log) = (build.id.clone(), self.log_path(&build.id));
+                    let mut task = tokio::spawn(async move { this.build(build).await });
                     tokio::select! {
-                        _ = self.build(build) => {}
-                        _ = shutdown.changed() => return,
+                        done = &mut task => {
+                            if let Err(e) = done
+                                && e.is_panic()
+                            {
+                                let reason = format!(
+                                    "internal error in hangar while building ({}); this build is \
+                                     failed, the next ones run",
+                                    panic_text(e.into_panic())
+                                );
+                                error!(build = %id, "{reason}");
+                                append(&log, &format!("==> build failed: {reason}\n")).await;
+                                if let Err(e) = self.inner.store.fail_build(&id, &reason).await {
+                                    warn!(build = %id, "recording failure: {e}");
+                                }
+                            }
+                        }
+                        _ = shutdown.changed() => {
+                            task.abort();
+                            return;
+                        }
                     }
                 }
                 None => {
@@ -326,12 +355,8 @@ impl Builder {
 
         // What the code declares, read without running it; provisioned
         // before cargo runs, so a misconfiguration fails in seconds.
-        let declared = {
-            let src = src.clone();
-            tokio::task::spawn_blocking(move || resources::declared(&src))
-                .await
-                .map_err(|e| format!("reading the source: {e}"))?
-        };
+        let declared =
+            resources::declared_isolated(inner.cfg.resource_scanner.as_deref(), &src).await?;
         let mut patch_runtime = None;
         if let Some(runtime) = declared.runtime {
             let kinds: Vec<&str> = declared.kinds.iter().map(|k| k.as_str()).collect();
@@ -581,5 +606,16 @@ async fn append(path: &Path, text: &str) {
         .await;
     if let Ok(mut f) = file {
         let _ = f.write_all(text.as_bytes()).await;
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => match p.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "a panic".to_owned(),
+        },
     }
 }

@@ -57,6 +57,100 @@ pub fn declared(src_dir: &Path) -> Declared {
     found
 }
 
+/// The most time a scan may take.
+const SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`declared`], in a process of its own when `scanner` is given (see
+/// [`scan_main`]): an error is a build failure, worded for the user.
+pub async fn declared_isolated(scanner: Option<&Path>, src_dir: &Path) -> Result<Declared, String> {
+    let Some(scanner) = scanner else {
+        let src = src_dir.to_owned();
+        return tokio::task::spawn_blocking(move || declared(&src))
+            .await
+            .map_err(|e| format!("reading the source: {e}"));
+    };
+    let run = tokio::process::Command::new(scanner)
+        .arg(SCAN_COMMAND)
+        .arg(src_dir)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(SCAN_TIMEOUT, run)
+        .await
+        .map_err(|_| {
+            format!(
+                "reading the resources your code declares took over {} s; is a source file huge?",
+                SCAN_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("reading the resources your code declares: {e}"))?;
+    if !out.status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        let how = match out.status.signal() {
+            Some(sig) => format!("killed by signal {sig}"),
+            None => format!("exit status {}", out.status.code().unwrap_or(-1)),
+        };
+        return Err(format!(
+            "reading the resources your code declares failed ({how}): a source file under src/ \
+             nests expressions or types too deeply for Hangar's parser; split it up"
+        ));
+    }
+    parse_scan(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| "reading the resources your code declares: a garbled answer".to_owned())
+}
+
+/// The hidden subcommand of the `hangar` binary that runs [`scan_main`].
+pub const SCAN_COMMAND: &str = "__scan-resources";
+
+/// The scanner process: prints what `src_dir` declares, one line each
+/// (`runtime hangar|shuttle`, `kind <resource>`), then `end`. It runs on a
+/// thread with a fixed 64 MiB stack, so that how deep a tenant's source
+/// may nest is the same on every host.
+pub fn scan_main(src_dir: &Path) -> std::process::ExitCode {
+    let dir = src_dir.to_owned();
+    let scanned = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(move || declared(&dir))
+        .ok()
+        .and_then(|t| t.join().ok());
+    let Some(d) = scanned else {
+        return std::process::ExitCode::FAILURE;
+    };
+    let mut out = String::new();
+    if let Some(r) = d.runtime {
+        out.push_str(match r {
+            Runtime::Hangar => "runtime hangar\n",
+            Runtime::Shuttle => "runtime shuttle\n",
+        });
+    }
+    for k in &d.kinds {
+        out.push_str(&format!("kind {}\n", k.as_str()));
+    }
+    out.push_str("end\n");
+    print!("{out}");
+    std::process::ExitCode::SUCCESS
+}
+
+fn parse_scan(text: &str) -> Option<Declared> {
+    let mut d = Declared::default();
+    let mut ended = false;
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("runtime", "hangar")) => d.runtime = Some(Runtime::Hangar),
+            Some(("runtime", "shuttle")) => d.runtime = Some(Runtime::Shuttle),
+            Some(("kind", k)) => {
+                d.kinds.insert(k.parse().ok()?);
+            }
+            None if line == "end" => ended = true,
+            _ => return None,
+        }
+    }
+    ended.then_some(d)
+}
+
 /// Every `.rs` file under `dir`, not following symlinks.
 fn collect_rs(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -120,6 +214,18 @@ fn entry_attribute(path: &syn::Path) -> Option<Runtime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_answers_round_trip_and_garbage_is_refused() {
+        let d = parse_scan("runtime shuttle\nkind postgres\nend\n").unwrap();
+        assert_eq!(d.runtime, Some(Runtime::Shuttle));
+        assert_eq!(d.kinds.len(), 1);
+        assert_eq!(parse_scan("end\n"), Some(Declared::default()));
+        // Cut short (the scanner died mid-way) or garbled: no answer.
+        assert_eq!(parse_scan("runtime hangar\n"), None);
+        assert_eq!(parse_scan("kind nonsense\nend\n"), None);
+        assert_eq!(parse_scan("hello\nend\n"), None);
+    }
 
     #[test]
     fn finds_hangar_resources() {

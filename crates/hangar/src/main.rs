@@ -246,7 +246,13 @@ enum ImageCommand {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> std::process::ExitCode {
+    // The builder's resource scanner (a process of its own: see
+    // hangar_build::resources::scan_main); not a user command.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == hangar_build::resources::SCAN_COMMAND {
+        return hangar_build::resources::scan_main(std::path::Path::new(&args[2]));
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Up { .. } | Command::Run { .. }) {
         // A client command piped into `head` ends quietly, like any Unix
@@ -262,6 +268,7 @@ async fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+    std::process::ExitCode::SUCCESS
 }
 
 async fn run(cli: Cli) -> Result<()> {

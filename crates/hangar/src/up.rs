@@ -282,6 +282,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             runtime_dir: Some(runtime_dir),
             sandbox: build_sandbox,
             offline: opts.build_offline,
+            // This very binary, as `hangar __scan-resources DIR`.
+            resource_scanner: std::env::current_exe().ok(),
         },
         release_tx.clone(),
     )?;

@@ -113,3 +113,34 @@ fn three_thousand_silent_connections_take_nothing_from_other_clients() {
     let (code, _) = p.get("hello", "/");
     assert_eq!(code, 200);
 }
+
+#[test]
+fn a_source_nested_too_deeply_fails_its_build_not_hangar() {
+    let p = TestPlatform::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = support::copy_example("hello", tmp.path());
+    // Not even compiled (no `mod deep;`), but scanned for resources.
+    let depth = 100_000;
+    let deep = format!(
+        "pub fn f() -> i32 {{ {}1{} }}\n",
+        "(".repeat(depth),
+        ")".repeat(depth)
+    );
+    std::fs::write(dir.join("src/deep.rs"), deep).unwrap();
+    let out = p.hangar(&["deploy", dir.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("nests expressions or types too deeply"),
+        "{text}"
+    );
+    // Hangar is up, and the next deploy of the same app works.
+    std::fs::remove_file(dir.join("src/deep.rs")).unwrap();
+    p.deploy(&dir);
+    let (code, body) = p.get("hello", "/");
+    assert_eq!(code, 200, "{body}");
+}
