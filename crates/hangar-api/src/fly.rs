@@ -196,8 +196,7 @@ async fn delete_app(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
-    state.agent.destroy_app(&app).await?;
-    state.store.delete_app(&app.id).await?;
+    crate::routes::delete_app_everywhere(&state, &app).await?;
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -470,19 +470,28 @@ async fn destroy_app(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
-    state.agent.destroy_app(&app).await?;
-    // Machines first (they hold connections to the database), then what
-    // was provisioned for the app, then its rows.
-    let resources = state.resources.list(&app.id).await?;
-    state.resources.deprovision(&app).await?;
-    state.store.delete_app(&app.id).await?;
-    let dropped: Vec<String> = resources
-        .into_iter()
-        .map(|r| format!("{} {}", r.kind, r.name))
-        .collect();
+    let dropped = delete_app_everywhere(&state, &app).await?;
     Ok(Json(
         json!({ "destroyed": app.name, "resources_dropped": dropped }),
     ))
+}
+
+/// The one way an app is deleted, from either API: machines first (they
+/// hold connections to the database), then what was provisioned for it
+/// (database, role, Redis user, secrets), then its rows. Returns what was
+/// dropped. A later app of the same name, in any org, starts empty.
+pub(crate) async fn delete_app_everywhere(
+    state: &ApiState,
+    app: &hangar_store::App,
+) -> Result<Vec<String>, ApiError> {
+    state.agent.destroy_app(app).await?;
+    let resources = state.resources.list(&app.id).await?;
+    state.resources.deprovision(app).await?;
+    state.store.delete_app(&app.id).await?;
+    Ok(resources
+        .into_iter()
+        .map(|r| format!("{} {}", r.kind, r.name))
+        .collect())
 }
 
 /// `GET /api/v1/apps/{app}/secrets`: names and when each was set; values

@@ -12,6 +12,11 @@ use support::{TestPlatform, example, wait_for};
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// Tests that deploy examples/todo as `todo` on the shared Postgres take
+/// turns: the database name is the app's. (Another name would get a cold
+/// cargo target dir of its own.)
+static TODO_ON_SHARED_POSTGRES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `sql` as the admin and returns the first column of each row.
 fn admin_query(sql: &str, param: &str) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -47,6 +52,9 @@ fn database_exists(name: &str) -> bool {
 
 #[test]
 fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
+    let _turn = TODO_ON_SHARED_POSTGRES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     // Fails loudly, naming what is missing, when Postgres is down.
     let _ = admin_query("SELECT $1::text", "ping");
     let p = TestPlatform::start_with(&[
@@ -307,4 +315,34 @@ fn a_lost_secrets_key_stops_hangar_up_instead_of_losing_every_secret() {
     p.restart();
     let out = p.hangar(&["secrets", "list", "keyed"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("TOKEN"));
+}
+
+#[test]
+fn deleting_an_app_through_the_machines_api_drops_its_database() {
+    let _turn = TODO_ON_SHARED_POSTGRES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let _ = admin_query("SELECT $1::text", "ping");
+    let p = TestPlatform::start_with(&[
+        "--postgres-url",
+        ADMIN_URL,
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--nats-url",
+        "nats://127.0.0.1:4222",
+    ]);
+    let (app, database) = ("todo", "hangar_todo");
+    p.deploy(&example("todo"));
+    assert!(database_exists(database), "database provisioned at deploy");
+    let (code, body) = p.call("DELETE", &format!("/v1/apps/{app}"), Value::Null);
+    assert_eq!(code, 202, "{body}");
+    assert!(
+        !database_exists(database),
+        "Fly's DELETE left the database for the next owner of the name"
+    );
+    let roles = admin_query(
+        "SELECT rolname::text FROM pg_roles WHERE rolname = $1",
+        database,
+    );
+    assert!(roles.is_empty(), "its role is gone too: {roles:?}");
 }
