@@ -26,7 +26,14 @@ pub fn tail(path: PathBuf, start: u64, mut done: Option<Done>) -> Body {
         loop {
             // Read everything there is now.
             if let Ok(mut f) = tokio::fs::File::open(&path).await
-                && f.seek(SeekFrom::Start(pos)).await.is_ok()
+                && {
+                    // Shorter than what was read: the log was cut (see the
+                    // node's log keeper); follow it from its new start.
+                    if f.metadata().await.is_ok_and(|m| m.len() < pos) {
+                        pos = 0;
+                    }
+                    f.seek(SeekFrom::Start(pos)).await.is_ok()
+                }
             {
                 loop {
                     match f.read(&mut buf).await {

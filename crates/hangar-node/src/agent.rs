@@ -20,6 +20,7 @@ use crate::network::{Network, NetworkError};
 
 mod health;
 mod launch;
+mod logs;
 mod net;
 mod rollout;
 mod wake;
@@ -45,6 +46,8 @@ pub struct NodeConfig {
     /// Where machines' resources files go (a tmpfs such as
     /// `/run/hangar/<node>`: credentials and secrets are never at rest).
     pub run_dir: PathBuf,
+    /// The most bytes of machine logs kept per app (`None`: no cap).
+    pub log_cap_bytes: Option<u64>,
 }
 
 /// Errors of the node agent.

@@ -731,9 +731,18 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The last `n` lines of a file, for error messages.
+/// The last `n` lines of a file, for error messages: read from its last
+/// 64 KiB, whatever its size.
 pub fn tail_of(path: &Path, n: usize) -> String {
-    let text = fs::read(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 64 * 1024;
+    let mut text = Vec::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if f.seek(SeekFrom::Start(len.saturating_sub(MAX))).is_ok() {
+            let _ = f.take(MAX).read_to_end(&mut text);
+        }
+    }
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

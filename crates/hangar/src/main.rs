@@ -95,6 +95,10 @@ enum Command {
         /// else the chain is replaced by the client's address.
         #[arg(long = "trusted-proxy", value_name = "CIDR")]
         trusted_proxies: Vec<hangar_proxy::IpNet>,
+        /// Machine logs kept per app (MiB): past it the largest log is cut
+        /// and its tail kept in <machine>.log.1.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+        app_log_max_mb: u64,
         /// Apps each organisation may have.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         org_max_apps: u32,
@@ -292,6 +296,7 @@ async fn run(cli: Cli) -> Result<()> {
             machine_subnet,
             egress,
             trusted_proxies,
+            app_log_max_mb,
             org_max_apps,
             org_max_machines,
             org_max_memory_mb,
@@ -334,6 +339,7 @@ async fn run(cli: Cli) -> Result<()> {
                 machine_subnet,
                 egress,
                 trusted_proxies,
+                app_log_max_mb,
                 quotas: hangar_api::quota::Quotas {
                     apps: org_max_apps,
                     machines: org_max_machines,

@@ -73,6 +73,8 @@ pub struct UpOptions {
     pub machine_subnet: hangar_node::Subnet,
     /// Peers whose X-Forwarded-For chain the proxy extends.
     pub trusted_proxies: Vec<hangar_proxy::IpNet>,
+    /// Machine logs kept per app, in MiB.
+    pub app_log_max_mb: u64,
     /// What machines may reach outside the host.
     pub egress: hangar_node::Egress,
     /// What each org may have.
@@ -172,6 +174,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             stop_grace: Duration::from_secs(10),
             region: "local".to_owned(),
             run_dir: run_dir(&data),
+            log_cap_bytes: Some(opts.app_log_max_mb.saturating_mul(1 << 20)),
         },
         network,
     );
@@ -307,6 +310,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // Rollouts drain replaced machines by the proxy's in-flight counts.
     agent.set_activity(routes.clone());
     agent.spawn_health_loop(Duration::from_millis(250), shutdown_rx.clone());
+    agent.spawn_log_keeper(shutdown_rx.clone());
     agent.spawn_idle_loop(
         routes.clone(),
         Duration::from_millis(500),

@@ -144,3 +144,52 @@ fn a_source_nested_too_deeply_fails_its_build_not_hangar() {
     let (code, body) = p.get("hello", "/");
     assert_eq!(code, 200, "{body}");
 }
+
+/// Bytes of all of an app's log files.
+fn app_log_bytes(p: &TestPlatform, app: &str) -> u64 {
+    std::fs::read_dir(p.data_dir().join("logs").join(app))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_chatty_app_is_kept_under_its_log_cap() {
+    let p = TestPlatform::start_with(&["--driver", "runc", "--app-log-max-mb", "1"]);
+    p.deploy(&example("toolbox"));
+    let (code, m) = p.call(
+        "POST",
+        "/v1/apps/toolbox/machines",
+        serde_json::json!({"config": {"image": "toolbox:v1", "init": {"cmd": ["spam"]},
+                                      "guest": {"memory_mb": 64}}}),
+    );
+    assert_eq!(code, 200, "{m}");
+    // About 1 MiB a second for 8 s: 8 MiB written, at most the cap plus
+    // about a second's worth kept.
+    let mut most = 0;
+    for _ in 0..16 {
+        std::thread::sleep(Duration::from_millis(500));
+        most = most.max(app_log_bytes(&p, "toolbox"));
+    }
+    eprintln!("toolbox logs: at most {most} bytes on disk while writing ~8 MiB");
+    assert!(
+        most <= (1 << 20) + (3 << 19),
+        "{most} bytes of logs for a 1 MiB cap"
+    );
+    // What is shown is the newest output.
+    let out = p.hangar(&["logs", "toolbox"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last: u64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("spam ")?.get(..10)?.parse().ok())
+        .max()
+        .expect("spam lines in the logs");
+    assert!(
+        last > 4 * 1024,
+        "the newest lines, not the first ones: {last}"
+    );
+}

@@ -42,6 +42,7 @@ fn main() {
         Some("send") if args.len() >= 4 => send(&args[2], &args[3..]),
         Some("whoami") => whoami(),
         Some("compat") => compat(),
+        Some("spam") => spam(),
         Some("cat") if args.len() == 3 => match std::fs::read_to_string(&args[2]) {
             Ok(text) => print!("{text}"),
             Err(e) => {
@@ -244,6 +245,21 @@ fn compat() {
     }
     #[cfg(not(target_arch = "x86_64"))]
     println!("COMPAT not applicable");
+}
+
+/// Prints numbered 1 KiB lines at about 1 MiB a second, for ever: a
+/// chatty app, for the log cap.
+fn spam() {
+    use std::io::Write;
+    let pad = "x".repeat(1000);
+    let mut out = std::io::stdout().lock();
+    for i in 0u64.. {
+        let _ = writeln!(out, "spam {i:010} {pad}");
+        if i % 64 == 63 {
+            let _ = out.flush();
+            std::thread::sleep(std::time::Duration::from_millis(62));
+        }
+    }
 }
 
 fn alloc(mb: usize) {

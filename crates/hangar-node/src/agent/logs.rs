@@ -1,0 +1,151 @@
+//! Keeping machine logs under a per-app cap.
+//!
+//! A runc machine writes its stdout and stderr straight into
+//! `logs/<app>/<machine>.log` (opened `O_APPEND` and handed to runc), so
+//! the file cannot be renamed away from under it. Every second the keeper
+//! looks at each app's directory; past the app's cap it drops the oldest
+//! rotated (`.log.1`) files and logs of machines that are gone, then cuts
+//! the largest log still written to: its last quarter of the cap is copied
+//! to `<machine>.log.1` and the file is truncated to zero, where the
+//! machine's next write lands (copy-truncate). Between two passes an app
+//! may exceed its cap by what it writes in a second.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::Agent;
+
+/// How often the keeper looks.
+const PASS: Duration = Duration::from_secs(1);
+
+impl Agent {
+    /// Runs the keeper until `shutdown` (no cap: no keeper).
+    pub fn spawn_log_keeper(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let Some(cap) = self.inner.cfg.log_cap_bytes else {
+            return;
+        };
+        let dir = self.inner.cfg.logs_dir.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(PASS) => {}
+                    _ = shutdown.changed() => return,
+                }
+                let dir = dir.clone();
+                let pass = tokio::task::spawn_blocking(move || keep_all(&dir, cap)).await;
+                if let Err(e) = pass {
+                    warn!("log keeper: {e}");
+                }
+            }
+        });
+    }
+}
+
+fn keep_all(logs_dir: &Path, cap: u64) {
+    let Ok(apps) = fs::read_dir(logs_dir) else {
+        return;
+    };
+    for app in apps.flatten() {
+        if app.file_type().is_ok_and(|t| t.is_dir()) {
+            let dir = app.path();
+            if let Err(e) = keep_under(&dir, cap) {
+                warn!(dir = %dir.display(), "keeping logs under their cap: {e}");
+            }
+        }
+    }
+}
+
+/// One app's logs: what is in its directory, oldest first.
+fn files(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64, std::time::SystemTime)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)?.flatten() {
+        let Ok(meta) = e.metadata() else { continue };
+        if meta.is_file() {
+            let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            out.push((e.path(), meta.len(), mtime));
+        }
+    }
+    out.sort_by_key(|f| f.2);
+    Ok(out)
+}
+
+/// Brings the logs in `dir` under `cap` bytes (see the module's doc).
+pub fn keep_under(dir: &Path, cap: u64) -> std::io::Result<()> {
+    let mut all = files(dir)?;
+    let mut total: u64 = all.iter().map(|f| f.1).sum();
+    if total <= cap {
+        return Ok(());
+    }
+    // A log not written for a minute is of a machine that stopped or is
+    // gone: rotated files and those go first, oldest first.
+    let quiet = std::time::SystemTime::now() - Duration::from_secs(60);
+    all.retain(|(path, len, mtime)| {
+        if total > cap && (is_rotated(path) || *mtime < quiet) && fs::remove_file(path).is_ok() {
+            total -= len;
+            return false;
+        }
+        true
+    });
+    if total <= cap {
+        return Ok(());
+    }
+    // Then the largest live log is cut, keeping its tail.
+    if let Some((path, len, _)) = all
+        .iter()
+        .filter(|f| !is_rotated(&f.0))
+        .max_by_key(|f| f.1)
+        .cloned()
+    {
+        let keep = (cap / 4).min(len);
+        let rotated = PathBuf::from(format!("{}.1", path.display()));
+        let mut f = fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        f.seek(SeekFrom::Start(len - keep))?;
+        let mut tail = Vec::with_capacity(keep as usize);
+        (&mut f).take(keep).read_to_end(&mut tail)?;
+        let tmp = PathBuf::from(format!("{}.tmp", rotated.display()));
+        let mut out = fs::File::create(&tmp)?;
+        out.write_all(&tail)?;
+        fs::rename(&tmp, &rotated)?;
+        f.set_len(0)?;
+        info!(log = %path.display(), bytes = len, "log over its app's cap: cut, its tail kept in .1");
+    }
+    Ok(())
+}
+
+fn is_rotated(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_kept_under_the_cap_with_their_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("mch_a.log");
+        let mut text = Vec::new();
+        for i in 0..20_000 {
+            text.extend_from_slice(format!("line {i}\n").as_bytes());
+        }
+        fs::write(&live, &text).unwrap();
+        let cap = 40_000;
+        keep_under(dir.path(), cap).unwrap();
+        let now: u64 = files(dir.path()).unwrap().iter().map(|f| f.1).sum();
+        assert!(now <= cap, "{now} bytes left");
+        assert_eq!(fs::metadata(&live).unwrap().len(), 0);
+        let kept = fs::read_to_string(dir.path().join("mch_a.log.1")).unwrap();
+        assert!(kept.ends_with("line 19999\n"), "the newest lines are kept");
+        // An appending writer goes on at the start of the cut file.
+        let mut w = fs::OpenOptions::new().append(true).open(&live).unwrap();
+        w.write_all(b"after\n").unwrap();
+        assert_eq!(fs::read(&live).unwrap(), b"after\n");
+        // Under the cap: nothing changes.
+        keep_under(dir.path(), cap).unwrap();
+        assert!(dir.path().join("mch_a.log.1").exists());
+    }
+}
