@@ -276,6 +276,16 @@ async fn host_is_matched_case_insensitively_with_trailing_dot() {
     proxy.shutdown().await;
 }
 
+/// Routes `hello` to `upstream` and sends it a request with `headers`.
+async fn claim_through(proxy: &Proxy, upstream: SocketAddr, headers: &[(&str, &str)]) -> Answer {
+    proxy.routes.set_route("hello", vec![upstream]);
+    let host = proxy.host("hello");
+    let resp = proxy
+        .request(&client(), Method::GET, &host, "/hop", headers, empty())
+        .await;
+    Answer::read(resp).await
+}
+
 #[tokio::test]
 async fn forwarded_for_is_the_edges_and_hop_by_hop_headers_are_dropped() {
     let up = start_upstream("a").await;
@@ -291,18 +301,7 @@ async fn forwarded_for_is_the_edges_and_hop_by_hop_headers_are_dropped() {
     // A client's own claims about who it is are dropped: the app sees the
     // address the edge saw.
     let proxy = start_proxy().await;
-    proxy.routes.set_route("hello", vec![up.addr]);
-    let resp = proxy
-        .request(
-            &client(),
-            Method::GET,
-            &proxy.host("hello"),
-            "/hop",
-            &claims,
-            empty(),
-        )
-        .await;
-    let answer = Answer::read(resp).await;
+    let answer = claim_through(&proxy, up.addr, &claims).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(answer.header("x-echo-xff"), Some("127.0.0.1"));
     assert_eq!(answer.header("x-echo-real-ip"), None);
@@ -322,18 +321,7 @@ async fn forwarded_for_is_the_edges_and_hop_by_hop_headers_are_dropped() {
         ..EdgeOptions::default()
     })
     .await;
-    proxy.routes.set_route("hello", vec![up.addr]);
-    let resp = proxy
-        .request(
-            &client(),
-            Method::GET,
-            &proxy.host("hello"),
-            "/hop",
-            &claims,
-            empty(),
-        )
-        .await;
-    let answer = Answer::read(resp).await;
+    let answer = claim_through(&proxy, up.addr, &claims).await;
     assert_eq!(answer.header("x-echo-xff"), Some("203.0.113.7, 127.0.0.1"));
     assert_eq!(answer.header("x-echo-real-ip"), None);
     proxy.shutdown().await;

@@ -42,6 +42,18 @@ fn admin_query(sql: &str, param: &str) -> Vec<String> {
     })
 }
 
+/// A platform whose apps get the host's Postgres, Redis and NATS.
+fn on_the_hosts_servers() -> TestPlatform {
+    TestPlatform::start_with(&[
+        "--postgres-url",
+        ADMIN_URL,
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--nats-url",
+        "nats://127.0.0.1:4222",
+    ])
+}
+
 fn database_exists(name: &str) -> bool {
     !admin_query(
         "SELECT datname::text FROM pg_database WHERE datname = $1",
@@ -57,14 +69,7 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
         .unwrap_or_else(|p| p.into_inner());
     // Fails loudly, naming what is missing, when Postgres is down.
     let _ = admin_query("SELECT $1::text", "ping");
-    let p = TestPlatform::start_with(&[
-        "--postgres-url",
-        ADMIN_URL,
-        "--redis-url",
-        "redis://127.0.0.1:6379",
-        "--nats-url",
-        "nats://127.0.0.1:4222",
-    ]);
+    let p = on_the_hosts_servers();
     let app = "todo";
     let database = "hangar_todo";
     // A database left by an interrupted earlier run is simply reused
@@ -323,14 +328,7 @@ fn deleting_an_app_through_the_machines_api_drops_its_database() {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let _ = admin_query("SELECT $1::text", "ping");
-    let p = TestPlatform::start_with(&[
-        "--postgres-url",
-        ADMIN_URL,
-        "--redis-url",
-        "redis://127.0.0.1:6379",
-        "--nats-url",
-        "nats://127.0.0.1:4222",
-    ]);
+    let p = on_the_hosts_servers();
     let (app, database) = ("todo", "hangar_todo");
     p.deploy(&example("todo"));
     assert!(database_exists(database), "database provisioned at deploy");
