@@ -45,11 +45,13 @@ pub enum ProxyError {
         app: String,
     },
     /// The app's machines are stopped and none could be woken in time.
-    #[error("app '{app}' has no running machine and could not be started: {reason}")]
+    /// The client is told only that; why is in the operator's log (it may
+    /// name paths, runtimes and other internals).
+    #[error("app '{app}' has no running machine and could not be started; retry shortly")]
     WakeFailed {
         /// The app that was asked for.
         app: String,
-        /// Why, worded for the client.
+        /// Why, for the operator's log.
         reason: String,
     },
     /// Every machine of the app stayed at its hard concurrency limit while

@@ -207,6 +207,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         match woken {
             Ok(None) | Ok(Some(Ok(()))) => route = shared.routes.resolve(host_str)?,
             Ok(Some(Err(reason))) => {
+                tracing::warn!(app = %route.name, "wake failed: {reason}");
                 route.activity.record(503, started.elapsed());
                 return Err(ProxyError::WakeFailed {
                     app: route.name.to_string(),
@@ -214,6 +215,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
                 });
             }
             Err(_) => {
+                tracing::warn!(app = %route.name, "wake failed: no machine up within {} s", WAKE_TIMEOUT.as_secs());
                 route.activity.record(503, started.elapsed());
                 return Err(ProxyError::WakeFailed {
                     app: route.name.to_string(),
