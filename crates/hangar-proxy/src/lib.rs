@@ -365,8 +365,10 @@ fn serve_connection(
 pub async fn serve_metrics(
     listener: TcpListener,
     routes: Arc<RouteTable>,
+    token_hash: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
+    let token_hash: Arc<Option<String>> = Arc::new(token_hash);
     use http::{Response, StatusCode};
     use http_body_util::Full;
     let mut shutdown = std::pin::pin!(shutdown);
@@ -383,11 +385,31 @@ pub async fn serve_metrics(
             },
         };
         let routes = Arc::clone(&routes);
+        let token_hash = Arc::clone(&token_hash);
         tokio::spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let routes = Arc::clone(&routes);
+                let token_hash = Arc::clone(&token_hash);
                 async move {
-                    let resp = if req.uri().path() == "/metrics" {
+                    // With a token, only `Authorization: Bearer <token>`
+                    // reads the metrics (compared as hashes).
+                    let allowed = match token_hash.as_ref() {
+                        None => true,
+                        Some(want) => req
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "))
+                            .is_some_and(|t| hangar_core::id::hash_token(t.trim()) == *want),
+                    };
+                    let resp = if !allowed {
+                        Response::builder()
+                            .status(StatusCode::UNAUTHORIZED)
+                            .header("www-authenticate", "Bearer")
+                            .body(Full::new(bytes::Bytes::from_static(
+                                b"metrics need the token in <data dir>/metrics-token\n",
+                            )))
+                    } else if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                             .body(Full::new(bytes::Bytes::from(routes.render_metrics())))

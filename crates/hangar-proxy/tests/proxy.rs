@@ -1325,3 +1325,36 @@ async fn a_request_that_reached_the_upstream_is_not_replayed() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_need_their_token() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = Arc::new(RouteTable::new("localhost"));
+    let hash = hangar_core::id::hash_token("s3cret");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(hangar_proxy::serve_metrics(
+        listener,
+        routes,
+        Some(hash),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let get = |token: Option<&'static str>| {
+        let mut req = Request::builder().uri(format!("http://{addr}/metrics"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        client().request(req.body(empty()).unwrap())
+    };
+    assert_eq!(get(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(Some("wrong")).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let ok = get(Some("s3cret")).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let _ = stop.send(());
+    let _ = task.await;
+}

@@ -349,11 +349,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             }
         }
     });
+    let metrics_token = metrics_token(&data)?;
     tasks.spawn({
         let stop = signal(shutdown_rx.clone());
         let routes = routes.clone();
+        let hash = Some(hangar_core::id::hash_token(&metrics_token));
         async move {
-            if let Err(e) = hangar_proxy::serve_metrics(admin_listener, routes, stop).await {
+            if let Err(e) = hangar_proxy::serve_metrics(admin_listener, routes, hash, stop).await {
                 warn!("admin: {e}");
             }
         }
@@ -392,7 +394,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         opts.domain,
         proxy_addr.port()
     );
-    println!("hangar: metrics on http://{admin_addr}/metrics");
+    println!(
+        "hangar: metrics on http://{admin_addr}/metrics (bearer token in {})",
+        data.join("metrics-token").display()
+    );
     println!("hangar: ready");
 
     wait_for_signal().await;
@@ -426,6 +431,31 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The token `/metrics` asks for (`Authorization: Bearer …`): made at first
+/// start, kept in `<data>/metrics-token` (0600) for the operator's scraper.
+fn metrics_token(data: &std::path::Path) -> Result<String> {
+    let path = data.join("metrics-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = hangar_core::id::new_token();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    Ok(token)
 }
 
 /// The admin token: created with the first org on first start, kept in

@@ -232,7 +232,8 @@ impl TestPlatform {
                 self.proxy_port = addr.rsplit(':').next().unwrap().parse().unwrap();
             }
             if let Some(url) = line.strip_prefix("hangar: metrics on ") {
-                self.metrics_url = url.trim().to_owned();
+                let url = url.split_whitespace().next().unwrap_or_default();
+                self.metrics_url = url.to_owned();
             }
             let ready = line == "hangar: ready";
             self.stdout.push(line);
@@ -353,7 +354,14 @@ impl TestPlatform {
 
     /// The Prometheus text of the admin port.
     pub fn metrics(&self) -> String {
-        let (status, body) = self.request(&self.metrics_url, "GET", None, None, Bytes::new());
+        let token = std::fs::read_to_string(self.data_dir().join("metrics-token")).unwrap();
+        let (status, body) = self.request(
+            &self.metrics_url,
+            "GET",
+            None,
+            Some(token.trim()),
+            Bytes::new(),
+        );
         assert_eq!(status, 200, "{body}");
         body
     }
