@@ -443,18 +443,14 @@ fn metrics_token(data: &std::path::Path) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
+    new_token_file(&path)
+}
+
+/// A new token, written to `path` (0600, synced) before it is used.
+fn new_token_file(path: &std::path::Path) -> Result<String> {
     let token = hangar_core::id::new_token();
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
+    hangar_resources::write_private_file(path, format!("{token}\n").as_bytes(), 0o600, None)
         .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{token}")?;
-    f.sync_all()?;
     Ok(token)
 }
 
@@ -468,20 +464,7 @@ async fn admin_token(store: &Store, data: &std::path::Path) -> Result<String> {
             .trim()
             .to_owned());
     }
-    let token = hangar_core::id::new_token();
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        writeln!(f, "{token}")?;
-        f.sync_all()?;
-    }
+    let token = new_token_file(&path)?;
     store
         .create_org_with_token("default", "admin", &hangar_core::id::hash_token(&token))
         .await?;
@@ -608,11 +591,11 @@ fn raise_nofile() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
             return;
         }
-        let wanted = rl.rlim_max;
-        if rl.rlim_cur < wanted {
+        let (had, wanted) = (rl.rlim_cur, rl.rlim_max);
+        if had < wanted {
             rl.rlim_cur = wanted;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
-                tracing::warn!("cannot raise the open-file limit above {}", rl.rlim_cur);
+                tracing::warn!("cannot raise the open-file limit from {had} to {wanted}");
                 return;
             }
         }
