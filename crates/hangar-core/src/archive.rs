@@ -151,7 +151,44 @@ pub const MAX_HEADER_BODY: u64 = 64 * 1024;
 struct Pending {
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
-    pax: Option<Vec<u8>>,
+    pax: Option<Pax>,
+}
+
+/// The keys of a PAX header Hangar reads (a later record of a key wins).
+#[derive(Default)]
+struct Pax {
+    path: Option<Vec<u8>>,
+    linkpath: Option<Vec<u8>>,
+    size: Option<Vec<u8>>,
+}
+
+impl Pax {
+    fn parse(body: &[u8]) -> Result<Pax, ArchiveError> {
+        let mut pax = Pax::default();
+        for ext in tar::PaxExtensions::new(body) {
+            let ext = ext.map_err(|e| corrupt(format!("bad PAX header: {e}")))?;
+            let slot = match ext.key_bytes() {
+                b"path" => &mut pax.path,
+                b"linkpath" => &mut pax.linkpath,
+                b"size" => &mut pax.size,
+                _ => continue,
+            };
+            *slot = Some(ext.value_bytes().to_vec());
+        }
+        Ok(pax)
+    }
+}
+
+/// Keeps an extension header for the next entry; two of a kind for one
+/// entry are refused.
+fn keep<T>(slot: &mut Option<T>, value: T, what: &str, last: &str) -> Result<(), ArchiveError> {
+    if slot.is_some() {
+        return Err(corrupt(format!(
+            "two {what} headers describe the same entry (after {last:?})"
+        )));
+    }
+    *slot = Some(value);
+    Ok(())
 }
 
 impl Pending {
@@ -170,18 +207,6 @@ fn c_string(mut body: Vec<u8>) -> PathBuf {
         body.truncate(end);
     }
     PathBuf::from(OsString::from_vec(body))
-}
-
-/// The value of `key` in a PAX header body.
-fn pax_value(body: &[u8], key: &str) -> Result<Option<Vec<u8>>, ArchiveError> {
-    let mut found = None;
-    for ext in tar::PaxExtensions::new(body) {
-        let ext = ext.map_err(|e| corrupt(format!("bad PAX header: {e}")))?;
-        if ext.key_bytes() == key.as_bytes() {
-            found = Some(ext.value_bytes().to_vec());
-        }
-    }
-    Ok(found)
 }
 
 fn walk<R: Read>(
@@ -236,27 +261,18 @@ fn walk<R: Read>(
                 .take(size)
                 .read_to_end(&mut body)
                 .map_err(ArchiveError::Corrupt)?;
-            let slot = match kind {
-                tar::EntryType::GNULongName => &mut pending.long_name,
-                tar::EntryType::GNULongLink => &mut pending.long_link,
-                tar::EntryType::XHeader => &mut pending.pax,
+            match kind {
+                tar::EntryType::GNULongName => keep(&mut pending.long_name, body, what, &last)?,
+                tar::EntryType::GNULongLink => keep(&mut pending.long_link, body, what, &last)?,
+                tar::EntryType::XHeader => keep(&mut pending.pax, Pax::parse(&body)?, what, &last)?,
                 // Global headers set defaults Hangar does not use.
-                _ => continue,
-            };
-            if slot.is_some() {
-                return Err(corrupt(format!(
-                    "two {what} headers describe the same entry (after {last:?})"
-                )));
+                _ => {}
             }
-            *slot = Some(body);
             continue;
         }
         let ext = std::mem::take(&mut pending);
-        let pax_path = match &ext.pax {
-            Some(body) => pax_value(body, "path")?,
-            None => None,
-        };
-        let raw = match (pax_path, ext.long_name) {
+        let pax = ext.pax.unwrap_or_default();
+        let raw = match (pax.path, ext.long_name) {
             (Some(p), _) => PathBuf::from(OsString::from_vec(p)),
             (None, Some(n)) => c_string(n),
             (None, None) => entry
@@ -267,9 +283,8 @@ fn walk<R: Read>(
         };
         let shown = raw.display().to_string();
         last = shown.clone();
-        if let Some(body) = &ext.pax
-            && let Some(v) = pax_value(body, "size")?
-            && std::str::from_utf8(&v)
+        if let Some(v) = &pax.size
+            && std::str::from_utf8(v)
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 != Some(size)
@@ -281,10 +296,8 @@ fn walk<R: Read>(
             )));
         }
         let link_name = || -> Result<Option<PathBuf>, ArchiveError> {
-            if let Some(body) = &ext.pax
-                && let Some(v) = pax_value(body, "linkpath")?
-            {
-                return Ok(Some(PathBuf::from(OsString::from_vec(v))));
+            if let Some(v) = &pax.linkpath {
+                return Ok(Some(PathBuf::from(OsString::from_vec(v.clone()))));
             }
             if let Some(l) = &ext.long_link {
                 return Ok(Some(c_string(l.clone())));
