@@ -107,6 +107,8 @@ pub enum DriverError {
     Runc { action: String, stderr: String },
     #[error("the image has no command to run")]
     NoCommand,
+    #[error("wiring the machine's network: {0}")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
@@ -255,12 +257,7 @@ impl Driver {
                         })?;
                     let t1 = std::time::Instant::now();
                     if let Some(net) = &spec.net {
-                        crate::network::attach(net, pid)
-                            .await
-                            .map_err(|e| DriverError::Runc {
-                                action: "wire the network of".into(),
-                                stderr: e.to_string(),
-                            })?;
+                        crate::network::attach(net, pid).await?;
                     }
                     let t2 = std::time::Instant::now();
                     runc_ok(runc, state_root, &["start", &spec.id]).await?;

@@ -58,7 +58,7 @@ pub use link::attach;
 /// namespaces there; see [`Network::remove_old_namespaces`]).
 const NETNS_DIR: &str = "/run/netns";
 /// Where the earlier layout kept machines' user namespaces.
-pub const USERNS_DIR: &str = "/run/hangar-userns";
+const USERNS_DIR: &str = "/run/hangar-userns";
 /// The interface name prefix of the host's ends of machines' veths.
 const IFACE_PREFIX: &str = "hg";
 
