@@ -103,7 +103,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// connections finish (bounded, [`SHUTDOWN_GRACE`]), returns.
 ///
 /// Runs one worker per CPU ([`std::thread::available_parallelism`]); see
-/// [`serve_with_workers`].
+/// [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     routes: Arc<RouteTable>,
@@ -147,16 +147,6 @@ impl Default for EdgeOptions {
 }
 
 /// [`serve`] with `options`.
-pub async fn serve_with(
-    listener: TcpListener,
-    routes: Arc<RouteTable>,
-    options: EdgeOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ProxyError> {
-    serve_workers(listener, routes, options, shutdown).await
-}
-
-/// [`serve`] with `workers` threads (at least 1).
 ///
 /// Thread per core, as nginx does it: each worker is an OS thread with its
 /// own single-threaded tokio runtime, accepting from the same listening
@@ -164,20 +154,7 @@ pub async fn serve_with(
 /// connection, its upstream connection and every wake-up between them stay
 /// on one thread, so forwarding costs no cross-thread hand-off. The caller's
 /// runtime only waits for `shutdown`.
-pub async fn serve_with_workers(
-    listener: TcpListener,
-    routes: Arc<RouteTable>,
-    workers: usize,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ProxyError> {
-    let options = EdgeOptions {
-        workers,
-        ..EdgeOptions::default()
-    };
-    serve_workers(listener, routes, options, shutdown).await
-}
-
-async fn serve_workers(
+pub async fn serve_with(
     listener: TcpListener,
     routes: Arc<RouteTable>,
     options: EdgeOptions,
