@@ -10,6 +10,7 @@
 //! - [`machine`]: a machine's configuration (Fly Machines API shape) and its validation.
 //! - [`resource`]: the resources an app declares in its code.
 //! - [`status`]: the lifecycle states of builds, releases and machines.
+//! - [`supervise`]: panic containment for tasks and long-lived loops.
 //!
 //! This crate does no I/O of its own except in [`archive`], and knows nothing of
 //! HTTP, SQL or runc.
@@ -24,6 +25,7 @@ pub mod name;
 pub mod resource;
 pub mod route;
 pub mod status;
+pub mod supervise;
 
 /// An error and its causes, `: `-separated: many libraries (hyper,
 /// tokio-postgres) keep the useful part, e.g. `Connection refused`, in a

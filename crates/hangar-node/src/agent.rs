@@ -13,7 +13,22 @@ use hangar_core::route::{Activity, Limits as RouteLimits, RouteSink};
 use hangar_core::status::{MachineState, ReleaseStatus};
 use hangar_image::{ImageError, ImageStore};
 use hangar_store::{App, Machine, NewMachine, Release, Store, StoreError};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+/// What a background halt does to a machine ([`Agent::spawn_halt`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Halt {
+    /// `stop` with its stop_config (the idle loop's autostop).
+    Stop,
+    /// Freeze (the idle loop's autosuspend).
+    Suspend,
+    /// Finish a stop or destroy a crash interrupted (reconcile).
+    Finish { destroy: bool },
+}
+
+/// Time runc may take beyond a stop's grace before a background stop is
+/// given up on (and logged as an error).
+const STOP_MARGIN: Duration = Duration::from_secs(30);
 
 use crate::driver::{self, Driver, DriverError, Limits, ProcState};
 use crate::network::{Network, NetworkError};
@@ -138,6 +153,9 @@ struct Inner {
     /// The proxy's request counts, for draining replaced machines (set
     /// once at start; without it a drain waits its settle time only).
     activity: std::sync::OnceLock<Arc<dyn Activity>>,
+    /// Machines a background stop (idle loop, reconcile) is working on, so
+    /// the next pass does not start a second one.
+    stopping: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Agent {
@@ -169,6 +187,7 @@ impl Agent {
                 gates: Mutex::new(HashMap::new()),
                 health: Mutex::new(HashMap::new()),
                 activity: std::sync::OnceLock::new(),
+                stopping: Mutex::new(Default::default()),
             }),
         }
     }
@@ -213,8 +232,10 @@ impl Agent {
                 // An interrupted transition is finished in the direction it was going.
                 match m.state {
                     MachineState::Stopping | MachineState::Destroying => {
+                        // Its grace is the tenant's (up to 5 minutes): hangar
+                        // serves meanwhile instead of waiting for it here.
                         let destroy = m.state == MachineState::Destroying;
-                        self.stop_machine(&m, destroy, None).await?;
+                        self.spawn_halt(m, Halt::Finish { destroy });
                         continue;
                     }
                     MachineState::Suspending => {
@@ -642,6 +663,60 @@ impl Agent {
                 warn!(machine = %m.id, "auto_destroy: {e}");
             }
         }
+    }
+
+    /// Stops, destroys or suspends a machine in the background under its
+    /// lock, with a deadline of its grace plus a margin for runc, so a loop
+    /// that asks for it never waits on a duration the tenant chose. A
+    /// machine already being halted this way is left alone.
+    pub(crate) fn spawn_halt(&self, m: Machine, halt: Halt) {
+        {
+            let mut stopping = self
+                .inner
+                .stopping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !stopping.insert(m.id.clone()) {
+                return;
+            }
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let (_, grace) = m.config.stop();
+            let deadline = grace.max(agent.inner.cfg.stop_grace) + STOP_MARGIN;
+            let work = {
+                let agent = agent.clone();
+                let m = m.clone();
+                async move {
+                    match halt {
+                        Halt::Stop => agent.stop(&m.id, None, None).await.map(|_| ()),
+                        Halt::Suspend => agent.suspend(&m.id).await.map(|_| ()),
+                        Halt::Finish { destroy } => agent.stop_locked(&m, destroy).await,
+                    }
+                }
+            };
+            match tokio::time::timeout(deadline, hangar_core::supervise::guarded(work)).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!(machine = %m.id, "{halt:?}: {e}"),
+                Ok(Err(why)) => error!(machine = %m.id, "{halt:?} {why}"),
+                Err(_) => error!(machine = %m.id, "{halt:?} did not finish within {deadline:?}"),
+            }
+            agent
+                .inner
+                .stopping
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&m.id);
+        });
+    }
+
+    /// True while a background stop of the machine runs.
+    pub(crate) fn is_being_stopped(&self, id: &str) -> bool {
+        self.inner
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     /// [`Agent::stop_machine`] under the machine's lock, on its current row.

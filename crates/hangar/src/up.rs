@@ -251,7 +251,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     agent.set_resources(resources.clone());
     let runtime_dir = crate::runtime_src::install(&data.join("runtime"))
         .context("installing hangar-runtime's sources")?;
-    let (release_tx, mut release_rx) = mpsc::unbounded_channel::<String>();
+    let (release_tx, release_rx) = mpsc::unbounded_channel::<String>();
     // Builds are sandboxed wherever machines are: runc, as root.
     let build_sandbox = match &driver {
         Driver::Runc { runc, .. } => BuildSandbox::Runc(SandboxConfig {
@@ -317,24 +317,44 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         shutdown_rx.clone(),
     );
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(builder.clone().run(shutdown_rx.clone()));
-    {
+    // The builder's and the rollouts' loops serve every tenant: a panic in
+    // one is logged and the loop started again (each build and rollout is
+    // contained on its own, too).
+    let builder_loop = {
+        let builder = builder.clone();
+        let stop = shutdown_rx.clone();
+        hangar_core::supervise::supervise("builder", move || builder.clone().run(stop.clone()))
+    };
+    tasks.spawn(async move {
+        let _ = builder_loop.await;
+    });
+    let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
+    let rollout_loop = {
         let agent = agent.clone();
-        let mut stop = shutdown_rx.clone();
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    id = release_rx.recv() => {
-                        let Some(id) = id else { return };
-                        // Different apps roll out concurrently; one app's
-                        // rollouts are serialised by the agent.
-                        agent.spawn_rollout(id);
+        let stop = shutdown_rx.clone();
+        hangar_core::supervise::supervise("rollouts", move || {
+            let agent = agent.clone();
+            let mut stop = stop.clone();
+            let release_rx = release_rx.clone();
+            async move {
+                let mut release_rx = release_rx.lock().await;
+                loop {
+                    tokio::select! {
+                        id = release_rx.recv() => {
+                            let Some(id) = id else { return };
+                            // Different apps roll out concurrently; one app's
+                            // rollouts are serialised by the agent.
+                            agent.spawn_rollout(id);
+                        }
+                        _ = stop.changed() => return,
                     }
-                    _ = stop.changed() => return,
                 }
             }
-        });
-    }
+        })
+    };
+    tasks.spawn(async move {
+        let _ = rollout_loop.await;
+    });
     tasks.spawn({
         let stop = signal(shutdown_rx.clone());
         let routes = routes.clone();

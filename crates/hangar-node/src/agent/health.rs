@@ -274,8 +274,15 @@ impl Agent {
                     _ = tokio::time::sleep(tick) => {}
                     _ = shutdown.changed() => return,
                 }
-                if let Err(e) = agent.health_pass().await {
-                    warn!("health checks: {e}");
+                // A pass that panics is that pass lost, not the loop.
+                let pass = {
+                    let agent = agent.clone();
+                    async move { agent.health_pass().await }
+                };
+                match hangar_core::supervise::guarded(pass).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("health checks: {e}"),
+                    Err(why) => tracing::error!("health checks {why}"),
                 }
             }
         });

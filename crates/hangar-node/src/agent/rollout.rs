@@ -148,8 +148,26 @@ impl Agent {
     pub fn spawn_rollout(&self, release_id: String) {
         let agent = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = agent.rollout(&release_id).await {
-                warn!("{e}");
+            let work = {
+                let agent = agent.clone();
+                let id = release_id.clone();
+                async move { agent.rollout(&id).await }
+            };
+            match hangar_core::supervise::guarded(work).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("{e}"),
+                // Only this release fails; the app's lock went with the task.
+                Err(why) => {
+                    tracing::error!(release = %release_id, "rollout {why}");
+                    let reason = format!("the rollout {why} (a bug in hangar)");
+                    let store = &agent.inner.store;
+                    if let Err(e) = store
+                        .set_release_status(&release_id, ReleaseStatus::Failed, Some(&reason))
+                        .await
+                    {
+                        warn!(release = %release_id, "recording the failure: {e}");
+                    }
+                }
             }
         });
     }

@@ -9,9 +9,9 @@ use hangar_core::machine::Autostop;
 use hangar_core::route::{Activity, WakeFuture, Waker};
 use hangar_core::status::MachineState;
 use hangar_store::Machine;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::{Agent, NodeError, service};
+use super::{Agent, Halt, NodeError, service};
 
 impl Waker for Agent {
     fn wake(&self, app: &str) -> WakeFuture {
@@ -127,8 +127,16 @@ impl Agent {
                     _ = tokio::time::sleep(interval) => {}
                     _ = shutdown.changed() => return,
                 }
-                if let Err(e) = agent.idle_pass(&*activity).await {
-                    warn!("idle check: {e}");
+                // A pass that panics is that pass lost, not the loop.
+                let pass = {
+                    let agent = agent.clone();
+                    let activity = activity.clone();
+                    async move { agent.idle_pass(&*activity).await }
+                };
+                match hangar_core::supervise::guarded(pass).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("idle check: {e}"),
+                    Err(why) => error!("idle check {why}"),
                 }
             }
         });
@@ -193,16 +201,20 @@ impl Agent {
                 if idle < s.idle_timeout() {
                     continue;
                 }
-                info!(app = %app.name, machine = %m.id, idle_ms = idle.as_millis() as u64, "idle: {:?}", s.autostop);
-                let done = if s.autostop == Some(Autostop::Suspend) {
-                    self.suspend(&m.id).await.map(|_| ())
-                } else {
-                    self.stop(&m.id, None, None).await.map(|_| ())
-                };
-                match done {
-                    Ok(()) => running -= 1,
-                    Err(e) => warn!(machine = %m.id, "autostop: {e}"),
+                // One already on its way down counts as down.
+                running -= 1;
+                if self.is_being_stopped(&m.id) {
+                    continue;
                 }
+                info!(app = %app.name, machine = %m.id, idle_ms = idle.as_millis() as u64, "idle: {:?}", s.autostop);
+                // In the background, each with a deadline: one tenant's long
+                // stop grace never holds up the pass for everyone else.
+                let halt = if s.autostop == Some(Autostop::Suspend) {
+                    Halt::Suspend
+                } else {
+                    Halt::Stop
+                };
+                self.spawn_halt(m.clone(), halt);
             }
         }
         Ok(())

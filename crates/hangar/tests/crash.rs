@@ -1,0 +1,321 @@
+//! kill -9 at the interesting moments (ARCHITECTURE "Crash safety"): under
+//! load, in the middle of a stop whose grace is long, and with machines that
+//! die while hangar is down. Each checks the recovery the docs promise, on
+//! real runc.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{TestPlatform, example, free_port, wait_for};
+
+/// A platform whose proxy keeps its port across restarts, so a load (or a
+/// client) pointed at it before a crash finds it again after.
+fn platform_on_a_fixed_port() -> TestPlatform {
+    support::require_runc_and_root();
+    let proxy = format!("127.0.0.1:{}", free_port());
+    TestPlatform::start_with(&["--driver", "runc", "--proxy-listen", &proxy])
+}
+
+/// `(id, pid)` of every started machine of `app`, sorted.
+fn started(p: &TestPlatform, app: &str) -> Vec<(String, i64)> {
+    let status = p.api_get(&format!("/api/v1/apps/{app}"));
+    let mut out: Vec<(String, i64)> = status["machines"]
+        .as_array()
+        .expect("machines in the app's status")
+        .iter()
+        .filter(|m| m["state"] == "started")
+        .map(|m| {
+            (
+                m["id"].as_str().expect("a machine id").to_owned(),
+                m["pid"].as_i64().expect("a started machine's pid"),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Everything a crash must not lose, as the API shows it: apps, each app's
+/// releases (id, version, status), secret names, machine rows.
+fn inventory(p: &TestPlatform, apps: &[&str]) -> Value {
+    let mut all = serde_json::Map::new();
+    let list = p.api_get("/api/v1/apps");
+    let apps_now: Vec<Value> = list["apps"]
+        .as_array()
+        .expect("an app list")
+        .iter()
+        .map(|a| json!({"name": a["name"], "active": a["active_release"]["id"], "builds": a["builds"]}))
+        .collect();
+    all.insert("apps".into(), Value::Array(apps_now));
+    for app in apps {
+        let releases: Vec<Value> = p.api_get(&format!("/api/v1/apps/{app}/releases"))["releases"]
+            .as_array()
+            .expect("a release list")
+            .iter()
+            .map(|r| json!({"id": r["id"], "version": r["version"], "status": r["status"]}))
+            .collect();
+        let secrets = p.api_get(&format!("/api/v1/apps/{app}/secrets"));
+        let (_, machines) = p.call("GET", &format!("/v1/apps/{app}/machines"), Value::Null);
+        let mut rows: Vec<Value> = machines
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| json!({"id": m["id"], "state": m["state"], "instance_id": m["instance_id"]}))
+            .collect();
+        rows.sort_by_key(|m| m["id"].as_str().unwrap_or_default().to_owned());
+        all.insert(
+            (*app).to_owned(),
+            json!({"releases": releases, "secrets": secrets, "machines": rows}),
+        );
+    }
+    Value::Object(all)
+}
+
+#[test]
+fn kill9_under_load_loses_nothing_starts_nothing_twice_and_serves_within_2s() {
+    let mut p = platform_on_a_fixed_port();
+    p.deploy(&example("hello"));
+    p.deploy(&example("toolbox"));
+    let out = p.hangar(&[
+        "secrets",
+        "set",
+        "hello",
+        "CRASH_TEST_SECRET=kept-across-kill9",
+    ]);
+    assert!(out.status.success(), "setting a secret");
+    // A Machines API machine with a service, routed like a deploy's.
+    let (code, m) = p.call(
+        "POST",
+        "/v1/apps/toolbox/machines",
+        json!({"config": {"image": "toolbox:v1",
+                           "services": [{"internal_port": 8080, "protocol": "tcp",
+                                         "ports": [{"port": 80}]}]}}),
+    );
+    assert_eq!(code, 200, "{m}");
+    wait_for(30, "toolbox's machine to serve", || {
+        (p.get("toolbox", "/").0 == 200).then_some(())
+    });
+    let apps = ["hello", "toolbox"];
+    let before = inventory(&p, &apps);
+    let machines_before = (started(&p, "hello"), started(&p, "toolbox"));
+
+    let load = p.load("hello", "/", 4);
+    std::thread::sleep(Duration::from_secs(1));
+    p.kill9();
+    let restart_began = Instant::now();
+    p.restart();
+    let ready_after = restart_began.elapsed();
+    // The first answer of each app after the restart began.
+    let mut answered = std::collections::HashMap::new();
+    while answered.len() < apps.len() && restart_began.elapsed() < Duration::from_secs(10) {
+        for app in apps {
+            if !answered.contains_key(app)
+                && p.try_get(app, "/", Duration::from_millis(500))
+                    .is_ok_and(|(code, _)| code == 200)
+            {
+                answered.insert(app, restart_began.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let report = load.stop();
+    eprintln!(
+        "crash under load: ready after {ready_after:?}, first answers {answered:?}; {report}"
+    );
+    for app in apps {
+        let at = answered
+            .get(app)
+            .unwrap_or_else(|| panic!("{app} never answered within 10 s of the restart"));
+        assert!(
+            *at <= Duration::from_secs(2),
+            "{app} answered {at:?} after the restart began (goal ≤ 2 s)"
+        );
+    }
+    // Requests sent once hangar was back were all answered: the failures
+    // are the ones sent while nothing listened on the proxy's port.
+    let back = report.elapsed.as_secs_f64() - 2.0;
+    assert!(report.ok > 0, "{report}");
+    let late: Vec<_> = report
+        .error_samples
+        .iter()
+        .filter(|(at, _)| *at > back)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "requests failed after the restart: {late:?}"
+    );
+    assert!(
+        report.statuses.iter().all(|(at, _, _)| *at <= back),
+        "non-2xx answers after the restart: {:?}",
+        report.statuses
+    );
+
+    // Nothing lost, nothing started twice: same rows, same processes.
+    assert_eq!(inventory(&p, &apps), before, "state after kill -9");
+    assert_eq!(
+        (started(&p, "hello"), started(&p, "toolbox")),
+        machines_before,
+        "the same machines with the same pids"
+    );
+    let (code, env) = p.get("hello", "/");
+    assert_eq!((code, env.as_str()), (200, "Hello from Hangar!\n"));
+    let secrets = p.api_get("/api/v1/apps/hello/secrets").to_string();
+    assert!(secrets.contains("CRASH_TEST_SECRET"), "{secrets}");
+}
+
+/// The Fly machine `id` of toolbox.
+fn machine(p: &TestPlatform, id: &str) -> Value {
+    let (code, m) = p.call(
+        "GET",
+        &format!("/v1/apps/toolbox/machines/{id}"),
+        Value::Null,
+    );
+    assert_eq!(code, 200, "{m}");
+    m
+}
+
+fn create(p: &TestPlatform, config: Value) -> String {
+    let (code, m) = p.call(
+        "POST",
+        "/v1/apps/toolbox/machines",
+        json!({ "config": config }),
+    );
+    assert_eq!(code, 200, "{m}");
+    m["id"].as_str().expect("a machine id").to_owned()
+}
+
+fn pid(p: &TestPlatform, app: &str, id: &str) -> Option<i64> {
+    started(p, app)
+        .into_iter()
+        .find(|(m, _)| m == id)
+        .map(|(_, pid)| pid)
+}
+
+fn kill(pid: i64) {
+    // SAFETY: kill(2) on a pid this test read from the API.
+    let r = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -9 {pid}");
+}
+
+#[test]
+fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
+    let mut p = platform_on_a_fixed_port();
+    p.deploy(&example("hello"));
+    p.deploy(&example("toolbox"));
+    // `sleep` as a container's init ignores SIGTERM: its stop takes the
+    // whole grace (20 s) before the SIGKILL.
+    let slow = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]},
+               "stop_config": {"timeout": "20s"}, "restart": {"policy": "no"}}),
+    );
+    let dies_while_down = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]},
+               "restart": {"policy": "on-failure", "max_retries": 3}}),
+    );
+    let dies_after = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]},
+               "restart": {"policy": "always", "max_retries": 3}}),
+    );
+    let slow_pid = pid(&p, "toolbox", &slow).expect("the slow machine runs");
+    let down_pid = pid(&p, "toolbox", &dies_while_down).expect("a machine runs");
+    let after_pid = pid(&p, "toolbox", &dies_after).expect("a machine runs");
+    let (hello_machine, hello_pid) = started(&p, "hello")
+        .into_iter()
+        .next()
+        .expect("hello runs a machine");
+
+    // A stop that hangar is killed in the middle of.
+    let api = p.api.clone();
+    let token = p.token.clone();
+    let url = format!("{api}/v1/apps/toolbox/machines/{slow}/stop");
+    let stopper = std::thread::spawn(move || {
+        let _ = std::process::Command::new("curl")
+            .args(["-s", "-m", "60", "-X", "POST", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(&url)
+            .output();
+    });
+    wait_for(10, "the slow machine to be stopping", || {
+        (machine(&p, &slow)["state"] == "stopping").then_some(())
+    });
+    p.kill9();
+    let _ = stopper.join();
+    // Two machines die while nobody watches.
+    kill(down_pid);
+    kill(hello_pid);
+
+    let restart_began = Instant::now();
+    p.restart();
+    let ready_after = restart_began.elapsed();
+    eprintln!("ready {ready_after:?} after the restart began, with a 20 s stop pending");
+    assert!(
+        ready_after < Duration::from_secs(10),
+        "hangar up waited for the interrupted stop: ready after {ready_after:?}"
+    );
+
+    // The interrupted stop is finished, in the direction it was going.
+    wait_for(45, "the interrupted stop to finish", || {
+        (machine(&p, &slow)["state"] == "stopped").then_some(())
+    });
+    assert!(
+        driver_gone(slow_pid),
+        "the stopped machine's process {slow_pid} is still alive"
+    );
+
+    // Died while down, on-failure: recorded and restarted by the new hangar.
+    let restarted = wait_for(20, "the machine that died while down to restart", || {
+        pid(&p, "toolbox", &dies_while_down).filter(|new| *new != down_pid)
+    });
+    assert_ne!(restarted, down_pid);
+    let (_, events) = p.call(
+        "GET",
+        &format!("/v1/apps/toolbox/machines/{dies_while_down}/events"),
+        Value::Null,
+    );
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["type"] == "exit")),
+        "the exit is recorded: {events:#}"
+    );
+
+    // The deploy's machine died while down: the active release runs again.
+    wait_for(30, "hello to serve again", || {
+        p.try_get("hello", "/", Duration::from_secs(2))
+            .ok()
+            .filter(|(code, _)| *code == 200)
+    });
+    let now = started(&p, "hello");
+    assert_eq!(now.len(), 1, "exactly one machine for hello: {now:?}");
+    assert!(
+        now[0] != (hello_machine.clone(), hello_pid),
+        "a new process serves hello"
+    );
+
+    // Re-adopted, and still watched: its exit after the restart is seen and
+    // its policy applied by the new hangar, which is not its parent.
+    assert_eq!(
+        pid(&p, "toolbox", &dies_after),
+        Some(after_pid),
+        "re-adopted"
+    );
+    kill(after_pid);
+    wait_for(20, "the re-adopted machine to be restarted", || {
+        pid(&p, "toolbox", &dies_after).filter(|new| *new != after_pid)
+    });
+}
+
+/// True once `pid` is gone or a zombie.
+fn driver_gone(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.contains(") Z") || stat.contains(") X"),
+    }
+}
