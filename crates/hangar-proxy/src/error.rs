@@ -76,6 +76,22 @@ pub enum ProxyError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The client stopped sending its request body (no byte within the
+    /// body-progress timeout) before the upstream answered; the upstream
+    /// request was cancelled.
+    #[error("the request body stopped arriving; the request was abandoned")]
+    BodyStalled {
+        /// The app the request was for.
+        app: String,
+    },
+    /// An [`crate::EdgeOptions`] value outside its bound.
+    #[error("proxy option {name} must be {rule}")]
+    Options {
+        /// The option, as `field.subfield`.
+        name: &'static str,
+        /// What it must be.
+        rule: &'static str,
+    },
     /// The listening socket failed in a way that stops the proxy.
     #[error("proxy listener failed: {0}")]
     Listener(#[source] std::io::Error),
@@ -93,8 +109,11 @@ impl ProxyError {
             ProxyError::NoMachine { .. }
             | ProxyError::WakeFailed { .. }
             | ProxyError::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Listener(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Options { .. } | ProxyError::Listener(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

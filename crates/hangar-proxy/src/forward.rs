@@ -16,7 +16,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::deadline::ProgressBody;
 use crate::error::ProxyError;
+use crate::options::Timeouts;
 use crate::pool::{Lease, Pool, SendError, UpstreamError};
 use crate::table::{ActivityGuard, AppRoute, Pick, RouteTable};
 
@@ -116,6 +118,8 @@ pub(crate) struct Shared {
     pub(crate) pool: Pool,
     /// Peers whose `X-Forwarded-For` chain is extended.
     pub(crate) trusted: Arc<[crate::IpNet]>,
+    /// The client connections' progress deadlines.
+    pub(crate) timeouts: Timeouts,
 }
 
 /// Per client connection state: cloned into each request's future as one
@@ -165,6 +169,11 @@ pub(crate) fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         }
         ProxyError::AtCapacity { .. } => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // The rest of the body may still come: the connection cannot be
+        // read for a next request, so it ends with this answer.
+        ProxyError::BodyStalled { .. } => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         _ => {}
     }
@@ -276,6 +285,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         headers.insert(header::HOST, original_host.clone());
     }
 
+    let body = ProgressBody::new(body, shared.timeouts.body_progress);
     let mut req = Request::from_parts(parts, body);
     // Upstreams a connect failed to for this request; allocates only then.
     let mut failed: Vec<SocketAddr> = Vec::new();
@@ -289,6 +299,16 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
             }) if failed.len() < MAX_FAILOVERS => {
                 req = unsent;
                 error
+            }
+            Err(SendError {
+                error: UpstreamError::ClientStalled(cause),
+                ..
+            }) => {
+                tracing::debug!(app = %route.name, %cause, "request body stalled: abandoned");
+                route.activity.record(408, started.elapsed());
+                return Err(ProxyError::BodyStalled {
+                    app: route.name.to_string(),
+                });
             }
             Err(SendError { error, .. }) => {
                 route.activity.record(502, started.elapsed());
@@ -339,12 +359,13 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         // tunnel counts as the app's activity for as long as it is open.
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let app = route.name.clone();
+        let idle = shared.timeouts.tunnel_idle;
         tokio::spawn(async move {
             let _guard = guard;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
-                    let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
-                    if let Err(err) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    let (c, u) = (TokioIo::new(client), TokioIo::new(upstream));
+                    if let Err(err) = crate::tunnel::join(c, u, idle).await {
                         tracing::debug!(%app, %err, "upgraded connection ended");
                     }
                 }

@@ -6,7 +6,8 @@
 //! 1. **Accept.** [`serve`] runs one worker thread per CPU, each with its
 //!    own single-threaded runtime accepting from the shared listening socket
 //!    (TCP_NODELAY on), serving each connection with hyper's HTTP/1.1
-//!    server, keep-alive on.
+//!    server, keep-alive on, under the connection caps and deadlines of
+//!    [`EdgeOptions`] (see "Bounds" below).
 //! 2. **Host.** The app is named by the `Host` header (or, failing that, the
 //!    authority of an absolute-form URI), normalised: lowercase, `:port` and
 //!    one trailing dot stripped. Exactly one label before the domain is an
@@ -30,12 +31,15 @@
 //!    connections carries it: kept alive, handed back once the response
 //!    body has ended, and a request a stale pooled connection could not take
 //!    goes out again on a new one. If connecting to the machine fails
-//!    (refused, reset, timed out: the request certainly unsent), the request
-//!    is tried on up to two other machines of the app's current route
-//!    (counted in `hangar_proxy_failovers_total`); a request that may have
-//!    been sent is never replayed. Bodies stream in
-//!    both directions: the client's `Incoming` body is the upstream request
-//!    body and the upstream's `Incoming` body is the response body.
+//!    (refused, reset, timed out: the request certainly unsent), the
+//!    request is tried on up to two other machines of the app's current
+//!    route (counted in `hangar_proxy_failovers_total`). A request that
+//!    may have been sent is never replayed, with one exception: a safe
+//!    request without a body (`GET`, `HEAD`, `OPTIONS`, `TRACE`) that a
+//!    pooled connection closed under, unanswered, goes out once more on a
+//!    new connection to the same machine (RFC 9110 §9.2.2). Bodies stream
+//!    in both directions: the client's `Incoming` body is the upstream
+//!    request body and the upstream's `Incoming` body is the response body.
 //! 6. **Answer.** Hop-by-hop headers are stripped from the response. A
 //!    failure before the upstream answered is a 502 naming the app and a
 //!    short reason. The app's activity (in-flight count, last request) is
@@ -61,23 +65,59 @@
 //! - Shutdown is graceful: stop accepting, let in-flight requests finish
 //!   (bounded by [`SHUTDOWN_GRACE`]), then drop what is left.
 //!
+//! # Bounds
+//!
+//! An anonymous client can hold nothing for ever ([`EdgeOptions`]):
+//!
+//! - connections: caps in total and per client address
+//!   ([`hangar_core::admission`]), shared by all workers;
+//! - headers: [`Timeouts::header`] to send a request's head, counted from
+//!   when the connection waits for one, so it is also the keep-alive idle
+//!   timeout (hyper starts the clock as soon as a connection is ready for
+//!   its next request, not at its first byte);
+//! - bodies: [`Timeouts::body_progress`] without a byte of request body
+//!   while the upstream waits for one (408 and `Connection: close` if the
+//!   upstream has not answered, else the connection is closed; either way
+//!   the upstream request is cancelled), and as long for a write to the
+//!   client to stay blocked (a client that stopped reading);
+//! - tunnels: [`Timeouts::tunnel_idle`] without a byte either way closes
+//!   both sides of an upgraded connection;
+//! - the upstream pool: [`PoolLimits`] idle connections per upstream and
+//!   worker, and in total, each closed after its idle timeout by a reaper
+//!   on the worker's timer.
+//!
+//! A safe request riding a reused connection keeps a copy of its head (one
+//! header map clone) so it can be sent again; that is the one allocation
+//! per request the pool adds.
+//!
+//! # Layout
+//!
+//! `forward` (one request's trip), `table` (routes, picks, activity),
+//! `pool` (upstream connections), `deadline` (body and write progress),
+//! `tunnel` (upgraded connections), `options` ([`EdgeOptions`] and its
+//! bounds), `trust` (trusted proxy networks), `error` ([`ProxyError`]).
+//!
 //! Protocol upgrades (WebSocket): a request with `Connection: upgrade` keeps
 //! its `Upgrade` header; when the upstream answers 101 the two connections
 //! are joined byte for byte, and the tunnel counts as activity while open.
 
+mod deadline;
 mod error;
 mod forward;
+mod options;
 mod pool;
 mod table;
 mod trust;
+mod tunnel;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use hangar_core::admission::{Admission, ConnLimits};
+use hangar_core::admission::Admission;
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -87,6 +127,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use error::ProxyError;
+pub use options::{DEFAULT_LIMITS, EdgeOptions, HEADER_TIMEOUT, MAX_TIMEOUT, PoolLimits, Timeouts};
 pub use table::RouteTable;
 pub use trust::IpNet;
 
@@ -112,40 +153,6 @@ pub async fn serve(
     serve_with(listener, routes, EdgeOptions::default(), shutdown).await
 }
 
-/// How the edge serves, beyond its routes.
-#[derive(Debug, Clone)]
-pub struct EdgeOptions {
-    /// Worker threads (at least 1; default: one per CPU).
-    pub workers: usize,
-    /// Peers whose `X-Forwarded-For` chain is extended (a load balancer in
-    /// front); from anyone else it is replaced by the peer's address.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Client connections held at once, in total and per client address
-    /// (all workers together); past them a connection is closed at once.
-    pub limits: ConnLimits,
-}
-
-/// The edge's default connection caps.
-pub const DEFAULT_LIMITS: ConnLimits = ConnLimits {
-    total: 16_384,
-    per_client: 512,
-};
-
-/// How long a client connection may take to send a request's headers,
-/// counted from when it is ready for one (so also its idle time between
-/// requests).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-impl Default for EdgeOptions {
-    fn default() -> Self {
-        EdgeOptions {
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            trusted_proxies: Vec::new(),
-            limits: DEFAULT_LIMITS,
-        }
-    }
-}
-
 /// [`serve`] with `options`.
 ///
 /// Thread per core, as nginx does it: each worker is an OS thread with its
@@ -160,7 +167,10 @@ pub async fn serve_with(
     options: EdgeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
+    options.check()?;
     let workers = options.workers;
+    let (timeouts, pool_limits) = (options.timeouts, options.pool);
+    let idle_total = Arc::new(AtomicUsize::new(0));
     let trusted: Arc<[IpNet]> = options.trusted_proxies.into();
     let admission = Admission::new(options.limits);
     let local = listener.local_addr().map_err(ProxyError::Listener)?;
@@ -175,6 +185,7 @@ pub async fn serve_with(
         let (routes, stop) = (Arc::clone(&routes), stop_rx.clone());
         let trusted = Arc::clone(&trusted);
         let admission = Arc::clone(&admission);
+        let pool = pool::Pool::new(pool_limits, Arc::clone(&idle_total));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("hangar-proxy-{n}"))
@@ -191,7 +202,15 @@ pub async fn serve_with(
                 };
                 runtime.block_on(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => worker(listener, routes, trusted, admission, stop).await,
+                        Ok(listener) => {
+                            let shared = Arc::new(Shared {
+                                routes,
+                                pool,
+                                trusted,
+                                timeouts,
+                            });
+                            worker(listener, shared, admission, stop).await
+                        }
                         Err(err) => tracing::error!(%err, "proxy worker cannot watch the listener"),
                     }
                 });
@@ -220,20 +239,18 @@ pub async fn serve_with(
 /// `stop` turns true, then drains them (bounded by [`SHUTDOWN_GRACE`]).
 async fn worker(
     listener: TcpListener,
-    routes: Arc<RouteTable>,
-    trusted: Arc<[IpNet]>,
+    shared: Arc<Shared>,
     admission: Arc<Admission>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let shared = Arc::new(Shared {
-        routes,
-        pool: pool::Pool::default(),
-        trusted,
-    });
     let mut http = http1::Builder::new();
+    // hyper starts the header clock whenever the connection waits for a
+    // request, so it is also the keep-alive idle timeout.
     http.keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(shared.timeouts.header);
+    let mut reap = tokio::time::interval(shared.pool.reap_interval());
+    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -241,6 +258,12 @@ async fn worker(
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     break;
+                }
+            }
+            _ = reap.tick() => {
+                let reaped = shared.pool.reap();
+                if reaped > 0 {
+                    tracing::trace!(reaped, "idle upstream connections closed");
                 }
             }
             // Reap finished connection tasks so the set stays the size of
@@ -319,8 +342,9 @@ fn serve_connection(
         trusted,
     });
     let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
+    let io = deadline::StallIo::new(stream, shared.timeouts.body_progress);
     let conn = http
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     async move {
         let mut conn = std::pin::pin!(conn);

@@ -356,3 +356,18 @@ pub async fn burst(proxy: &Arc<Proxy>, app: &str, path: &'static str, n: usize) 
     }
     answers
 }
+
+/// Reads a request head (up to the blank line) from an upstream socket;
+/// empty if the connection ended first.
+pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return Vec::new(),
+        }
+    }
+    head
+}
