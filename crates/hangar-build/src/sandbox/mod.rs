@@ -275,8 +275,14 @@ pub async fn run(
     timeout: Duration,
 ) -> Result<Exit, SandboxError> {
     let sys = System::detect();
-    let (rootfs, etc) = prepare_rootfs(&cfg.dir, &sys, cfg.user)
-        .map_err(io(format!("preparing {}", cfg.dir.display())))?;
+    let (rootfs, etc) = {
+        // Several workers build at once; the shared root is made by one
+        // at a time (idempotent, so only the first one writes).
+        static ROOTFS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ROOTFS.lock().unwrap_or_else(|p| p.into_inner());
+        prepare_rootfs(&cfg.dir, &sys, cfg.user)
+            .map_err(io(format!("preparing {}", cfg.dir.display())))?
+    };
     let bundle = cfg.dir.join("bundles").join(&step.id);
     let _ = std::fs::remove_dir_all(&bundle);
     std::fs::create_dir_all(&bundle).map_err(io(format!("creating {}", bundle.display())))?;
