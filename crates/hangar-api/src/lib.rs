@@ -12,7 +12,9 @@
 //! Routes (Hangar's own API lives under `/api/v1`; `/v1` is kept for the
 //! Fly-compatible Machines API):
 //! - `POST /api/v1/apps/{app}/deploys` — body: the source `.tar.gz`; 202 + build
-//! - `GET /api/v1/builds/{id}`, `GET /api/v1/builds/{id}/log?follow=true`
+//!   (429 past the org's build queue cap)
+//! - `GET /api/v1/builds/{id}`, `GET /api/v1/builds/{id}/log?follow=true`,
+//!   `POST /api/v1/builds/{id}/cancel` (409 once finished): `builds.rs`
 //! - `GET /api/v1/apps`, `GET /api/v1/apps/{app}`, `DELETE /api/v1/apps/{app}`
 //! - `GET /api/v1/apps/{app}/logs?follow=true`
 //! - `GET /api/v1/apps/{app}/releases`; `POST /api/v1/apps/{app}/rollback`
@@ -26,6 +28,7 @@
 //!   token, not an org token
 
 mod auth;
+mod builds;
 mod error;
 mod fly;
 pub mod listen;

@@ -1,7 +1,9 @@
 //! Per-organisation quotas: how many apps and machines an org may have,
 //! and how much machine memory in all. Checked before anything is created;
 //! past a limit the answer is a 422 naming the limit, what is in use and
-//! the `hangar up` flag that sets it.
+//! the `hangar up` flag that sets it. The build queue's cap (builds of an
+//! org waiting at once) is a 429 in the same words: it clears by itself
+//! as builds start.
 
 use axum::http::StatusCode;
 use hangar_store::{Machine, Org};
@@ -121,6 +123,40 @@ pub async fn check_scale(
             "quota: organisation {} may have at most {} MiB of machine memory; its other apps use {used} MiB and {count} machines of {memory_mb} MiB ask for {wanted} (hangar up --org-max-memory-mb)",
             org.name, q.memory_mb
         )));
+    }
+    Ok(())
+}
+
+/// The answer past the org's build queue cap: a 429 naming the limit and
+/// the flag.
+pub fn queue_full(org: &Org, queued: u64, limit: u32) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "queue: organisation {} may have at most {limit} builds waiting and has {queued} (hangar up --org-max-queued-builds); deploy again once one has started, or cancel one with `hangar builds cancel BUILD`",
+            org.name
+        ),
+    )
+}
+
+/// Refuses a deploy past the org's build queue cap; `app_id` is the app
+/// being deployed, if it exists (its own queued build would be
+/// superseded, so it does not count).
+pub async fn check_queue(
+    state: &ApiState,
+    org: &Org,
+    app_id: Option<&str>,
+) -> Result<(), ApiError> {
+    let limit = state.builder.max_queued_per_org();
+    let queued = state
+        .store
+        .queued_builds_of_org(&org.id)
+        .await?
+        .iter()
+        .filter(|b| Some(b.app_id.as_str()) != app_id)
+        .count() as u64;
+    if queued >= u64::from(limit) {
+        return Err(queue_full(org, queued, limit));
     }
     Ok(())
 }

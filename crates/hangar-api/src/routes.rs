@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use hangar_core::name::AppName;
 use hangar_core::status::{MachineState, ReleaseStatus};
-use hangar_store::{App, Build};
+use hangar_store::App;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -27,7 +27,6 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/apps", get(list_apps))
         .route("/api/v1/apps/{app}", get(app_status).delete(destroy_app))
-        .route("/api/v1/apps/{app}/deploys", post(deploy))
         .route("/api/v1/apps/{app}/logs", get(app_logs))
         .route(
             "/api/v1/apps/{app}/secrets",
@@ -41,10 +40,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/apps/{app}/releases", get(list_releases))
         .route("/api/v1/apps/{app}/rollback", post(rollback))
         .route("/api/v1/apps/{app}/scale", post(scale))
-        .route("/api/v1/builds/{id}", get(build_status))
-        .route("/api/v1/builds/{id}/log", get(build_log))
         .route("/api/v1/orgs", post(create_org))
         .route("/api/v1/images", post(import_image))
+        .merge(crate::builds::routes())
         .merge(crate::fly::routes())
         .merge(crate::shuttle::routes())
         .fallback(|| async { ApiError::not_found("no such API route") })
@@ -62,7 +60,7 @@ async fn find_app(state: &ApiState, caller: &Caller, name: &str) -> Result<App, 
 }
 
 /// Streams the upload into `uploads_dir`, enforcing the size cap.
-async fn save_upload(
+pub(crate) async fn save_upload(
     state: &ApiState,
     headers: &HeaderMap,
     body: Body,
@@ -138,134 +136,7 @@ async fn drain(stream: &mut axum::body::BodyDataStream) {
     }
 }
 
-async fn deploy(
-    caller: Caller,
-    State(state): State<ApiState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let name = AppName::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    // Refuse early, before reading the body, when the name is another org's.
-    if let Some(app) = state.store.app_by_name(name.as_str()).await?
-        && app.org_id != caller.org.id
-    {
-        return Err(hangar_store::StoreError::NameTaken(name.to_string()).into());
-    }
-    let upload = save_upload(
-        &state,
-        &headers,
-        body,
-        state.cfg.max_upload_bytes,
-        "--max-upload-bytes",
-    )
-    .await?;
-    let builder = state.builder.clone();
-    let up = upload.clone();
-    let accepted = tokio::task::spawn_blocking(move || builder.accept_source(&up))
-        .await
-        .map_err(ApiError::internal)?;
-    let digest = match accepted {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&upload).await;
-            return Err(match e {
-                hangar_build::BuildError::Archive(a) if a.is_too_large() => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the source archive was refused: {a}"),
-                ),
-                hangar_build::BuildError::Archive(a) if a.is_client_error() => {
-                    ApiError::bad_request(format!("the source archive was refused: {a}"))
-                }
-                other => ApiError::internal(other),
-            });
-        }
-    };
-    crate::quota::check_new_app(&state, &caller.org, name.as_str()).await?;
-    let app = state
-        .store
-        .get_or_create_app(&caller.org.id, name.as_str())
-        .await?;
-    let build = state.store.enqueue_build(&app.id, &digest).await?;
-    state.builder.notify();
-    let body = json!({
-        "app": app.name,
-        "url": state.cfg.app_url(&app.name),
-        "build": build_json(&build),
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-fn build_json(b: &Build) -> Value {
-    json!({
-        "id": b.id,
-        "status": b.status,
-        "source_digest": b.source_digest,
-        "image_digest": b.image_digest,
-        "error": b.error,
-        "attempts": b.attempts,
-        "created_at": b.created_at,
-        "started_at": b.started_at,
-        "finished_at": b.finished_at,
-    })
-}
-
-/// The caller's build `id`, or 404.
-async fn find_build(state: &ApiState, caller: &Caller, id: &str) -> Result<(Build, App), ApiError> {
-    let not_found = || ApiError::not_found(format!("no build {id:?} in your organisation"));
-    let build = state.store.build(id).await?.ok_or_else(not_found)?;
-    match state.store.app(&build.app_id).await? {
-        Some(app) if app.org_id == caller.org.id => Ok((build, app)),
-        _ => Err(not_found()),
-    }
-}
-
-async fn build_status(
-    caller: Caller,
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let (build, app) = find_build(&state, &caller, &id).await?;
-    let release = state.store.release_for_build(&build.id).await?;
-    Ok(Json(json!({
-        "app": app.name,
-        "url": state.cfg.app_url(&app.name),
-        "build": build_json(&build),
-        "release": release,
-    })))
-}
-
-#[derive(Deserialize)]
-struct FollowQuery {
-    #[serde(default)]
-    follow: bool,
-}
-
-async fn build_log(
-    caller: Caller,
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<FollowQuery>,
-) -> Result<Response, ApiError> {
-    let (build, _) = find_build(&state, &caller, &id).await?;
-    let path = state.builder.log_path(&build.id);
-    let done: Option<Done> = q.follow.then(|| {
-        let store = state.store.clone();
-        let id = build.id.clone();
-        Box::new(move || -> DoneFuture {
-            let (store, id) = (store.clone(), id.clone());
-            Box::pin(async move {
-                match store.build(&id).await {
-                    Ok(Some(b)) => b.status.is_terminal(),
-                    _ => true,
-                }
-            })
-        }) as Done
-    });
-    Ok(text(tail(path, 0, done)))
-}
-
-fn text(body: Body) -> Response {
+pub(crate) fn text(body: Body) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -321,7 +192,7 @@ async fn app_json(state: &ApiState, app: &App) -> Result<Value, ApiError> {
         "active_release": active,
         "releases": releases.iter().take(10).collect::<Vec<_>>(),
         "machines": machines,
-        "builds": builds.iter().map(build_json).collect::<Vec<_>>(),
+        "builds": builds.iter().map(crate::builds::build_json).collect::<Vec<_>>(),
         "driver": state.agent.driver().name(),
     }))
 }

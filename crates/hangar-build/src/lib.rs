@@ -2,8 +2,13 @@
 //!
 //! Lifecycle of a build (the row lives in the state store):
 //! 1. The API stores the uploaded archive with [`Builder::accept_source`]
-//!    (validated, content-addressed) and enqueues a `queued` build.
-//! 2. The worker ([`Builder::run`]) claims the oldest queued build, unpacks it
+//!    (validated, content-addressed) and enqueues a `queued` build with
+//!    [`Builder::enqueue`] (capped per org; the app's older queued builds
+//!    become `superseded`). [`Builder::cancel`] stops a queued or running
+//!    one (`cancelled`).
+//! 2. A worker ([`Builder::run`] runs `BuildConfig::workers` of them) claims
+//!    the next build (round-robin by org, oldest first within an org, one
+//!    build per app at a time; see [`worker`]), unpacks it
 //!    into the app's stable source directory (only changed files are
 //!    rewritten, so cargo's fingerprints stay valid), runs
 //!    `cargo build --release` with the app's persistent target dir (in the
@@ -20,9 +25,11 @@
 
 pub mod cargo;
 pub mod resources;
+mod running;
 pub mod sandbox;
 mod sandboxed;
 mod sync;
+mod worker;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -35,8 +42,9 @@ use hangar_store::{Build, Store, StoreError};
 pub use sandbox::{BUILD_UID, BuildLimits, BuildSandbox, SandboxConfig};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{Notify, mpsc, watch};
-use tracing::{error, info, warn};
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
+pub use worker::{Cancel, MAX_WORKERS, default_workers};
 
 /// Settings of the builder.
 #[derive(Debug, Clone)]
@@ -73,6 +81,10 @@ pub struct BuildConfig {
     /// the parser's stack kills that process, not hangar. `None`: scanned
     /// in-process (tests).
     pub resource_scanner: Option<PathBuf>,
+    /// Builds run at once, 1 to [`MAX_WORKERS`] (see [`default_workers`]).
+    pub workers: usize,
+    /// Builds of one org's apps that may wait in the queue.
+    pub max_queued_per_org: u32,
 }
 
 /// Errors of the builder that are not a build failing (which is recorded
@@ -110,8 +122,10 @@ struct Inner {
     images: ImageStore,
     /// Settings.
     cfg: BuildConfig,
-    /// Wakes the worker when a build is enqueued.
+    /// Wakes an idle worker when a build is enqueued.
     wake: Notify,
+    /// The builds the workers run: cancels reach them here.
+    running: running::Running,
     /// Receives the id of each release a build created, for rollout.
     releases: mpsc::UnboundedSender<String>,
     /// Provisions what an app's code declares, before its image exists.
@@ -134,6 +148,17 @@ impl Builder {
         ] {
             std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
         }
+        if !(1..=MAX_WORKERS).contains(&cfg.workers) {
+            return Err(BuildError::Config(format!(
+                "build workers must be 1 to {MAX_WORKERS}, not {}",
+                cfg.workers
+            )));
+        }
+        if cfg.max_queued_per_org == 0 {
+            return Err(BuildError::Config(
+                "at least one build per organisation must be able to wait".into(),
+            ));
+        }
         if let BuildSandbox::Runc(sb) = &cfg.sandbox {
             sb.limits.check().map_err(BuildError::Config)?;
             if sb.user.0 == 0 || sb.user.1 == 0 {
@@ -148,6 +173,7 @@ impl Builder {
                 images,
                 cfg,
                 wake: Notify::new(),
+                running: running::Running::default(),
                 releases,
                 resources: std::sync::OnceLock::new(),
             }),
@@ -180,7 +206,7 @@ impl Builder {
         Ok(format!("sha256:{hex}"))
     }
 
-    /// Wakes the worker (after a build was enqueued).
+    /// Wakes an idle worker (after a build was enqueued).
     pub fn notify(&self) {
         self.inner.wake.notify_one();
     }
@@ -204,79 +230,24 @@ impl Builder {
             .store
             .recover_builds(self.inner.cfg.max_attempts)
             .await?;
-        for b in stuck {
+        for (b, now) in stuck {
             if let Some(pgid) = b.builder_pgid {
                 cargo::kill_orphan(pgid);
             }
-            let note = if b.attempts >= self.inner.cfg.max_attempts {
-                format!(
-                    "==> hangar stopped during this build {} times; giving up\n",
-                    b.attempts
-                )
-            } else {
-                "==> hangar stopped during this build; it was re-queued and will run again\n"
-                    .to_owned()
+            let note = match now.status {
+                hangar_core::status::BuildStatus::Queued => {
+                    "==> hangar stopped during this build; it was re-queued and will run again\n"
+                        .to_owned()
+                }
+                _ => format!(
+                    "==> hangar stopped during this build: {}\n",
+                    now.error.as_deref().unwrap_or("it will not run again")
+                ),
             };
             append(&self.log_path(&b.id), &note).await;
             warn!(build = %b.id, "recovered build interrupted by a restart");
         }
         Ok(())
-    }
-
-    /// The worker loop: one build at a time until `shutdown` becomes true.
-    /// A build cut off by shutdown stays `building` and is re-queued by
-    /// [`Builder::recover`] on the next start.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let claimed = match self.inner.store.claim_next_build().await {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!("builder: claiming a build: {e}");
-                    None
-                }
-            };
-            match claimed {
-                Some(build) => {
-                    // Its own task: a panic anywhere in one build fails that
-                    // build, with a reason, and the worker goes on.
-                    let this = self.clone();
-                    let (id, log) = (build.id.clone(), self.log_path(&build.id));
-                    let mut task = tokio::spawn(async move { this.build(build).await });
-                    tokio::select! {
-                        done = &mut task => {
-                            if let Err(e) = done
-                                && e.is_panic()
-                            {
-                                let reason = format!(
-                                    "internal error in hangar while building ({}); this build is \
-                                     failed, the next ones run",
-                                    panic_text(e.into_panic())
-                                );
-                                error!(build = %id, "{reason}");
-                                append(&log, &format!("==> build failed: {reason}\n")).await;
-                                if let Err(e) = self.inner.store.fail_build(&id, &reason).await {
-                                    warn!(build = %id, "recording failure: {e}");
-                                }
-                            }
-                        }
-                        _ = shutdown.changed() => {
-                            task.abort();
-                            return;
-                        }
-                    }
-                }
-                None => {
-                    tokio::select! {
-                        _ = self.inner.wake.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                }
-            }
-        }
     }
 
     /// Runs one claimed build to a terminal state.
@@ -424,11 +395,13 @@ impl Builder {
         .map_err(|e| format!("packaging the binary as an image: {e}"))?;
         append(log, &format!("==> image {digest}\n")).await;
 
-        let release = inner
-            .store
-            .complete_build(&build.id, &digest, config)
-            .await
-            .map_err(|e| e.to_string())?;
+        let release = match inner.store.complete_build(&build.id, &digest, config).await {
+            Ok(release) => release,
+            Err(StoreError::BuildNotRunning { status, .. }) => {
+                return Err(format!("the build was {status} before it could complete"));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         // The receiver lives as long as hangar; if it is gone we are shutting
         // down and the pending release is resumed at the next start.
         let _ = inner.releases.send(release.id.clone());

@@ -45,6 +45,11 @@ string_enum!(
         Succeeded => "succeeded",
         /// Terminal; the reason is stored with it.
         Failed => "failed",
+        /// Terminal: a newer build of the same app was queued before this
+        /// one started; the reason names the newer build.
+        Superseded => "superseded",
+        /// Terminal: cancelled by its org while queued or building.
+        Cancelled => "cancelled",
     }
 );
 
@@ -82,7 +87,7 @@ string_enum!(
 
 impl BuildStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, BuildStatus::Succeeded | BuildStatus::Failed)
+        !matches!(self, BuildStatus::Queued | BuildStatus::Building)
     }
 }
 
@@ -98,7 +103,14 @@ mod tests {
 
     #[test]
     fn round_trips_through_strings() {
-        for s in ["queued", "building", "succeeded", "failed"] {
+        for s in [
+            "queued",
+            "building",
+            "succeeded",
+            "failed",
+            "superseded",
+            "cancelled",
+        ] {
             assert_eq!(s.parse::<BuildStatus>().unwrap().as_str(), s);
         }
         assert!("bogus".parse::<MachineState>().is_err());

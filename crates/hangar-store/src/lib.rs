@@ -3,7 +3,10 @@
 //! Layout:
 //! - [`Store`]: the handle; each method is one short transaction.
 //! - [`model`]: the rows (orgs, tokens, apps, builds, releases, machines).
-//! - `schema.sql`: the schema, applied by numbered migrations on open.
+//! - `schema.sql`, `schema2.sql`…: the schema, applied by numbered
+//!   migrations on open.
+//! - `sqlite::builds`: the durable build queue (fair claims, superseding,
+//!   cancelling, crash recovery).
 //!
 //! The embedded default is SQLite in WAL mode under the data dir. Calls run on
 //! tokio's blocking pool so a slow disk never stalls the reactor.
@@ -31,6 +34,15 @@ pub enum StoreError {
     NameTaken(String),
     #[error("an organisation named {0:?} exists already")]
     OrgExists(String),
+    #[error(
+        "{queued} builds of the organisation's other apps are queued; at most {limit} may wait"
+    )]
+    QueueFull { queued: u64, limit: u32 },
+    #[error("build {id} is {status}, no longer building")]
+    BuildNotRunning {
+        id: String,
+        status: hangar_core::status::BuildStatus,
+    },
     #[error("state store schema version {found} is newer than this hangar ({supported})")]
     TooNew { found: i64, supported: i64 },
 }

@@ -57,6 +57,15 @@ pub struct Build {
     pub finished_at: Option<i64>,
 }
 
+/// A build just queued, and the app's queued builds it superseded.
+#[derive(Debug, Clone)]
+pub struct Enqueued {
+    /// The new build, `queued`.
+    pub build: Build,
+    /// Ids of the builds it superseded (they never started).
+    pub superseded: Vec<String>,
+}
+
 /// An image plus a version number for an app: what a rollout applies.
 #[derive(Debug, Clone, Serialize)]
 pub struct Release {

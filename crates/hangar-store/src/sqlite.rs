@@ -1,4 +1,7 @@
-//! SQLite implementation of the state store.
+//! SQLite implementation of the state store. The build queue's methods
+//! live in [`builds`].
+
+mod builds;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema4.sql"),
     include_str!("schema5.sql"),
     include_str!("schema6.sql"),
+    include_str!("schema7.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.
@@ -372,179 +376,6 @@ impl Store {
                 params![app_id, kind],
             )?;
             Ok(())
-        })
-        .await
-    }
-
-    // ---- builds: the durable queue ----
-
-    /// Enqueues a build of an uploaded source.
-    pub async fn enqueue_build(&self, app_id: &str, source_digest: &str) -> Result<Build> {
-        let (app_id, source_digest) = (app_id.to_owned(), source_digest.to_owned());
-        self.call(move |c| {
-            let id = new_id("bld");
-            c.execute(
-                "INSERT INTO builds (id, app_id, status, source_digest, created_at)
-                 VALUES (?1, ?2, 'queued', ?3, ?4)",
-                params![id, app_id, source_digest, now_unix()],
-            )?;
-            get_build(c, &id)?.ok_or_else(|| StoreError::Corrupt("inserted build vanished".into()))
-        })
-        .await
-    }
-
-    /// The build by id.
-    pub async fn build(&self, id: &str) -> Result<Option<Build>> {
-        let id = id.to_owned();
-        self.call(move |c| get_build(c, &id)).await
-    }
-
-    /// The app's most recent builds, newest first.
-    pub async fn builds_for_app(&self, app_id: &str, limit: i64) -> Result<Vec<Build>> {
-        let app_id = app_id.to_owned();
-        self.call(move |c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {BUILD_COLS} FROM builds WHERE app_id = ?1
-                 ORDER BY created_at DESC, rowid DESC LIMIT ?2"
-            ))?;
-            let rows = st.query_map(params![app_id, limit], build_row)?;
-            collect(rows)
-        })
-        .await
-    }
-
-    /// Atomically claims the oldest queued build (queued → building).
-    pub async fn claim_next_build(&self) -> Result<Option<Build>> {
-        self.call(|c| {
-            let id: Option<String> = c
-                .query_row(
-                    "UPDATE builds SET status = 'building', started_at = ?1, attempts = attempts + 1
-                     WHERE id = (SELECT id FROM builds WHERE status = 'queued'
-                                 ORDER BY created_at, rowid LIMIT 1)
-                     RETURNING id",
-                    [now_unix()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match id {
-                Some(id) => get_build(c, &id),
-                None => Ok(None),
-            }
-        })
-        .await
-    }
-
-    /// Records the process group of a running build's cargo.
-    pub async fn set_build_pgid(&self, id: &str, pgid: Option<i64>) -> Result<()> {
-        let id = id.to_owned();
-        self.call(move |c| {
-            c.execute(
-                "UPDATE builds SET builder_pgid = ?2 WHERE id = ?1",
-                params![id, pgid],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Marks a build failed with a reason for the user.
-    pub async fn fail_build(&self, id: &str, error: &str) -> Result<()> {
-        let (id, error) = (id.to_owned(), error.to_owned());
-        self.call(move |c| {
-            c.execute(
-                "UPDATE builds SET status = 'failed', error = ?2, finished_at = ?3,
-                 builder_pgid = NULL WHERE id = ?1",
-                params![id, error, now_unix()],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Marks a build succeeded and creates its release (the next version,
-    /// pending) in one transaction: a crash leaves both or neither.
-    pub async fn complete_build(
-        &self,
-        build_id: &str,
-        image_digest: &str,
-        config: Option<String>,
-    ) -> Result<Release> {
-        let (build_id, image_digest) = (build_id.to_owned(), image_digest.to_owned());
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let build = get_build(&tx, &build_id)?
-                .ok_or_else(|| StoreError::Corrupt(format!("build {build_id} vanished")))?;
-            tx.execute(
-                "UPDATE builds SET status = 'succeeded', image_digest = ?2, finished_at = ?3,
-                 builder_pgid = NULL WHERE id = ?1",
-                params![build_id, image_digest, now_unix()],
-            )?;
-            let release = insert_release(
-                &tx,
-                build.app_id,
-                build_id,
-                image_digest,
-                config,
-                "deploy".to_owned(),
-            )?;
-            let version = release.version;
-            // The image gets names its org can use in the Machines API.
-            let (org_id, app_name): (String, String) = tx.query_row(
-                "SELECT org_id, name FROM apps WHERE id = ?1",
-                [&release.app_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            for name in [format!("{app_name}:v{version}"), format!("{app_name}:latest")] {
-                tx.execute(
-                    "INSERT INTO image_refs (org_id, name, digest, created_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (org_id, name) DO UPDATE SET digest = excluded.digest,
-                     created_at = excluded.created_at",
-                    params![org_id, name, release.image_digest, release.created_at],
-                )?;
-            }
-            tx.commit()?;
-            Ok(release)
-        })
-        .await
-    }
-
-    /// After a crash: builds left `building` are re-queued, or failed once
-    /// they have been claimed `max_attempts` times. Returns the builds that
-    /// were recovered (with their state before recovery, so a caller can
-    /// kill an orphaned cargo by its process group).
-    pub async fn recover_builds(&self, max_attempts: i64) -> Result<Vec<Build>> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let stuck = {
-                let mut st = tx.prepare(&format!(
-                    "SELECT {BUILD_COLS} FROM builds WHERE status = 'building'"
-                ))?;
-                let rows = st.query_map([], build_row)?;
-                collect(rows)?
-            };
-            for b in &stuck {
-                if b.attempts >= max_attempts {
-                    tx.execute(
-                        "UPDATE builds SET status = 'failed', finished_at = ?2, builder_pgid = NULL,
-                         error = ?3 WHERE id = ?1",
-                        params![
-                            b.id,
-                            now_unix(),
-                            format!(
-                                "hangar stopped during this build {} times; giving up",
-                                b.attempts
-                            )
-                        ],
-                    )?;
-                } else {
-                    tx.execute(
-                        "UPDATE builds SET status = 'queued', builder_pgid = NULL WHERE id = ?1",
-                        [&b.id],
-                    )?;
-                }
-            }
-            tx.commit()?;
-            Ok(stuck)
         })
         .await
     }
@@ -1311,43 +1142,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn queue_claims_in_order_once() {
-        let (s, app) = store_with_app().await;
-        let a = s.enqueue_build(&app.id, "sha256:a").await.unwrap();
-        let b = s.enqueue_build(&app.id, "sha256:b").await.unwrap();
-        let first = s.claim_next_build().await.unwrap().unwrap();
-        assert_eq!(
-            (first.id.as_str(), first.status, first.attempts),
-            (a.id.as_str(), BuildStatus::Building, 1)
-        );
-        assert_eq!(s.claim_next_build().await.unwrap().unwrap().id, b.id);
-        assert!(s.claim_next_build().await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn crashed_builds_are_requeued_then_failed() {
-        let (s, app) = store_with_app().await;
-        let b = s.enqueue_build(&app.id, "sha256:a").await.unwrap();
-        for attempt in 1..=2 {
-            s.claim_next_build().await.unwrap().unwrap();
-            let stuck = s.recover_builds(2).await.unwrap();
-            assert_eq!(stuck.len(), 1);
-            let now = s.build(&b.id).await.unwrap().unwrap();
-            if attempt < 2 {
-                assert_eq!(now.status, BuildStatus::Queued);
-            } else {
-                assert_eq!(now.status, BuildStatus::Failed);
-                assert!(now.error.unwrap().contains("giving up"));
-            }
-        }
-    }
-
-    #[tokio::test]
     async fn completing_builds_numbers_releases_and_activation_supersedes() {
         let (s, app) = store_with_app().await;
         let mut releases = vec![];
         for d in ["sha256:1", "sha256:2"] {
-            let b = s.enqueue_build(&app.id, d).await.unwrap();
+            let b = s.enqueue_build(&app.id, d, 10).await.unwrap().build;
             s.claim_next_build().await.unwrap();
             releases.push(s.complete_build(&b.id, "sha256:img", None).await.unwrap());
         }
@@ -1371,7 +1170,11 @@ mod tests {
     #[tokio::test]
     async fn rollbacks_copy_image_and_config_and_scale_is_kept() {
         let (s, app) = store_with_app().await;
-        let b = s.enqueue_build(&app.id, "sha256:src").await.unwrap();
+        let b = s
+            .enqueue_build(&app.id, "sha256:src", 10)
+            .await
+            .unwrap()
+            .build;
         s.claim_next_build().await.unwrap();
         let toml = "[scale]\ncount = 2\n".to_owned();
         let v1 = s
@@ -1379,7 +1182,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v1.description, "deploy");
-        let b2 = s.enqueue_build(&app.id, "sha256:src2").await.unwrap();
+        let b2 = s
+            .enqueue_build(&app.id, "sha256:src2", 10)
+            .await
+            .unwrap()
+            .build;
         s.claim_next_build().await.unwrap();
         s.complete_build(&b2.id, "sha256:two", None).await.unwrap();
         let back = s.rollback_release(&v1).await.unwrap();

@@ -127,13 +127,14 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let version = loop {
         let status = api.get(&format!("/api/v1/builds/{build_id}")).await?;
+        let reason = status["build"]["error"].as_str();
         match status["build"]["status"].as_str() {
-            Some("failed") => bail!(
-                "build failed: {}",
-                status["build"]["error"]
-                    .as_str()
-                    .unwrap_or("see the log above")
+            Some("failed") => bail!("build failed: {}", reason.unwrap_or("see the log above")),
+            Some("superseded") => bail!(
+                "build {build_id} was not deployed: {}",
+                reason.unwrap_or("a newer deploy of this app superseded it")
             ),
+            Some("cancelled") => bail!("build {build_id} was {}", reason.unwrap_or("cancelled")),
             Some("succeeded") => {}
             // The log stream ended early (e.g. the server restarted): wait.
             _ => {}
@@ -308,6 +309,27 @@ pub async fn scale(app: &str, count: u32) -> Result<()> {
         "==> {app} runs {count} machine{} ({:.1} s)",
         if count == 1 { "" } else { "s" },
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `hangar builds cancel BUILD`.
+pub async fn builds_cancel(build: &str) -> Result<()> {
+    let answer = api()?
+        .json(
+            Method::POST,
+            &format!("/api/v1/builds/{build}/cancel"),
+            Bytes::new(),
+            "application/json",
+        )
+        .await?;
+    let how = match answer["was"].as_str() {
+        Some("building") => "it was running; its processes were killed",
+        _ => "it had not started",
+    };
+    println!(
+        "Cancelled build {build} of {} ({how})",
+        answer["app"].as_str().unwrap_or_default()
     );
     Ok(())
 }

@@ -82,6 +82,15 @@ enum Command {
         /// the cargo home (CARGO_NET_OFFLINE=true does the same).
         #[arg(long, env = "CARGO_NET_OFFLINE")]
         build_offline: bool,
+        /// Builds run at once, each in its own sandbox (default: 2, or 1 on
+        /// a one-CPU host); the next build goes to the organisation whose
+        /// last build started longest ago.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=hangar_build::MAX_WORKERS as u64))]
+        build_workers: Option<u64>,
+        /// Builds of one organisation that may wait in the queue; past it a
+        /// deploy is refused (429).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        org_max_queued_builds: u32,
         /// Private IPv4 subnet runc machines get their own addresses from
         /// (each machine has a network namespace of its own).
         #[arg(long, default_value = "10.201.0.0/16")]
@@ -159,6 +168,11 @@ enum Command {
         /// Keep printing new output.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Manage builds.
+    Builds {
+        #[command(subcommand)]
+        command: BuildsCommand,
     },
     /// Manage images in Hangar's store.
     Image {
@@ -239,6 +253,16 @@ enum SecretsCommand {
 }
 
 #[derive(Subcommand)]
+enum BuildsCommand {
+    /// Cancel a queued or running build (its processes are killed).
+    Cancel {
+        /// The build's id (`bld_…`, printed by `hangar deploy` and
+        /// `hangar status`).
+        build: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ImageCommand {
     /// Import an OCI image layout (a directory or a tar) or a `docker save` tar.
     Import {
@@ -293,6 +317,8 @@ async fn run(cli: Cli) -> Result<()> {
             build_cpus,
             build_uid,
             build_offline,
+            build_workers,
+            org_max_queued_builds,
             machine_subnet,
             egress,
             trusted_proxies,
@@ -333,6 +359,9 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 build_uid,
                 build_offline,
+                build_workers: build_workers
+                    .map_or_else(hangar_build::default_workers, |n| n as usize),
+                org_max_queued_builds,
                 postgres_url: servers.postgres_url,
                 redis_url: servers.redis_url,
                 nats_url: servers.nats_url,
@@ -386,6 +415,9 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             std::process::exit(code)
         }
+        Command::Builds {
+            command: BuildsCommand::Cancel { build },
+        } => commands::builds_cancel(&build).await,
         Command::Image {
             command: ImageCommand::Import { path, name },
         } => commands::image_import(&path, &name).await,

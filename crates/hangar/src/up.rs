@@ -58,6 +58,10 @@ pub struct UpOptions {
     pub build_uid: u32,
     /// Builds never use the network.
     pub build_offline: bool,
+    /// Builds run at once (1 to `hangar_build::MAX_WORKERS`).
+    pub build_workers: usize,
+    /// Builds of one org that may wait in the queue.
+    pub org_max_queued_builds: u32,
     /// Postgres server for apps' databases (none: Hangar's own cluster
     /// under the data dir if PostgreSQL is installed, else apps declaring
     /// one fail to deploy with a message saying so).
@@ -287,6 +291,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             offline: opts.build_offline,
             // This very binary, as `hangar __scan-resources DIR`.
             resource_scanner: std::env::current_exe().ok(),
+            workers: opts.build_workers,
+            max_queued_per_org: opts.org_max_queued_builds,
         },
         release_tx.clone(),
     )?;
