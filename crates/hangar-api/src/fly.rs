@@ -580,17 +580,15 @@ async fn exec(
     if !(1..=600).contains(&timeout) {
         return Err(ApiError::bad_request("timeout: must be 1 to 600 seconds"));
     }
-    // Each stream is capped (the node keeps the first MiB of each).
-    let out = state
+    let (code, stdout, stderr) = state
         .agent
         .exec(&id, &argv, Duration::from_secs(timeout))
         .await?;
     Ok(Json(json!({
-        "exit_code": out.code,
+        "exit_code": code,
         "exit_signal": 0,
-        "stdout": String::from_utf8_lossy(&out.stdout),
-        "stderr": String::from_utf8_lossy(&out.stderr),
-        "truncated": out.truncated,
+        "stdout": String::from_utf8_lossy(&stdout),
+        "stderr": String::from_utf8_lossy(&stderr),
     })))
 }
 

@@ -809,3 +809,44 @@ async fn fetch(
         .to_bytes();
     Ok((status, body))
 }
+
+/// Other organisations and CLI runs in the background.
+impl TestPlatform {
+    /// Creates an organisation (the admin token may) and returns its token.
+    pub fn create_org(&self, name: &str) -> String {
+        let (code, org) = self.call("POST", "/api/v1/orgs", serde_json::json!({ "name": name }));
+        assert_eq!(code, 201, "creating org {name}: {org}");
+        org["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs the CLI against this platform with another organisation's token.
+    pub fn hangar_as(&self, token: &str, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(args)
+            .env("HANGAR_CONFIG", self.config_path())
+            .env("HANGAR_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the hangar CLI");
+        eprintln!(
+            "$ HANGAR_TOKEN=… hangar {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Starts the CLI in the background (stdout and stderr captured), for
+    /// commands that wait; collect it with `wait_with_output`.
+    pub fn spawn_hangar(&self, args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(args)
+            .env("HANGAR_CONFIG", self.config_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running the hangar CLI")
+    }
+}
