@@ -82,6 +82,10 @@ impl From<hangar_node::NodeError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
             N::Store(e) => e.into(),
+            // The caller's command outlived the timeout the caller chose.
+            e @ N::Driver(hangar_node::driver::DriverError::ExecTimedOut { .. }) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, e.to_string())
+            }
             other => ApiError::internal(other),
         }
     }

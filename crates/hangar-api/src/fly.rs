@@ -580,15 +580,17 @@ async fn exec(
     if !(1..=600).contains(&timeout) {
         return Err(ApiError::bad_request("timeout: must be 1 to 600 seconds"));
     }
-    let (code, stdout, stderr) = state
+    // Each stream is capped (the node keeps the first MiB of each).
+    let out = state
         .agent
         .exec(&id, &argv, Duration::from_secs(timeout))
         .await?;
     Ok(Json(json!({
-        "exit_code": code,
+        "exit_code": out.code,
         "exit_signal": 0,
-        "stdout": String::from_utf8_lossy(&stdout),
-        "stderr": String::from_utf8_lossy(&stderr),
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
+        "truncated": out.truncated,
     })))
 }
 

@@ -559,7 +559,7 @@ impl Agent {
         id: &str,
         argv: &[String],
         timeout: Duration,
-    ) -> Result<(i32, Vec<u8>, Vec<u8>), NodeError> {
+    ) -> Result<driver::ExecOutput, NodeError> {
         let (m, _) = self.load(id).await?;
         if m.state != MachineState::Started {
             return Err(NodeError::InvalidState {

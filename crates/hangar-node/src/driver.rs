@@ -9,6 +9,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::process::Command;
 
+mod exec;
+pub use exec::{EXEC_OUTPUT_MAX, ExecOutput};
+
 /// Which driver the operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverChoice {
@@ -107,6 +110,8 @@ pub enum DriverError {
     Runc { action: String, stderr: String },
     #[error("the image has no command to run")]
     NoCommand,
+    #[error("exec of {prog} was still running after {secs} s; it was killed")]
+    ExecTimedOut { prog: String, secs: u64 },
     #[error("wiring the machine's network: {0}")]
     Network(#[from] crate::network::NetworkError),
 }
@@ -379,56 +384,6 @@ impl Driver {
                 }
                 Ok(())
             }
-        }
-    }
-
-    /// Runs a command inside a running machine; returns (exit code, stdout,
-    /// stderr). The command is killed past `timeout`.
-    pub async fn exec(
-        &self,
-        id: &str,
-        rootfs: &Path,
-        argv: &[String],
-        env: &[String],
-        timeout: Duration,
-    ) -> Result<(i32, Vec<u8>, Vec<u8>), DriverError> {
-        let (prog, args) = argv.split_first().ok_or(DriverError::NoCommand)?;
-        let mut cmd = match self {
-            Driver::Runc { runc, state_root } => {
-                let mut cmd = Command::new(runc);
-                cmd.arg("--root").arg(state_root).arg("exec");
-                for kv in env {
-                    cmd.arg("--env").arg(kv);
-                }
-                cmd.arg(id).arg(prog).args(args);
-                cmd
-            }
-            Driver::Process => {
-                let mut cmd = Command::new(rootfs.join(prog.trim_start_matches('/')));
-                cmd.args(args)
-                    .env_clear()
-                    .envs(env.iter().filter_map(|kv| kv.split_once('=')));
-                cmd
-            }
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(io("running the exec command"))?;
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(Ok(out)) => Ok((out.status.code().unwrap_or(-1), out.stdout, out.stderr)),
-            Ok(Err(e)) => Err(DriverError::Io {
-                what: "running the exec command".into(),
-                source: e,
-            }),
-            Err(_) => Err(DriverError::Io {
-                what: format!("exec of {prog}"),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("still running after {} s; killed", timeout.as_secs()),
-                ),
-            }),
         }
     }
 

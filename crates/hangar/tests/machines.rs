@@ -702,3 +702,43 @@ fn imported_images_run_as_machines() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an image name"));
 }
+
+#[test]
+fn exec_is_killed_inside_the_machine_at_its_timeout() {
+    let p = platform();
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]}}),
+    );
+    let id = m["id"].as_str().unwrap().to_owned();
+    let procs = || cgroup_procs(&id);
+    let before = procs();
+    assert_eq!(before.len(), 1, "only the machine's init: {before:?}");
+    // Prints ~1 MB/s forever: the answer is a timeout, hangar holds at
+    // most the capped output, and the command does not outlive it.
+    let (code, out) = p.call(
+        "POST",
+        &format!("/v1/apps/toolbox/machines/{id}/exec"),
+        json!({"command": ["/app/toolbox", "spam"], "timeout": 2}),
+    );
+    assert_eq!(code, 408, "{out}");
+    assert!(
+        out["error"].as_str().unwrap_or_default().contains("killed"),
+        "{out}"
+    );
+    wait_for(5, "the exec'd command to be gone from the machine", || {
+        (procs() == before).then_some(())
+    });
+    // The machine itself is untouched.
+    assert_eq!(machine(&p, &id)["state"], "started");
+}
+
+/// The pids in a machine's cgroup (v1 pids controller, else v2).
+fn cgroup_procs(id: &str) -> Vec<String> {
+    let v1 = format!("/sys/fs/cgroup/pids/hangar/{id}/cgroup.procs");
+    let v2 = format!("/sys/fs/cgroup/hangar/{id}/cgroup.procs");
+    let text = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .unwrap_or_else(|e| panic!("reading {v1} or {v2}: {e}"));
+    text.split_whitespace().map(str::to_owned).collect()
+}
