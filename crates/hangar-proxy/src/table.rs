@@ -531,14 +531,11 @@ impl RouteTable {
         } else {
             host
         };
-        let app = match host.strip_suffix(&*self.dot_domain) {
-            Some(label) if !label.is_empty() && !label.contains('.') => label,
-            _ => {
-                return Err(ProxyError::ForeignHost {
-                    host: host.to_owned(),
-                    domain: self.domain.to_string(),
-                });
-            }
+        let Some(app) = self.label_of(host) else {
+            return Err(ProxyError::ForeignHost {
+                host: host.to_owned(),
+                domain: self.domain.to_string(),
+            });
         };
         match self.routes.load().get(app) {
             Some(route) => Ok(Arc::clone(route)),
@@ -546,6 +543,23 @@ impl RouteTable {
                 host: host.to_owned(),
             }),
         }
+    }
+
+    /// The app label of a normalised host: exactly one label before the domain.
+    fn label_of<'h>(&self, host: &'h str) -> Option<&'h str> {
+        match host.strip_suffix(&*self.dot_domain) {
+            Some(label) if !label.is_empty() && !label.contains('.') => Some(label),
+            _ => None,
+        }
+    }
+
+    /// The app a raw Host value (or URI authority) names, whether or not
+    /// such an app exists: what [`RouteTable`] routes by. For diagnostics
+    /// and the fuzz target; the request path resolves in one step.
+    pub fn app_of_host(&self, raw_host: &str) -> Option<String> {
+        let host = strip_port(raw_host.trim());
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        self.label_of(&host).map(str::to_owned)
     }
 
     /// The error for a request that names no usable host.
