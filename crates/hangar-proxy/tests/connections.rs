@@ -61,6 +61,10 @@ async fn start_sink() -> (SocketAddr, mpsc::UnboundedReceiver<Ended>) {
     (addr, rx)
 }
 
+/// How far before a deadline the test may see it fire: the proxy's clock
+/// starts at its own last byte, a little before the test's clock does.
+const SLACK: Duration = Duration::from_millis(100);
+
 /// Opens a raw connection to the proxy and sends `head` as is.
 async fn raw(proxy: &Proxy, head: &str) -> TcpStream {
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
@@ -172,10 +176,7 @@ async fn a_trickled_request_body_is_cut_with_408_and_its_sockets_freed() {
     closed_within(&mut late, gap + Duration::from_secs(2)).await;
     let closed_after = silent_since.elapsed();
     eprintln!("stalled body after the answer began: closed after {closed_after:?}");
-    assert!(
-        closed_after >= gap - Duration::from_millis(100),
-        "{closed_after:?}"
-    );
+    assert!(closed_after >= gap - SLACK, "{closed_after:?}");
     eventually(
         "the upstream connection of the stalled request is closed",
         || echo.open.load(Ordering::SeqCst) == during - 1,
@@ -234,7 +235,7 @@ async fn a_client_that_stops_reading_its_response_is_cut_and_its_upstream_closed
         sent / 1024
     );
     assert!(
-        cut_after >= gap,
+        cut_after >= gap - SLACK,
         "cut after {cut_after:?}, before the deadline"
     );
     assert!(
@@ -297,7 +298,7 @@ async fn idle_and_slow_header_connections_are_closed_at_the_header_timeout() {
             closed_within(&mut idle, TIMEOUT).await;
             let after = answered.elapsed();
             eprintln!("idle keep-alive closed {after:?} after its answer (deadline {header:?})");
-            assert!(after >= header - Duration::from_millis(50), "{after:?}");
+            assert!(after >= header - SLACK, "{after:?}");
             assert!(after < header + Duration::from_secs(2), "{after:?}");
         },
         async {
@@ -397,7 +398,7 @@ async fn an_idle_websocket_tunnel_is_closed_while_a_busy_one_stays_up() {
     };
     let ((), closed_after) = tokio::join!(talking, quiet_closed);
     eprintln!("quiet tunnel closed after {closed_after:?} (idle timeout {idle:?})");
-    assert!(closed_after >= idle, "{closed_after:?}");
+    assert!(closed_after >= idle - SLACK, "{closed_after:?}");
     assert!(
         closed_after < idle + Duration::from_secs(2),
         "{closed_after:?}"
