@@ -12,6 +12,7 @@ use libfuzzer_sys::fuzz_target;
 const LIMITS: Limits = Limits {
     max_unpacked_bytes: 1 << 20,
     max_entries: 256,
+    deadline: None,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -19,8 +19,13 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
 
 use flate2::read::GzDecoder;
+
+mod beneath;
+
+pub use beneath::{is_way_out, open_beneath};
 
 /// Caps that bound what one archive may unpack to.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +34,10 @@ pub struct Limits {
     pub max_unpacked_bytes: u64,
     /// Number of entries of any kind.
     pub max_entries: u64,
+    /// When set, the moment past which unpacking stops with
+    /// [`ArchiveError::TimedOut`]; checked at every entry and every 64 KiB
+    /// written, so decompressing a bomb cannot hold a worker for long.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for Limits {
@@ -36,6 +45,36 @@ impl Default for Limits {
         Limits {
             max_unpacked_bytes: 1 << 30,
             max_entries: 200_000,
+            deadline: None,
+        }
+    }
+}
+
+/// What an unpack used of its [`Limits`], so a caller applying several
+/// archives (an image's layers) can give the next one only what is left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes counted against `max_unpacked_bytes`.
+    pub bytes: u64,
+    /// Entries counted against `max_entries`.
+    pub entries: u64,
+}
+
+impl Limits {
+    /// These limits less what `used` took (the deadline unchanged).
+    pub fn less(self, used: Usage) -> Limits {
+        Limits {
+            max_unpacked_bytes: self.max_unpacked_bytes.saturating_sub(used.bytes),
+            max_entries: self.max_entries.saturating_sub(used.entries),
+            deadline: self.deadline,
+        }
+    }
+
+    /// `Err(TimedOut)` once the deadline has passed.
+    pub fn check_deadline(&self) -> Result<(), ArchiveError> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(ArchiveError::TimedOut),
+            _ => Ok(()),
         }
     }
 }
@@ -69,6 +108,8 @@ pub enum ArchiveError {
     },
     #[error("archive has more than {limit} entries")]
     TooManyEntries { limit: u64 },
+    #[error("archive took longer to unpack than its time budget")]
+    TimedOut,
     #[error("archive is not a valid tar file (an upload must be a gzip-compressed tar): {0}")]
     Corrupt(io::Error),
     #[error("could not write {path}: {source}")]
@@ -82,13 +123,14 @@ impl ArchiveError {
         !matches!(self, ArchiveError::Io { .. })
     }
 
-    /// True for the size and count caps (HTTP 413 rather than 400).
+    /// True for the size, count and time caps (HTTP 413 rather than 400).
     pub fn is_too_large(&self) -> bool {
         matches!(
             self,
             ArchiveError::TooLarge { .. }
                 | ArchiveError::TooManyEntries { .. }
                 | ArchiveError::HeaderTooLarge { .. }
+                | ArchiveError::TimedOut
         )
     }
 }
@@ -102,15 +144,16 @@ pub fn validate_tar_gz(reader: impl Read, limits: Limits) -> Result<(), ArchiveE
         limits,
         Mode::Source,
     )
+    .map(|_| ())
 }
 
 /// Unpacks a `.tar.gz` into `dest` (created if missing).
 pub fn unpack_tar_gz(reader: impl Read, dest: &Path, limits: Limits) -> Result<(), ArchiveError> {
-    unpack_tar(GzDecoder::new(reader), dest, limits)
+    unpack_tar(GzDecoder::new(reader), dest, limits).map(|_| ())
 }
 
 /// Unpacks an uncompressed tar into `dest` (created if missing).
-pub fn unpack_tar(reader: impl Read, dest: &Path, limits: Limits) -> Result<(), ArchiveError> {
+pub fn unpack_tar(reader: impl Read, dest: &Path, limits: Limits) -> Result<Usage, ArchiveError> {
     fs::create_dir_all(dest).map_err(|source| ArchiveError::Io {
         path: dest.to_owned(),
         source,
@@ -124,7 +167,7 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, limits: Limits) -> Result<(), 
 /// symlinks may point anywhere (they are resolved inside the machine at run
 /// time; the unpacker never writes through one). Device nodes and FIFOs are
 /// skipped: the runtime provides `/dev`.
-pub fn unpack_layer(reader: impl Read, dest: &Path, limits: Limits) -> Result<(), ArchiveError> {
+pub fn unpack_layer(reader: impl Read, dest: &Path, limits: Limits) -> Result<Usage, ArchiveError> {
     fs::create_dir_all(dest).map_err(|source| ArchiveError::Io {
         path: dest.to_owned(),
         source,
@@ -214,7 +257,7 @@ fn walk<R: Read>(
     dest: Option<&Path>,
     limits: Limits,
     mode: Mode,
-) -> Result<(), ArchiveError> {
+) -> Result<Usage, ArchiveError> {
     let mut total: u64 = 0;
     let mut count: u64 = 0;
     let mut pending = Pending::default();
@@ -225,6 +268,7 @@ fn walk<R: Read>(
     let mut last = String::new();
     for entry in entries {
         let mut entry = entry.map_err(ArchiveError::Corrupt)?;
+        limits.check_deadline()?;
         count += 1;
         if count > limits.max_entries {
             return Err(ArchiveError::TooManyEntries {
@@ -407,7 +451,14 @@ fn walk<R: Read>(
             _ => {
                 remove_existing(&out).map_err(io_err)?;
                 let mut file = fs::File::create(&out).map_err(io_err)?;
-                let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(io_err)?;
+                let copied = copy_body(&mut (&mut entry).take(size), &mut file, &limits).map_err(
+                    |e| match e {
+                        // The archive's side: truncated or corrupt input.
+                        CopyError::Read(e) => ArchiveError::Corrupt(e),
+                        CopyError::Write(e) => io_err(e),
+                        CopyError::Deadline(e) => e,
+                    },
+                )?;
                 if copied != size {
                     return Err(ArchiveError::Corrupt(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -437,7 +488,39 @@ fn walk<R: Read>(
             });
         }
     }
-    Ok(())
+    Ok(Usage {
+        bytes: total,
+        entries: count,
+    })
+}
+
+/// Why [`copy_body`] stopped.
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+    Deadline(ArchiveError),
+}
+
+/// Copies an entry's body, 64 KiB at a time, checking the deadline at
+/// each chunk; returns the bytes copied.
+fn copy_body(
+    from: &mut impl Read,
+    to: &mut impl io::Write,
+    limits: &Limits,
+) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut copied = 0u64;
+    loop {
+        limits.check_deadline().map_err(CopyError::Deadline)?;
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        copied += n as u64;
+    }
 }
 
 /// Most links followed while resolving one (Linux's own limit).

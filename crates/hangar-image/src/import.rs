@@ -69,6 +69,7 @@ impl ImageStore {
         let limits = Limits {
             max_unpacked_bytes: 32 << 30,
             max_entries: 100_000,
+            ..Limits::default()
         };
         archive::unpack_tar(io::BufReader::new(file), staging, limits).map_err(|source| {
             ImageError::Layer {

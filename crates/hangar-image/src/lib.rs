@@ -290,6 +290,7 @@ impl ImageStore {
         let limits = Limits {
             max_unpacked_bytes: 32 << 30,
             max_entries: 2_000_000,
+            ..Limits::default()
         };
         for layer in &manifest.layers {
             let gzip = match layer.media_type.as_str() {

@@ -85,12 +85,14 @@ fn enforces_size_and_count_caps() {
     let limits = Limits {
         max_unpacked_bytes: 5000,
         max_entries: 10,
+        ..Limits::default()
     };
     let err = validate_tar_gz(&data[..], limits).unwrap_err();
     assert!(err.is_too_large(), "{err}");
     let limits = Limits {
         max_unpacked_bytes: 1 << 20,
         max_entries: 1,
+        ..Limits::default()
     };
     assert!(matches!(
         validate_tar_gz(&data[..], limits),
@@ -174,6 +176,7 @@ fn huge_extension_headers_are_refused_before_they_are_read() {
         let limits = Limits {
             max_unpacked_bytes: 1 << 40,
             max_entries: 10,
+            ..Limits::default()
         };
         let err = unpack_tar(
             &raw[..],
@@ -197,7 +200,7 @@ fn huge_extension_headers_are_refused_before_they_are_read() {
 }
 
 fn validate_tar(raw: &[u8], limits: Limits) -> Result<(), ArchiveError> {
-    walk(tar::Archive::new(raw), None, limits, Mode::Source)
+    walk(tar::Archive::new(raw), None, limits, Mode::Source).map(|_| ())
 }
 
 #[test]
@@ -285,4 +288,46 @@ fn link_chains_that_leave_the_tree_are_refused() {
 fn garbage_is_corrupt_not_a_panic() {
     let r = validate_tar_gz(&b"not a tarball at all"[..], Limits::default());
     assert!(matches!(r, Err(ArchiveError::Corrupt(_))));
+}
+
+#[test]
+fn a_passed_deadline_stops_unpacking() {
+    let data = targz(&[("a", T::Regular, b"x", None)]);
+    let limits = Limits {
+        deadline: Some(std::time::Instant::now()),
+        ..Limits::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = unpack_tar_gz(&data[..], &dir.path().join("o"), limits).unwrap_err();
+    assert!(matches!(err, ArchiveError::TimedOut), "{err}");
+    assert!(err.is_too_large());
+    assert!(!dir.path().join("o/a").exists());
+}
+
+#[test]
+fn usage_counts_bytes_and_entries() {
+    let raw = {
+        let mut b = tar::Builder::new(Vec::new());
+        for name in ["a", "b"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(3);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &b"abc"[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let used = unpack_layer(&raw[..], &dir.path().join("o"), Limits::default()).unwrap();
+    assert_eq!(
+        used,
+        Usage {
+            bytes: 6,
+            entries: 2
+        }
+    );
+    let left = Limits::default().less(used);
+    assert_eq!(
+        left.max_unpacked_bytes,
+        Limits::default().max_unpacked_bytes - 6
+    );
 }
