@@ -8,15 +8,17 @@
 //!   and a role of its own per app), lists it, drops it, and renders the
 //!   per-machine resources file the runtime reads.
 //!
-//! Layout: `vault` (sealing, tokens, private files), `postgres` (the
-//! server, role limits, provisioning and dropping a database), `redis`
-//! (ACL users on a shared server), `local_pg`, `local_redis`,
+//! Layout: `ident` (the names of an app's objects on the servers, made
+//! from its id, length-checked), `vault` (sealing, tokens, private
+//! files), `postgres` (the server, role limits, provisioning and dropping
+//! a database), `redis` (ACL users on a shared server), `local_pg`, `local_redis`,
 //! `local_nats` and `local_daemon` (the servers Hangar runs itself),
 //! `gate` (the protocol gates between machines and the servers),
 //! `shuttle` (Shuttle's runtime contract); this file holds the error
 //! type, [`Resources`] and what it hands to machines.
 
 pub mod gate;
+pub mod ident;
 mod local_daemon;
 pub mod local_nats;
 pub mod local_pg;
@@ -32,10 +34,9 @@ use hangar_core::resource::ResourceKind;
 use hangar_store::{App, ResourceRow, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+pub use crate::ident::{IdentError, PG_IDENTIFIER_MAX, ResourceKey};
 use crate::postgres::LocalCluster;
-pub use crate::postgres::{
-    PG_IDENTIFIER_MAX, PostgresCredentials, PostgresLimits, PostgresServer, database_name,
-};
+pub use crate::postgres::{PostgresCredentials, PostgresLimits, PostgresServer, database_name};
 pub use crate::redis::{RedisCredentials, RedisServer};
 pub use crate::vault::{Vault, write_private_file};
 
@@ -60,6 +61,8 @@ pub enum ResourceError {
     Unseal,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ident(#[from] IdentError),
     #[error("Postgres: {0}")]
     Postgres(String),
     #[error(
@@ -130,7 +133,8 @@ pub struct PubSubConfig {
     /// On Hangar's own server, with the app's user and password in it
     /// (`nats://<user>:<password>@127.0.0.1:<port>`).
     pub url: String,
-    /// `hangar.<app>.`: the runtime puts it in front of every subject.
+    /// `hangar.<key>.` ([`ResourceKey::pubsub_prefix`]): the runtime puts
+    /// it in front of every subject.
     pub prefix: String,
 }
 
@@ -143,9 +147,19 @@ impl std::fmt::Debug for PubSubConfig {
     }
 }
 
-/// The NATS subject prefix of an app.
-pub fn pubsub_prefix(app: &str) -> String {
-    format!("hangar.{app}.")
+/// The key of `app`'s Redis or PubSub resource: the one its row
+/// `recorded` (read back with `of_recorded` from the name it records),
+/// else the app's id's. A recorded name Hangar would not make is not
+/// kept.
+fn recorded_key(
+    app: &App,
+    recorded: Option<&ResourceRow>,
+    of_recorded: fn(&str) -> Result<ResourceKey, IdentError>,
+) -> Result<ResourceKey> {
+    if let Some(key) = recorded.and_then(|r| of_recorded(&r.name).ok()) {
+        return Ok(key);
+    }
+    Ok(ResourceKey::of_app(&app.id)?)
 }
 
 /// A fresh password: 24 random bytes, hex.
@@ -276,27 +290,29 @@ impl Resources {
 
     /// Creates (or resets) the app's Redis user: on the configured server,
     /// else on the app's own server (started for it).
-    async fn ensure_redis_user(&self, app: &str, password: &str) -> Result<RedisCredentials> {
+    async fn ensure_redis_user(
+        &self,
+        key: &ResourceKey,
+        password: &str,
+    ) -> Result<RedisCredentials> {
         match (&self.redis, &self.local_redis) {
-            (Some(server), _) => server.ensure_user(app, password).await,
-            (None, Some(local)) => local.ensure_app(app, password).await,
+            (Some(server), _) => server.ensure_user(key, password).await,
+            (None, Some(local)) => local.ensure_app(key.as_str(), password).await,
             (None, None) => Err(ResourceError::NoRedis),
         }
     }
 
     /// Sets the app's Redis user again, as it was made; on Hangar's own
     /// server for the app, that server is started first if it is down.
-    async fn reassert_redis(&self, app_id: &str, creds: &RedisCredentials) -> Result<()> {
+    async fn reassert_redis(&self, creds: &RedisCredentials) -> Result<()> {
         if let Some(server) = &self.redis {
             return server.reassert(creds).await;
         }
         if let Some(local) = &self.local_redis {
-            let app = self
-                .store
-                .app(app_id)
-                .await?
-                .ok_or_else(|| ResourceError::Redis(format!("no app {app_id}")))?;
-            return local.reassert(&app.name, creds).await;
+            // The server's directory is named by the key the user was made
+            // from (the app's id; its name for one made before).
+            let key = ResourceKey::of_redis_user(&creds.user)?;
+            return local.reassert(key.as_str(), creds).await;
         }
         Ok(())
     }
@@ -355,9 +371,9 @@ impl Resources {
     ) -> Result<()> {
         let existing = self.store.resources(&app.id).await?;
         for kind in kinds {
-            let ready = existing
-                .iter()
-                .find(|r| r.kind == kind.as_str() && r.status == "ready");
+            // What an earlier attempt recorded: its names are kept.
+            let recorded = existing.iter().find(|r| r.kind == kind.as_str());
+            let ready = recorded.filter(|r| r.status == "ready");
             if let Some(row) = ready {
                 if *kind == ResourceKind::Postgres {
                     self.refresh_postgres(app, row, progress).await;
@@ -374,9 +390,10 @@ impl Resources {
                     if self.redis.is_none() && self.local_redis.is_none() {
                         return Err(ResourceError::NoRedis);
                     }
-                    let user = redis::redis_user(&app.name);
+                    let key = recorded_key(app, recorded, ResourceKey::of_redis_user)?;
+                    let user = key.redis_user()?;
                     progress(format!("redis: creating user {user}"));
-                    match self.ensure_redis_user(&app.name, &random_password()?).await {
+                    match self.ensure_redis_user(&key, &random_password()?).await {
                         Ok(creds) => {
                             let json = serde_json::to_vec(&creds).unwrap_or_default();
                             let sealed = self.vault.seal(&Self::redis_context(&app.id), &json);
@@ -395,15 +412,16 @@ impl Resources {
                     }
                 }
                 ResourceKind::PubSub => {
-                    let prefix = pubsub_prefix(&app.name);
+                    let key = recorded_key(app, recorded, ResourceKey::of_pubsub_prefix)?;
+                    let prefix = key.pubsub_prefix()?;
                     match (&self.nats_url, &self.local_nats) {
                         (Some(_), _) => {
                             self.put(app, *kind, &prefix, "ready", None, None).await?;
                         }
                         (None, Some(local)) => {
-                            let user = local_nats::nats_user(&app.name);
+                            let user = key.nats_user()?;
                             progress(format!("pubsub: creating NATS user {user}"));
-                            match local.add_app(&app.name, &random_password()?).await {
+                            match local.add_app(key.as_str(), &random_password()?).await {
                                 Ok(config) => {
                                     let json = serde_json::to_vec(&config).unwrap_or_default();
                                     let sealed =
@@ -430,7 +448,7 @@ impl Resources {
                     progress(format!("pubsub: subjects under {prefix}"));
                 }
                 ResourceKind::Postgres => {
-                    let name = database_name(&app.name);
+                    let name = database_name(app, recorded)?;
                     progress(format!("postgres: creating database {name} and its role"));
                     self.put(app, *kind, &name, "provisioning", None, None)
                         .await?;
@@ -478,26 +496,40 @@ impl Resources {
     }
 
     /// Drops everything provisioned for `app` (its database and role, its
-    /// Redis user and keys) and
-    /// forgets its resources and secrets.
+    /// Redis user and keys, its NATS user) and forgets its resources and
+    /// secrets. What is dropped is what each row records (named by the
+    /// app's id, or by its name if made before), never a name worked out
+    /// again from the app's name now. A row whose recorded name Hangar
+    /// would not have made names nothing on the server: nothing is dropped
+    /// there for it.
     pub async fn deprovision(&self, app: &App) -> Result<()> {
         for r in self.store.resources(&app.id).await? {
             if r.kind == ResourceKind::Postgres.as_str() {
                 self.drop_postgres(app, &r).await?;
             }
             if r.kind == ResourceKind::Redis.as_str() {
-                match (&self.redis, &self.local_redis) {
-                    (Some(server), _) => server.drop_user(&app.name).await?,
-                    // The app's own server: stopped, its data removed.
-                    (None, Some(local)) => local.remove_app(&app.name).await?,
-                    (None, None) => return Err(ResourceError::NoRedis),
+                match ResourceKey::of_redis_user(&r.name) {
+                    Ok(key) => match (&self.redis, &self.local_redis) {
+                        (Some(server), _) => server.drop_user(&key).await?,
+                        // The app's own server: stopped, its data removed.
+                        (None, Some(local)) => local.remove_app(key.as_str()).await?,
+                        (None, None) => return Err(ResourceError::NoRedis),
+                    },
+                    Err(e) => {
+                        tracing::warn!(app = %app.name, error = %e, "no Redis user dropped");
+                    }
                 }
             }
             if r.kind == ResourceKind::PubSub.as_str()
                 && r.sealed.is_some()
                 && let Some(local) = &self.local_nats
             {
-                local.remove_app(&app.name).await?;
+                match ResourceKey::of_pubsub_prefix(&r.name) {
+                    Ok(key) => local.remove_app(key.as_str()).await?,
+                    Err(e) => {
+                        tracing::warn!(app = %app.name, error = %e, "no NATS user dropped");
+                    }
+                }
             }
             self.store.delete_resource(&app.id, &r.kind).await?;
         }
@@ -576,7 +608,7 @@ impl Resources {
                 // it (same password) at every start; a Redis that is down
                 // now is the app's to retry, not a reason not to start.
                 // (Hangar's own server for the app is started if it is down.)
-                if let Err(e) = self.reassert_redis(app_id, &creds).await {
+                if let Err(e) = self.reassert_redis(&creds).await {
                     tracing::warn!(app_id, error = %e, "could not re-assert the app's Redis user");
                 }
                 out.redis = Some(creds);

@@ -488,7 +488,8 @@ pub(crate) fn quoted_path(path: &Path) -> Result<String, String> {
     Ok(format!("\"{s}\""))
 }
 
-/// The names of the subdirectories of `dir` that are valid app names.
+/// The names of the subdirectories of `dir` that are valid resource keys
+/// (app ids, or app names for those made before keys were ids).
 pub(crate) fn app_dirs(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
@@ -496,7 +497,7 @@ pub(crate) fn app_dirs(dir: &Path) -> Vec<String> {
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| hangar_core::name::AppName::parse(n).is_ok())
+        .filter(|n| crate::ResourceKey::parse(n).is_ok())
         .collect();
     out.sort();
     out

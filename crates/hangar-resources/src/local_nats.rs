@@ -1,14 +1,16 @@
 //! A NATS server of Hangar's own, shared by every app that declares
 //! PubSub, when no `--nats-url` is given. Each app gets a user of its own
 //! that may publish and subscribe only under its subject prefix
-//! (`hangar.<app>.>`); the server enforces it, whatever a client sends.
+//! (`hangar.<key>.>`, the app's [`ResourceKey`]: its id, or its name for
+//! a user made before keys were ids); the server enforces it, whatever a
+//! client sends.
 //!
 //! Layout of `dir` (e.g. `<data-dir>/nats`):
 //! - `port` — the TCP port on 127.0.0.1, chosen once so that apps' stored
 //!   NATS URLs stay valid across restarts.
 //! - `admin.password` — the password of `hangar-admin`, Hangar's own user
 //!   (0600).
-//! - `apps.json` — each app's user and password (0600): what `nats.conf`
+//! - `apps.json` — each app's key and password (0600): what `nats.conf`
 //!   is written from.
 //! - `nats.conf` — written by Hangar whenever apps come and go (0600):
 //!   127.0.0.1 only, `max_payload` 1 MiB, a `max_connections` cap, no
@@ -28,12 +30,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use hangar_core::name::AppName;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::local_daemon::{self as daemon, RunAs};
-use crate::{PubSubConfig, ResourceError, pubsub_prefix};
+use crate::{PubSubConfig, ResourceError, ResourceKey};
 
 type Result<T, E = ResourceError> = std::result::Result<T, E>;
 
@@ -57,11 +58,6 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 fn nats_err(msg: impl Into<String>) -> ResourceError {
     ResourceError::Nats(msg.into())
-}
-
-/// The NATS user of an app.
-pub fn nats_user(app: &str) -> String {
-    format!("hangar_{app}")
 }
 
 /// Where `nats-server` is.
@@ -199,7 +195,7 @@ impl LocalNats {
     /// older one), starting the server if needed; returns once the server
     /// accepts it.
     pub async fn add_app(&self, app: &str, password: &str) -> Result<PubSubConfig> {
-        let app = AppName::parse(app).map_err(|e| nats_err(e.to_string()))?;
+        let app = ResourceKey::parse(app)?;
         if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(nats_err("a NATS password must be letters and digits"));
         }
@@ -210,7 +206,7 @@ impl LocalNats {
             .insert(app.as_str().to_owned(), password.to_owned());
         self.save_apps(&setup)?;
         let running = self.start_locked(&setup).await?;
-        let user = nats_user(app.as_str());
+        let user = app.nats_user()?;
         wait_for(ANSWER_TIMEOUT, || async {
             match probe(running.port, &user, password).await {
                 Ok(Ok(())) => Ok(true),
@@ -232,14 +228,14 @@ impl LocalNats {
         );
         Ok(PubSubConfig {
             url: format!("nats://{user}:{password}@127.0.0.1:{}", running.port),
-            prefix: pubsub_prefix(app.as_str()),
+            prefix: app.pubsub_prefix()?,
         })
     }
 
     /// Removes the app's user; a running server refuses it (and closes its
     /// connections) before this returns. No error if it had none.
     pub async fn remove_app(&self, app: &str) -> Result<()> {
-        let app = AppName::parse(app).map_err(|e| nats_err(e.to_string()))?;
+        let app = ResourceKey::parse(app)?;
         let _held = self.lock.lock().await;
         let mut setup = self.setup()?;
         let Some(password) = setup.apps.remove(app.as_str()) else {
@@ -251,7 +247,7 @@ impl LocalNats {
             return Ok(());
         };
         reload(pid)?;
-        let user = nats_user(app.as_str());
+        let user = app.nats_user()?;
         wait_for(ANSWER_TIMEOUT, || async {
             match probe(setup.port, &user, &password).await {
                 Ok(Ok(())) => Ok(false),
@@ -335,10 +331,11 @@ impl LocalNats {
             setup.admin_password
         );
         for (app, password) in &setup.apps {
-            let subjects = format!("{}>", pubsub_prefix(app));
+            let key = ResourceKey::parse(app)?;
+            let subjects = format!("{}>", key.pubsub_prefix()?);
             users.push_str(&format!(
                 "    {{ user: \"{}\", password: \"{password}\", permissions: {{ publish: [\"{subjects}\"], subscribe: [\"{subjects}\"] }} }}\n",
-                nats_user(app)
+                key.nats_user()?
             ));
         }
         let conf = format!(
@@ -470,7 +467,7 @@ fn load_apps(path: &Path) -> Result<BTreeMap<String, String>> {
         .map_err(|e| nats_err(format!("{} is not what Hangar wrote: {e}", path.display())))?;
     // Only what Hangar itself writes goes into the config file.
     let valid = apps.iter().all(|(app, pw)| {
-        AppName::parse(app).is_ok()
+        ResourceKey::parse(app).is_ok()
             && !pw.is_empty()
             && pw.bytes().all(|b| b.is_ascii_alphanumeric())
     });
@@ -590,7 +587,8 @@ mod tests {
                 "{bin:?}"
             );
         }
-        assert_eq!(nats_user("my-app"), "hangar_my-app");
+        let key = ResourceKey::parse("my-app").unwrap();
+        assert_eq!(key.nats_user().unwrap(), "hangar_my-app");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `--redis-url` is given: each app's memory is capped by its own server's
 //! `maxmemory`, so one app filling its cache cannot take another's room.
 //!
-//! Layout of `dir` (e.g. `<data-dir>/redis`), one directory per app:
+//! Layout of `dir` (e.g. `<data-dir>/redis`), one directory per app,
+//! named by its [`ResourceKey`] (`<key>`: the app's id, or its name for a
+//! server made before keys were ids; written `<app>` below):
 //! - `<app>/port` — the app's server's TCP port on 127.0.0.1, chosen once
 //!   so that the app's stored Redis URL stays valid across restarts.
 //! - `<app>/admin.password` — the password of `hangar-admin`, the user
@@ -10,7 +12,7 @@
 //!   knows it.
 //! - `<app>/users.acl` — the server's ACL file: `default` off, the admin
 //!   (its password as a SHA-256 hash) and the app's user as
-//!   [`crate::redis`] makes it on a shared server (`~<app>:* &<app>:*`,
+//!   [`crate::redis`] makes it on a shared server (`~<key>:* &<key>:*`,
 //!   no admin or dangerous commands), saved by the server (`ACL SAVE`)
 //!   after every change so that it survives a restart.
 //! - `<app>/redis.conf` — written by Hangar on every start: 127.0.0.1
@@ -32,13 +34,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hangar_core::name::AppName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::ResourceError;
 use crate::local_daemon::{self as daemon, RunAs};
-use crate::redis::{RedisCredentials, RedisServer, redis_user};
+use crate::redis::{RedisCredentials, RedisServer};
+use crate::{ResourceError, ResourceKey};
 
 type Result<T, E = ResourceError> = std::result::Result<T, E>;
 
@@ -193,7 +194,7 @@ impl LocalRedis {
         let lock = self.lock(app.as_str());
         let _held = lock.lock().await;
         let (server, admin) = self.start_locked(&app).await?;
-        let creds = admin.server()?.ensure_user(app.as_str(), password).await?;
+        let creds = admin.server()?.ensure_user(&app, password).await?;
         admin.call(&["ACL", "SAVE"]).await?;
         tracing::info!(
             app = app.as_str(),
@@ -279,7 +280,7 @@ impl LocalRedis {
         daemon::running_pid(&app_dir.join(PID_FILE), "redis-server", app_dir).map_err(redis_err)
     }
 
-    async fn stop_locked(&self, app: &AppName) -> Result<()> {
+    async fn stop_locked(&self, app: &ResourceKey) -> Result<()> {
         let dir = self.dir.join(app.as_str());
         if !dir.exists() {
             return Ok(());
@@ -306,7 +307,7 @@ impl LocalRedis {
         Ok(())
     }
 
-    async fn start_locked(&self, app: &AppName) -> Result<(AppRedis, Admin)> {
+    async fn start_locked(&self, app: &ResourceKey) -> Result<(AppRedis, Admin)> {
         let root_run_as = daemon::choose_run_as(&self.dir, "redis").map_err(redis_err)?;
         daemon::prepare_dir(&self.dir, root_run_as.as_ref(), "Redis").map_err(redis_err)?;
         let root = self
@@ -425,7 +426,7 @@ impl LocalRedis {
     /// server last saved it).
     fn write_config(
         &self,
-        app: &AppName,
+        app: &ResourceKey,
         dir: &Path,
         port: u16,
         admin_password: &str,
@@ -470,30 +471,31 @@ impl LocalRedis {
         let previous = daemon::read_limited(&acl_path, 1 << 20)
             .map_err(|e| redis_err(format!("cannot read {}: {e}", acl_path.display())))?
             .unwrap_or_default();
-        let acl = acl_file(app.as_str(), admin_password, &previous);
+        let acl = acl_file(&app.redis_user()?, admin_password, &previous);
         daemon::write_new(&acl_path, acl.as_bytes(), 0o600, owner)
             .map_err(|e| redis_err(format!("cannot write {}: {e}", acl_path.display())))?;
         Ok(())
     }
 }
 
-fn parse_app(app: &str) -> Result<AppName> {
-    AppName::parse(app).map_err(|e| redis_err(e.to_string()))
+/// An app's server is named by its [`ResourceKey`] (the app's id; its
+/// name for one made before keys were ids).
+fn parse_app(app: &str) -> Result<ResourceKey> {
+    Ok(ResourceKey::parse(app)?)
 }
 
-/// The ACL file: `default` off, the admin, and the app's user as the
+/// The ACL file: `default` off, the admin, and the app's `user` as the
 /// server saved it in `previous` (the last such line), if it did.
-fn acl_file(app: &str, admin_password: &str, previous: &str) -> String {
+fn acl_file(user: &str, admin_password: &str, previous: &str) -> String {
     use sha2::Digest;
     let hash = hex::encode(sha2::Sha256::digest(admin_password.as_bytes()));
-    let user = redis_user(app);
     let mut out = format!(
         "user default off resetpass resetkeys resetchannels -@all\n\
          user {ADMIN_USER} on #{hash} ~* &* +@all\n"
     );
     let kept = previous.lines().rev().find(|line| {
         let mut words = line.split_whitespace();
-        words.next() == Some("user") && words.next() == Some(user.as_str())
+        words.next() == Some("user") && words.next() == Some(user)
     });
     if let Some(line) = kept {
         out.push_str(line.trim());
@@ -626,7 +628,7 @@ mod tests {
                         user hangar-admin on #00 ~* &* +@all\n\
                         user hangar_other on #11 ~* +@all\n\
                         user hangar_a on sanitize-payload #22 ~a:* &a:* +@all -@admin -@dangerous\n";
-        let acl = acl_file("a", "pw", previous);
+        let acl = acl_file("hangar_a", "pw", previous);
         let lines: Vec<&str> = acl.lines().collect();
         assert_eq!(lines.len(), 3, "{acl}");
         assert!(lines[0].starts_with("user default off "), "{acl}");
@@ -637,7 +639,7 @@ mod tests {
             "{acl}"
         );
         // A first start: no app user yet.
-        assert_eq!(acl_file("a", "pw", "").lines().count(), 2);
+        assert_eq!(acl_file("hangar_a", "pw", "").lines().count(), 2);
     }
 
     #[test]

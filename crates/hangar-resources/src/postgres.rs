@@ -5,6 +5,7 @@
 use hangar_store::{App, ResourceRow};
 use serde::{Deserialize, Serialize};
 
+use crate::ident::{ResourceKey, pg_identifier};
 use crate::{ResourceError, Resources, Result, local_pg, random_password};
 
 /// How an app reaches its database.
@@ -202,30 +203,19 @@ fn truncated(text: &str, max: usize) -> String {
     }
 }
 
-/// The longest identifier Postgres keeps (`NAMEDATALEN` - 1 bytes): DDL
-/// truncates longer ones silently, and a bound `name` parameter that long
-/// is refused.
-pub const PG_IDENTIFIER_MAX: usize = 63;
-
-/// Role and database name of an app: `hangar_` + the name with `-` → `_`
-/// (app names are DNS labels, so the result is a plain identifier) when
-/// that fits in [`PG_IDENTIFIER_MAX`] bytes (names of up to 56
-/// characters). A longer name gets `hangar__`, its first 42 characters,
-/// `_` and 12 hex digits of the SHA-256 of the whole name: exactly 63
-/// bytes, never truncated by Postgres, so it names no other app's
-/// objects. A short form never starts `hangar__` (app names start with a
-/// letter), so the two forms cannot meet, and long names that share their
-/// first characters differ in the hash.
-pub fn database_name(app: &str) -> String {
-    let plain = app.replace('-', "_");
-    let short = format!("hangar_{plain}");
-    if short.len() <= PG_IDENTIFIER_MAX {
-        return short;
+/// The role and database name of `app`'s Postgres resource: the name its
+/// row `recorded` (an earlier attempt for this app, or a database made
+/// before names came from ids, named after the app's name: kept, never
+/// renamed), else `hangar_<app id>` ([`ResourceKey::postgres`]). A
+/// recorded name Postgres would truncate was never created (a bound name
+/// that long is refused), so it is not kept.
+pub fn database_name(app: &App, recorded: Option<&ResourceRow>) -> Result<String> {
+    if let Some(row) = recorded
+        && pg_identifier(&row.name).is_ok()
+    {
+        return Ok(row.name.clone());
     }
-    use sha2::Digest;
-    let hash = hex::encode(sha2::Sha256::digest(app.as_bytes()));
-    let head: String = plain.chars().take(42).collect();
-    format!("hangar__{head}_{}", &hash[..12])
+    Ok(ResourceKey::of_app(&app.id)?.postgres()?)
 }
 
 /// What marks a role or database as Hangar's, made for the app `app_id`
@@ -242,18 +232,6 @@ fn pg_marker(app_id: &str) -> Result<String> {
         )));
     }
     Ok(format!("hangar app {app_id}"))
-}
-
-/// `name` is an identifier Hangar made ([`database_name`]): lowercase
-/// letters, digits and `_`, at most [`PG_IDENTIFIER_MAX`] bytes, so it can
-/// be put between double quotes in DDL (which takes no bind parameters)
-/// and Postgres keeps it whole.
-fn hangar_identifier(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= PG_IDENTIFIER_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Any identifier, double-quoted (`"` doubled).
@@ -358,11 +336,7 @@ impl Resources {
         ready: Option<&PostgresCredentials>,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<PostgresCredentials> {
-        if !hangar_identifier(name) {
-            return Err(ResourceError::Postgres(format!(
-                "{name:?} is not a name Hangar gives databases"
-            )));
-        }
+        pg_identifier(name)?;
         let marker = pg_marker(&app.id)?;
         let limits = self.postgres_limits;
         let server = self.postgres_server().await?;
@@ -637,8 +611,8 @@ impl Resources {
     /// for it: Postgres would drop whatever the truncation names.
     pub(crate) async fn drop_postgres(&self, app: &App, row: &ResourceRow) -> Result<()> {
         let name = row.name.as_str();
-        if !hangar_identifier(name) {
-            tracing::warn!(app = %app.name, name, "not a database name Hangar makes: nothing dropped on the server");
+        if let Err(e) = pg_identifier(name) {
+            tracing::warn!(app = %app.name, name, error = %e, "nothing dropped on the server");
             return Ok(());
         }
         let marker = pg_marker(&app.id)?;
@@ -700,31 +674,71 @@ impl Resources {
 mod tests {
     use super::*;
 
-    #[test]
-    fn database_names_always_fit_and_never_meet() {
-        // Up to 56 characters: `hangar_` + the name.
-        let n56 = "a".repeat(56);
-        assert_eq!(database_name(&n56), format!("hangar_{n56}"));
-        assert_eq!(database_name(&n56).len(), PG_IDENTIFIER_MAX);
-        // Longer: 63 bytes, the same every time, not what Postgres would
-        // truncate `hangar_<name>` to, and apart for a shared prefix.
-        let long = |tail: &str| format!("{}{tail}", "a".repeat(56));
-        let (x, y) = (database_name(&long("b")), database_name(&long("c")));
-        for n in [&x, &y] {
-            assert_eq!(n.len(), PG_IDENTIFIER_MAX, "{n}");
-            assert!(hangar_identifier(n), "{n}");
-            assert!(n.starts_with("hangar__"), "{n}");
+    fn app(id: &str, name: &str) -> App {
+        App {
+            id: id.into(),
+            org_id: "org_1".into(),
+            name: name.into(),
+            created_at: 0,
+            scale: None,
         }
-        assert_ne!(x, y);
-        assert_eq!(x, database_name(&long("b")));
-        assert_ne!(x, format!("hangar_{n56}"));
-        assert_eq!(database_name(&"z".repeat(63)).len(), PG_IDENTIFIER_MAX);
-        // A short name spelling out a long one's form stays distinct: app
-        // names start with a letter, so `hangar__` is never a short form.
-        let hash = x.rsplit('_').next().unwrap();
-        let mimic = format!("{}-{hash}", "a".repeat(42));
-        assert!(mimic.len() <= 56);
-        assert_ne!(database_name(&mimic), x);
+    }
+
+    fn row(app: &App, name: &str, status: &str) -> ResourceRow {
+        ResourceRow {
+            app_id: app.id.clone(),
+            kind: "postgres".into(),
+            name: name.into(),
+            status: status.into(),
+            detail: None,
+            sealed: None,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn databases_are_named_by_app_id_and_recorded_names_are_kept() {
+        // Two apps whose names share the 63 bytes Postgres would keep of
+        // `hangar_<name>` get databases and roles of their own.
+        let shared = "a".repeat(56);
+        let one = app("app_00000000000000a1", &format!("{shared}bbbbbbb"));
+        let two = app("app_00000000000000a2", &format!("{shared}ccccccc"));
+        assert_eq!(
+            format!("hangar_{}", one.name)[..63],
+            format!("hangar_{}", two.name)[..63]
+        );
+        let (x, y) = (
+            database_name(&one, None).unwrap(),
+            database_name(&two, None).unwrap(),
+        );
+        assert_eq!(x, "hangar_app_00000000000000a1");
+        assert_eq!(y, "hangar_app_00000000000000a2");
+        assert!(x.len() <= crate::ident::PG_IDENTIFIER_MAX);
+        // A later app of the same name (another id) meets neither.
+        let namesake = app("app_00000000000000b1", &one.name);
+        assert_ne!(database_name(&namesake, None).unwrap(), x);
+        // A database made by name before an upgrade keeps its recorded
+        // name (the app's data is there); so does an earlier attempt's.
+        let old = app("app_00000000000000c1", "todo");
+        for status in ["ready", "failed", "provisioning"] {
+            let r = row(&old, "hangar_todo", status);
+            assert_eq!(database_name(&old, Some(&r)).unwrap(), "hangar_todo");
+        }
+        // A recorded name Postgres would truncate was never created: the
+        // app gets its id's name, never a cut one.
+        let r = row(&old, &format!("hangar_{}", "z".repeat(57)), "failed");
+        assert_eq!(
+            database_name(&old, Some(&r)).unwrap(),
+            "hangar_app_00000000000000c1"
+        );
+        // An id that would not make a plain identifier is refused, typed.
+        let odd = app("APP; drop", "odd");
+        assert!(matches!(
+            database_name(&odd, None),
+            Err(ResourceError::Ident(
+                crate::ident::IdentError::Invalid { .. }
+            ))
+        ));
     }
 
     #[test]

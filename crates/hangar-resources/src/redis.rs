@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::ResourceError;
+use crate::{ResourceError, ResourceKey};
 
 /// How long one admin exchange may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,7 +25,8 @@ pub struct RedisCredentials {
     pub url: String,
     pub user: String,
     pub password: String,
-    /// Every key the app may touch starts with this (`<app>:`).
+    /// Every key the app may touch starts with this (`<key>:`, see
+    /// [`ResourceKey::redis_prefix`]).
     pub prefix: String,
 }
 
@@ -135,17 +136,6 @@ pub const DENIED: &[&str] = &[
     "debug",
 ];
 
-/// The Redis user of an app: `hangar_` + the name (app names are DNS
-/// labels, so no escaping is needed in ACL rules).
-pub fn redis_user(app: &str) -> String {
-    format!("hangar_{app}")
-}
-
-/// The key (and channel) prefix of an app.
-pub fn redis_prefix(app: &str) -> String {
-    format!("{app}:")
-}
-
 impl RedisServer {
     /// The server at `url` (`redis://[user[:password]@]host[:port][/]`).
     pub fn new(url: &str) -> Result<RedisServer, ResourceError> {
@@ -203,14 +193,14 @@ impl RedisServer {
     /// command but the admin and dangerous ones and [`DENIED`].
     pub async fn ensure_user(
         &self,
-        app: &str,
+        key: &ResourceKey,
         password: &str,
     ) -> Result<RedisCredentials, ResourceError> {
         let creds = RedisCredentials {
             url: String::new(),
-            user: redis_user(app),
+            user: key.redis_user()?,
             password: password.to_owned(),
-            prefix: redis_prefix(app),
+            prefix: key.redis_prefix(),
         };
         self.reassert(&creds).await?;
         Ok(RedisCredentials {
@@ -254,10 +244,10 @@ impl RedisServer {
         }
     }
 
-    /// Drops the app's user and every key under its prefix.
-    pub async fn drop_user(&self, app: &str) -> Result<(), ResourceError> {
-        let user = redis_user(app);
-        let pattern = format!("{}*", redis_prefix(app));
+    /// Drops the user made from `key` and every key under its prefix.
+    pub async fn drop_user(&self, key: &ResourceKey) -> Result<(), ResourceError> {
+        let user = key.redis_user()?;
+        let pattern = format!("{}*", key.redis_prefix());
         let mut conn = self.connect().await?;
         conn.call(&["ACL", "DELUSER", &user]).await?;
         let mut cursor = "0".to_owned();
@@ -411,7 +401,5 @@ mod tests {
         for bad in ["http://h", "redis://", "redis://h:notaport"] {
             assert!(RedisServer::new(bad).is_err(), "{bad}");
         }
-        assert_eq!(redis_user("my-app"), "hangar_my-app");
-        assert_eq!(redis_prefix("my-app"), "my-app:");
     }
 }

@@ -298,12 +298,15 @@ async fn redis_admits_only_the_apps_user() {
     ]])
     .await;
     assert_eq!(got, ["+OK"]);
+    // The key prefix is the grant's (what the app's credentials record,
+    // made from its id), whatever the app is called.
     let grant = |password: &str| Grant {
-        app: app.clone(),
+        app: "named-otherwise".into(),
         postgres: None,
         redis: Some(RedisGrant {
             user: user.clone(),
             password: password.to_owned(),
+            prefix: format!("{app}:"),
         }),
         nats: None,
     };
@@ -538,6 +541,7 @@ fn full_grant() -> Grant {
         redis: Some(RedisGrant {
             user: "hangar_capped".into(),
             password: "pw".into(),
+            prefix: "capped:".into(),
         }),
         nats: Some(NatsGrant {
             prefix: "hangar.capped.".into(),

@@ -157,6 +157,7 @@ async fn each_app_gets_a_user_confined_to_its_subjects() {
         apps,
     } = fixture(&["ln-a", "ln-b", "ln-c"]).await;
     let (app_a, app_b, app_c) = (apps[0].clone(), apps[1].clone(), apps[2].clone());
+    let (ka, kb, kc) = (&app_a.id, &app_b.id, &app_c.id);
     let res = Resources::new(store.clone(), vault.clone(), None)
         .with_local_nats(bin.clone(), dir.clone());
     assert!(!dir.exists(), "nothing runs before an app needs it");
@@ -167,11 +168,12 @@ async fn each_app_gets_a_user_confined_to_its_subjects() {
 
     let pa = res.for_machine(&app_a.id).await.unwrap().pubsub.unwrap();
     let pb = res.for_machine(&app_b.id).await.unwrap().pubsub.unwrap();
-    assert_eq!(pa.prefix, "hangar.ln-a.");
+    // Named by the app's id, not its name.
+    assert_eq!(pa.prefix, format!("hangar.{}.", app_a.id));
     let (user_a, pass_a, port) = parts(&pa);
     let (user_b, pass_b, port_b) = parts(&pb);
     assert_eq!(port, port_b, "one server for all apps");
-    assert_eq!(user_a, "hangar_ln-a");
+    assert_eq!(user_a, format!("hangar_{}", app_a.id));
     assert!(
         !format!("{pa:?}").contains(&pass_a),
         "Debug hides the password"
@@ -199,9 +201,11 @@ async fn each_app_gets_a_user_confined_to_its_subjects() {
     // A publishes and subscribes under its prefix.
     let mut a = Nats::connect(port, &user_a, &pass_a).await.unwrap();
     let got = a
-        .roundtrip("SUB hangar.ln-a.> 1\r\nPUB hangar.ln-a.x 2\r\nhi\r\n")
+        .roundtrip(&format!(
+            "SUB hangar.{ka}.> 1\r\nPUB hangar.{ka}.x 2\r\nhi\r\n"
+        ))
         .await;
-    assert_eq!(got, ["MSG hangar.ln-a.x 1 2 hi"]);
+    assert_eq!(got, [format!("MSG hangar.{ka}.x 1 2 hi")]);
     // Nothing else: the server says why and keeps the connection.
     let got = a.roundtrip("SUB > 2\r\n").await;
     assert_eq!(got.len(), 1, "{got:?}");
@@ -209,18 +213,21 @@ async fn each_app_gets_a_user_confined_to_its_subjects() {
         got[0].contains("Permissions Violation for Subscription to \">\""),
         "{got:?}"
     );
-    let got = a.roundtrip("PUB hangar.ln-b.x 2\r\nhi\r\n").await;
+    let got = a.roundtrip(&format!("PUB hangar.{kb}.x 2\r\nhi\r\n")).await;
     assert!(
-        got.iter()
-            .any(|l| l.contains("Permissions Violation for Publish to \"hangar.ln-b.x\"")),
+        got.iter().any(|l| l.contains(&format!(
+            "Permissions Violation for Publish to \"hangar.{kb}.x\""
+        ))),
         "{got:?}"
     );
     // B's subscriber sees nothing of that; B's own messages reach B.
     let mut b = Nats::connect(port, &user_b, &pass_b).await.unwrap();
     let got = b
-        .roundtrip("SUB hangar.ln-b.> 1\r\nPUB hangar.ln-b.y 3\r\nyes\r\n")
+        .roundtrip(&format!(
+            "SUB hangar.{kb}.> 1\r\nPUB hangar.{kb}.y 3\r\nyes\r\n"
+        ))
         .await;
-    assert_eq!(got, ["MSG hangar.ln-b.y 1 3 yes"]);
+    assert_eq!(got, [format!("MSG hangar.{kb}.y 1 3 yes")]);
     // No user, a wrong password, or A's password for B: refused.
     for (user, pass) in [
         ("", ""),
@@ -237,13 +244,17 @@ async fn each_app_gets_a_user_confined_to_its_subjects() {
     let (user_c, pass_c, _) = parts(&pc);
     let mut c = Nats::connect(port, &user_c, &pass_c).await.unwrap();
     let got = c
-        .roundtrip("SUB hangar.ln-c.* 1\r\nPUB hangar.ln-c.z 1\r\nc\r\n")
+        .roundtrip(&format!(
+            "SUB hangar.{kc}.* 1\r\nPUB hangar.{kc}.z 1\r\nc\r\n"
+        ))
         .await;
-    assert_eq!(got, ["MSG hangar.ln-c.z 1 1 c"]);
+    assert_eq!(got, [format!("MSG hangar.{kc}.z 1 1 c")]);
     assert!(alive(pid));
     // Existing connections were kept across the reload.
-    let got = a.roundtrip("PUB hangar.ln-a.x 3\r\nend\r\n").await;
-    assert_eq!(got, ["MSG hangar.ln-a.x 1 3 end"]);
+    let got = a
+        .roundtrip(&format!("PUB hangar.{ka}.x 3\r\nend\r\n"))
+        .await;
+    assert_eq!(got, [format!("MSG hangar.{ka}.x 1 3 end")]);
 
     // A new handle (Hangar restarted) re-adopts the running server.
     let res2 = Resources::new(store.clone(), vault.clone(), None)
@@ -260,7 +271,9 @@ async fn each_app_gets_a_user_confined_to_its_subjects() {
     res2.deprovision(&app_b).await.unwrap();
     let e = Nats::connect(port, &user_b, &pass_b).await.err().unwrap();
     assert!(e.contains("Authorization Violation"), "{e}");
-    assert_eq!(local.apps().unwrap(), ["ln-a", "ln-c"]);
+    let mut left = vec![app_a.id.clone(), app_c.id.clone()];
+    left.sort();
+    assert_eq!(local.apps().unwrap(), left);
     assert!(Nats::connect(port, &user_a, &pass_a).await.is_ok());
     assert!(alive(pid), "reloaded, not restarted");
 

@@ -168,9 +168,11 @@ async fn each_app_gets_a_capped_server_of_its_own() {
 
     let ca = res.for_machine(&app_a.id).await.unwrap().redis.unwrap();
     let cb = res.for_machine(&app_b.id).await.unwrap().redis.unwrap();
+    // Named by the app's id, not its name: user, key prefix, server dir.
+    let (ka, kb) = (app_a.id.clone(), app_b.id.clone());
     assert_eq!(
-        (ca.user.as_str(), ca.prefix.as_str()),
-        ("hangar_lr-a", "lr-a:")
+        (ca.user.clone(), ca.prefix.clone()),
+        (format!("hangar_{ka}"), format!("{ka}:"))
     );
     assert!(
         ca.url
@@ -181,7 +183,7 @@ async fn each_app_gets_a_capped_server_of_its_own() {
 
     // Private: the dirs are 0700, the ACL file and admin password 0600,
     // owned by the redis user (else nobody) when Hangar is root.
-    let app_dir = dir.join("lr-a");
+    let app_dir = dir.join(&ka);
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&app_dir), 0o700);
     assert_eq!(mode(&app_dir.join("users.acl")), 0o600);
@@ -212,8 +214,8 @@ async fn each_app_gets_a_capped_server_of_its_own() {
         port_a,
         &[
             &["AUTH", &ca.user, &ca.password],
-            &["SET", "lr-a:greeting", "hi"],
-            &["GET", "lr-a:greeting"],
+            &["SET", &*format!("{ka}:greeting"), "hi"],
+            &["GET", &*format!("{ka}:greeting")],
             &["SET", "unprefixed", "x"],
             &["CONFIG", "SET", "maxmemory", "0"],
             &["SHUTDOWN"],
@@ -229,7 +231,7 @@ async fn each_app_gets_a_capped_server_of_its_own() {
         port_a,
         &[
             &["PING"],
-            &["GET", "lr-a:greeting"],
+            &["GET", &*format!("{ka}:greeting")],
             &["AUTH", "default", "x"],
         ],
     )
@@ -247,7 +249,7 @@ async fn each_app_gets_a_capped_server_of_its_own() {
     assert_eq!(conn.call(&["AUTH", &ca.user, &ca.password]).await, "+OK");
     let mut oom = None;
     for i in 0..400 {
-        let reply = conn.call(&["SET", &format!("lr-a:fill:{i}"), &big]).await;
+        let reply = conn.call(&["SET", &format!("{ka}:fill:{i}"), &big]).await;
         if reply != "+OK" {
             oom = Some(reply);
             break;
@@ -259,20 +261,24 @@ async fn each_app_gets_a_capped_server_of_its_own() {
         port_b,
         &[
             &["AUTH", &cb.user, &cb.password],
-            &["SET", "lr-b:k", &big],
-            &["GET", "lr-b:missing"],
+            &["SET", &*format!("{kb}:k"), &big],
+            &["GET", &*format!("{kb}:missing")],
         ],
     )
     .await;
     assert_eq!(got[..2], ["+OK", "+OK"], "B is unaffected");
     // A can free its room again (noeviction keeps keys, DEL still works).
-    assert!(conn.call(&["DEL", "lr-a:fill:0"]).await.starts_with(':'));
+    assert!(
+        conn.call(&["DEL", &*format!("{ka}:fill:0")])
+            .await
+            .starts_with(':')
+    );
     drop(conn);
 
     // A new handle (Hangar restarted): the running servers are re-adopted,
     // same port, same pid, same credentials.
     let before = LocalRedis::new(bin.clone(), dir.clone(), options.clone())
-        .running("lr-a")
+        .running(&ka)
         .unwrap()
         .expect("running");
     assert_eq!(before.port, port_a);
@@ -284,11 +290,14 @@ async fn each_app_gets_a_capped_server_of_its_own() {
     let again = res2.for_machine(&app_a.id).await.unwrap().redis.unwrap();
     assert_eq!(again, ca);
     let local = LocalRedis::new(bin.clone(), dir.clone(), options.clone());
-    let adopted = local.start("lr-a").await.unwrap();
+    let adopted = local.start(&ka).await.unwrap();
     assert_eq!(adopted, before, "re-adopted, not restarted");
     let got = redis(
         port_a,
-        &[&["AUTH", &ca.user, &ca.password], &["GET", "lr-a:greeting"]],
+        &[
+            &["AUTH", &ca.user, &ca.password],
+            &["GET", &*format!("{ka}:greeting")],
+        ],
     )
     .await;
     assert_eq!(got, ["+OK", "$2 hi"]);

@@ -50,6 +50,19 @@ async fn each_app_gets_its_own_database_closed_to_others() {
     let kinds: BTreeSet<_> = [ResourceKind::Postgres, ResourceKind::Secrets].into();
     let lines = std::sync::Mutex::new(Vec::new());
     let log = |l: String| lines.lock().unwrap().push(l);
+    let legacy = format!("hangar_{}", b.replace('-', "_"));
+    store
+        .put_resource(hangar_store::ResourceRow {
+            app_id: app_b.id.clone(),
+            kind: ResourceKind::Postgres.as_str().into(),
+            name: legacy.clone(),
+            status: "provisioning".into(),
+            detail: None,
+            sealed: None,
+            updated_at: 0,
+        })
+        .await
+        .unwrap();
     res.provision(&app_a, &kinds, &log).await.unwrap();
     res.provision(&app_b, &kinds, &log).await.unwrap();
     // Again: idempotent, nothing re-created.
@@ -58,7 +71,13 @@ async fn each_app_gets_its_own_database_closed_to_others() {
 
     let creds_a = res.for_machine(&app_a.id).await.unwrap().postgres.unwrap();
     let creds_b = res.for_machine(&app_b.id).await.unwrap().postgres.unwrap();
-    assert_eq!(creds_a.database, database_name(&a));
+    // Named by the app's id, not its (reusable) name.
+    assert_eq!(creds_a.database, format!("hangar_{}", app_a.id));
+    assert_eq!(creds_a.database, database_name(&app_a, None).unwrap());
+    // B's database was begun by an older Hangar, under B's name (its row
+    // records it): provisioning finishes that one, it does not start anew.
+    assert_eq!(creds_b.database, format!("hangar_{}", b.replace('-', "_")));
+    assert_eq!(creds_b.user, creds_b.database);
     assert_ne!(creds_a.password, creds_b.password);
 
     // A's role works in A's database.
@@ -91,7 +110,7 @@ async fn each_app_gets_its_own_database_closed_to_others() {
     res.deprovision(&app_a).await.unwrap();
     res.deprovision(&app_b).await.unwrap();
     let admin = connect(ADMIN_URL).await.unwrap();
-    for name in [database_name(&a), database_name(&b)] {
+    for name in [creds_a.database.clone(), legacy] {
         let db = admin
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
             .await
@@ -107,4 +126,106 @@ async fn each_app_gets_its_own_database_closed_to_others() {
 
 fn serde_json_string(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).unwrap()
+}
+
+/// What an older Hangar (objects named after the app's name) left when an
+/// app's deletion skipped or failed its deprovisioning: a database and
+/// role `hangar_<name>` with the old owner's rows in it, marked for the old
+/// app's id. A new app of that name (another org's, say) gets its own,
+/// empty database, and the leftover stays as it was, not taken over.
+#[tokio::test]
+async fn a_new_app_of_a_deleted_apps_name_never_gets_its_leftovers() {
+    require_postgres().await;
+    let name = unique("pg-reused");
+    let leftover = format!("hangar_{}", name.replace('-', "_"));
+    let admin = connect(ADMIN_URL).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{leftover}\" WITH (FORCE)"
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS \"{leftover}\"; \
+             CREATE ROLE \"{leftover}\" LOGIN PASSWORD 'old-owner'; \
+             COMMENT ON ROLE \"{leftover}\" IS 'hangar app app_00000000000000dd'"
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE \"{leftover}\" OWNER \"{leftover}\""
+        ))
+        .await
+        .unwrap();
+    // Closed to PUBLIC, as Hangar made it.
+    admin
+        .batch_execute(&format!(
+            "REVOKE ALL ON DATABASE \"{leftover}\" FROM PUBLIC; \
+             GRANT ALL ON DATABASE \"{leftover}\" TO \"{leftover}\""
+        ))
+        .await
+        .unwrap();
+    let old = ADMIN_URL.replace("/postgres", &format!("/{leftover}"));
+    connect(&old)
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE orders (card text); INSERT INTO orders VALUES ('4242')")
+        .await
+        .unwrap();
+
+    let Fixture {
+        dir: _dir,
+        store,
+        vault,
+        apps,
+    } = fixture(&[&name]).await;
+    let res = Resources::new(store, vault, Some(PostgresServer::new(ADMIN_URL).unwrap()));
+    let kinds: BTreeSet<_> = [ResourceKind::Postgres].into();
+    res.provision(&apps[0], &kinds, &|_| {}).await.unwrap();
+    let creds = res
+        .postgres_credentials(&apps[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(creds.database, format!("hangar_{}", apps[0].id));
+    assert_ne!(creds.database, leftover);
+    let mine = connect(&creds.url).await.unwrap();
+    let tables = mine
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(tables.is_empty(), "an empty database");
+    // The leftover is out of reach of the new app's role.
+    let into_old = format!(
+        "postgres://{}:{}@127.0.0.1:5432/{leftover}",
+        creds.user, creds.password
+    );
+    assert!(connect(&into_old).await.is_err(), "the old database opened");
+    drop(mine);
+
+    // Destroying the new app drops its own database, never the leftover.
+    res.deprovision(&apps[0]).await.unwrap();
+    let exists = |db: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    assert!(!exists(creds.database.clone()).await);
+    assert!(exists(leftover.clone()).await, "the leftover was dropped");
+    for sql in [
+        format!("DROP DATABASE \"{leftover}\" WITH (FORCE)"),
+        format!("DROP ROLE \"{leftover}\""),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
 }

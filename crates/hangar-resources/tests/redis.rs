@@ -111,7 +111,10 @@ async fn each_app_gets_a_user_confined_to_its_prefix() {
 
     let ca = res.for_machine(&app_a.id).await.unwrap().redis.unwrap();
     let cb = res.for_machine(&app_b.id).await.unwrap().redis.unwrap();
+    // Keyed by the app's id, not its name (another app may take the name).
+    let (a, b) = (app_a.id.clone(), app_b.id.clone());
     assert_eq!(ca.prefix, format!("{a}:"));
+    assert_eq!(ca.user, format!("hangar_{a}"));
     assert!(ca.url.starts_with(&format!("redis://{}:", ca.user)));
     let key_a = format!("{a}:greeting");
     let got = redis(&[
@@ -205,6 +208,7 @@ async fn an_app_user_sees_nothing_of_other_tenants_and_keeps_what_apps_need() {
     res.provision(&apps[1], &kinds, &|_| {}).await.unwrap();
     let ca = res.for_machine(&apps[0].id).await.unwrap().redis.unwrap();
     let cb = res.for_machine(&apps[1].id).await.unwrap().redis.unwrap();
+    let (a, b) = (&apps[0].id, &apps[1].id);
     let (mine, theirs) = (|k: &str| format!("{a}:{k}"), |k: &str| format!("{b}:{k}"));
     // The other tenant has a key and a subscriber on a channel.
     let mut other = Conn::open().await;
@@ -374,4 +378,55 @@ async fn an_app_user_sees_nothing_of_other_tenants_and_keeps_what_apps_need() {
         admin.call(&["EXISTS", &their_key, &key, &n, &list]).await,
         ":0"
     );
+}
+
+/// What an older Hangar left when an app's deletion skipped or failed its
+/// deprovisioning: the user `hangar_<name>` and keys under `<name>:`. A new
+/// app of that name gets a user and a prefix of its own (its id's): it
+/// cannot read them, and destroying it leaves them as they were.
+#[tokio::test]
+async fn a_new_app_of_a_deleted_apps_name_never_gets_its_keys() {
+    redis(&[&["PING"]]).await;
+    let name = format!("rd-reused-{}", std::process::id());
+    let (old_user, old_key) = (format!("hangar_{name}"), format!("{name}:card"));
+    let got = redis(&[
+        &["ACL", "SETUSER", &old_user, "reset", "on", ">old-owner"],
+        &["ACL", "SETUSER", &old_user, &format!("~{name}:*"), "+@all"],
+        &["SET", &old_key, "4242"],
+    ])
+    .await;
+    assert_eq!(got, ["+OK", "+OK", "+OK"]);
+    let Fixture {
+        dir: _dir,
+        store,
+        vault,
+        apps,
+    } = fixture(&[&name]).await;
+    let res = Resources::new(store, vault, None)
+        .with_redis(RedisServer::new("redis://127.0.0.1:6379").unwrap());
+    let kinds: BTreeSet<_> = [ResourceKind::Redis].into();
+    res.provision(&apps[0], &kinds, &|_| {}).await.unwrap();
+    let creds = res.for_machine(&apps[0].id).await.unwrap().redis.unwrap();
+    assert_eq!(creds.user, format!("hangar_{}", apps[0].id));
+    assert_eq!(creds.prefix, format!("{}:", apps[0].id));
+    let got = redis(&[
+        &["AUTH", &creds.user, &creds.password],
+        &["GET", &old_key],
+        &["GET", &format!("{}card", creds.prefix)],
+    ])
+    .await;
+    assert_eq!(got[0], "+OK");
+    assert!(got[1].starts_with("-NOPERM"), "{got:?}");
+    assert!(is_nil(&got[2]), "nothing under its own prefix yet: {got:?}");
+
+    res.deprovision(&apps[0]).await.unwrap();
+    let got = redis(&[
+        &["ACL", "GETUSER", &creds.user],
+        &["GET", &old_key],
+        &["ACL", "DELUSER", &old_user],
+        &["DEL", &old_key],
+    ])
+    .await;
+    assert!(is_nil(&got[0]), "its user is dropped: {got:?}");
+    assert_eq!(got[1], "$4 4242", "the leftover keys are left as they were");
 }

@@ -412,12 +412,12 @@ fn resources_answer_a_machine_only_as_its_own_app() {
         "{before}"
     );
     let auth = format!("AUTH {ruser} {rpass}\\r\\n");
-    let after = send(&[
-        &auth,
-        "SET todo:iso 1\\r\\n",
-        "KEYS *\\r\\n",
-        "GET other:x\\r\\n",
-    ]);
+    // The app's own prefix, as its credentials say (made from its id).
+    let own_set = format!(
+        "SET {}iso 1\\r\\n",
+        res["redis"]["prefix"].as_str().unwrap()
+    );
+    let after = send(&[&auth, &own_set, "KEYS *\\r\\n", "GET other:x\\r\\n"]);
     assert!(
         after.starts_with("REPLY +OK\\r\\n+OK\\r\\n"),
         "own user, own keys: {after}"
@@ -428,6 +428,10 @@ fn resources_answer_a_machine_only_as_its_own_app() {
     );
 
     let nats = res["pubsub"]["url"].as_str().unwrap();
+    let own_sub = format!(
+        "SUB {}> 3\\r\\nPING\\r\\n",
+        res["pubsub"]["prefix"].as_str().unwrap()
+    );
     let nats_addr = nats.trim_start_matches("nats://").to_owned();
     let subs = exec(
         &p,
@@ -440,7 +444,7 @@ fn resources_answer_a_machine_only_as_its_own_app() {
             "SUB > 1\\r\\n",
             "SUB hangar.other.> 2\\r\\n",
             "PUB hangar.other.x 2\\r\\nhi\\r\\n",
-            "SUB hangar.todo.> 3\\r\\nPING\\r\\n",
+            &own_sub,
         ],
     );
     assert_eq!(subs.matches("Permissions Violation").count(), 3, "{subs}");

@@ -12,9 +12,10 @@ use support::{TestPlatform, example, wait_for};
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// Tests that deploy examples/todo as `todo` on the shared Postgres take
-/// turns: the database name is the app's. (Another name would get a cold
-/// cargo target dir of its own.)
+/// Tests that deploy examples/todo as `todo` on the shared servers take
+/// turns, so two builds never share the app's cargo target dir at once
+/// (another name would get a cold one of its own). Their databases, Redis
+/// users and subjects are named by the app's id, so they never meet.
 static TODO_ON_SHARED_POSTGRES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `sql` as the admin and returns the first column of each row.
@@ -54,6 +55,31 @@ fn on_the_hosts_servers() -> TestPlatform {
     ])
 }
 
+/// What `hangar resources` lists for `app`: kind → the name provisioned
+/// (the database and role, the Redis user, the subject prefix).
+fn provisioned(p: &TestPlatform, app: &str) -> std::collections::BTreeMap<String, String> {
+    let (code, listed) = p.call("GET", &format!("/api/v1/apps/{app}/resources"), Value::Null);
+    assert_eq!(code, 200, "{listed}");
+    listed["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_owned(),
+                r["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The app's id (the Machines API shows it).
+fn app_id(p: &TestPlatform, app: &str) -> String {
+    let (code, v) = p.call("GET", &format!("/v1/apps/{app}"), Value::Null);
+    assert_eq!(code, 200, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
 fn database_exists(name: &str) -> bool {
     !admin_query(
         "SELECT datname::text FROM pg_database WHERE datname = $1",
@@ -71,12 +97,17 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
     let _ = admin_query("SELECT $1::text", "ping");
     let p = on_the_hosts_servers();
     let app = "todo";
-    let database = "hangar_todo";
-    // A database left by an interrupted earlier run is simply reused
-    // (provisioning is idempotent and re-keys the role).
 
     let out = p.deploy(&example("todo"));
     assert!(out.contains("is live"), "{out}");
+    // Named by the app's id (a later app of the same name meets none).
+    let names = provisioned(&p, app);
+    let id = app_id(&p, app);
+    let database = names["postgres"].clone();
+    assert_eq!(database, format!("hangar_{id}"));
+    assert_eq!(names["redis"], format!("hangar_{id}"));
+    assert_eq!(names["pubsub"], format!("hangar.{id}."));
+    let database = database.as_str();
     assert!(database_exists(database), "database provisioned at deploy");
 
     // The app works against its database through the proxy. (Counters
@@ -154,11 +185,11 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
         "{text}"
     );
     assert!(
-        text.contains("redis") && text.contains("hangar_todo"),
+        text.contains("redis") && text.contains(&names["redis"]),
         "{text}"
     );
     assert!(
-        text.contains("pubsub") && text.contains("hangar.todo."),
+        text.contains("pubsub") && text.contains(&names["pubsub"]),
         "{text}"
     );
     let (code, listed) = p.call("GET", &format!("/api/v1/apps/{app}/resources"), Value::Null);
@@ -182,7 +213,7 @@ fn todo_gets_a_database_and_secrets_that_survive_redeploys() {
     );
     // And the Redis user with the app's keys.
     let out = std::process::Command::new("redis-cli")
-        .args(["ACL", "GETUSER", "hangar_todo"])
+        .args(["ACL", "GETUSER", &names["redis"]])
         .output()
         .expect("redis-cli");
     assert!(
@@ -259,11 +290,14 @@ fn todo_deploys_with_no_flags_on_hangars_own_servers() {
     for dir in ["postgres", "redis", "nats"] {
         assert!(p.data_dir().join(dir).is_dir(), "Hangar runs its own {dir}");
     }
+    // Its own Redis server's directory is named by the app's id.
+    let own_redis = p.data_dir().join("redis").join(app_id(&p, "todo"));
+    assert!(own_redis.is_dir(), "{}", own_redis.display());
     // Destroyed while its servers run (the guard stops them after).
     let out = p.hangar(&["destroy", "todo", "--yes"]);
     assert!(out.status.success());
     assert!(
-        !p.data_dir().join("redis/todo").exists(),
+        !own_redis.exists(),
         "destroy stops and removes the app's own Redis"
     );
 }
@@ -329,8 +363,10 @@ fn deleting_an_app_through_the_machines_api_drops_its_database() {
         .unwrap_or_else(|p| p.into_inner());
     let _ = admin_query("SELECT $1::text", "ping");
     let p = on_the_hosts_servers();
-    let (app, database) = ("todo", "hangar_todo");
+    let app = "todo";
     p.deploy(&example("todo"));
+    let database = provisioned(&p, app)["postgres"].clone();
+    let database = database.as_str();
     assert!(database_exists(database), "database provisioned at deploy");
     let (code, body) = p.call("DELETE", &format!("/v1/apps/{app}"), Value::Null);
     assert_eq!(code, 202, "{body}");

@@ -75,7 +75,7 @@ fn a_shuttle_app_deploys_unchanged() {
     let listed = p.hangar(&["resources", app]);
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert!(
-        listed.contains("hangar_shuttle_compat") && listed.contains("ready"),
+        listed.contains("postgres") && listed.contains("ready"),
         "{listed}"
     );
 
@@ -91,6 +91,10 @@ fn a_shuttle_app_deploys_unchanged() {
     assert_eq!(var("SHUTTLE_ENV"), "production");
     assert_eq!(var("SHUTTLE_RUNTIME_PORT"), var("PORT"));
     let project = var("SHUTTLE_PROJECT_ID");
+    // The database is named by the app's id (Shuttle's project id), not
+    // by its name.
+    let database = format!("hangar_{project}");
+    assert!(listed.contains(&database), "{listed}");
     let key = var("SHUTTLE_API_KEY");
     let api = var("SHUTTLE_API");
     let path = format!("/shuttle/projects/{project}/resources/secrets");
@@ -121,10 +125,7 @@ fn a_shuttle_app_deploys_unchanged() {
     assert!(body.contains("\"ada\""), "{body}");
     let out = p.hangar(&["destroy", app, "--yes"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("hangar_shuttle_compat"),
-        "{text}"
-    );
+    assert!(out.status.success() && text.contains(&database), "{text}");
 }
 
 /// The embedded default: with no --postgres-url but PostgreSQL installed,

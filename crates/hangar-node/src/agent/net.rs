@@ -160,6 +160,7 @@ impl Agent {
                 redis: content.redis.as_ref().map(|r| RedisGrant {
                     user: r.user.clone(),
                     password: r.password.clone(),
+                    prefix: r.prefix.clone(),
                 }),
                 nats: content.pubsub.as_ref().map(|p| NatsGrant {
                     prefix: p.prefix.clone(),

@@ -69,23 +69,27 @@ pub struct PostgresGrant {
     pub database: String,
 }
 
-/// The app's Redis ACL user.
+/// The app's Redis ACL user, and the prefix of every key and channel it
+/// may touch (as recorded in its credentials: see
+/// [`crate::ResourceKey::redis_prefix`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisGrant {
     pub user: String,
     pub password: String,
+    pub prefix: String,
 }
 
 impl std::fmt::Debug for RedisGrant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisGrant")
             .field("user", &self.user)
+            .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
 }
 
-/// The app's NATS subject prefix, e.g. `hangar.todo.` (see
-/// [`crate::pubsub_prefix`]).
+/// The app's NATS subject prefix, e.g. `hangar.app_3f9a0c1d2e4b5a69.`
+/// (see [`crate::ResourceKey::pubsub_prefix`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatsGrant {
     pub prefix: String,

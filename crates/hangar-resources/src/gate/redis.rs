@@ -79,7 +79,8 @@ fn listed(list: &str, word: &str) -> bool {
 pub struct Policy {
     pub user: String,
     pub password: String,
-    /// Every key the app may touch starts with this (`<app>:`).
+    /// Every key the app may touch starts with this (`<key>:`, from the
+    /// grant: what the app's credentials record).
     pub key_prefix: String,
 }
 
@@ -465,7 +466,7 @@ pub(crate) async fn handle(
     shared: &Shared,
 ) -> Result<(), GateError> {
     let (cr, mut cw) = stream.into_split();
-    let Some((app, redis)) = grant.and_then(|g| Some((g.app, g.redis?))) else {
+    let Some(redis) = grant.and_then(|g| g.redis) else {
         cw.write_all(b"-NOPERM hangar: this machine has no Redis\r\n")
             .await?;
         return Err(GateError::Refused("no Redis grant".into()));
@@ -473,7 +474,7 @@ pub(crate) async fn handle(
     let policy = Policy {
         user: redis.user,
         password: redis.password,
-        key_prefix: crate::redis::redis_prefix(&app),
+        key_prefix: redis.prefix,
     };
     let limits = &shared.limits;
     let mut client = Inbound {
