@@ -518,7 +518,10 @@ impl Builder {
 /// fails: the error names the line and the key.
 async fn read_app_config(src: &Path, app: &str, log: &Path) -> Result<Option<String>, String> {
     use hangar_core::app_config::{AppConfig, FILE_NAME};
-    let text = match tokio::fs::read_to_string(src.join(FILE_NAME)).await {
+    // Beneath the source, never through a link out of it; small.
+    let read = archive::read_file_beneath(src, Path::new(FILE_NAME), 1 << 20)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other));
+    let text = match read {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {FILE_NAME}: {e}")),

@@ -39,13 +39,14 @@ pub fn declared(src_dir: &Path) -> Declared {
     files.sort();
     let mut found = Declared::default();
     for file in files {
-        let Ok(meta) = std::fs::metadata(&file) else {
+        // Opened beneath the source: a link never leads the read out of it.
+        let Ok(rel) = file.strip_prefix(src_dir) else {
             continue;
         };
-        if meta.len() > MAX_FILE_BYTES {
+        let Ok(data) = hangar_core::archive::read_file_beneath(src_dir, rel, MAX_FILE_BYTES) else {
             continue;
-        }
-        let Ok(text) = std::fs::read_to_string(&file) else {
+        };
+        let Ok(text) = String::from_utf8(data) else {
             continue;
         };
         let d = declared_in(&text);

@@ -25,7 +25,7 @@ use flate2::read::GzDecoder;
 
 mod beneath;
 
-pub use beneath::{is_way_out, open_beneath};
+pub use beneath::{is_way_out, open_beneath, read_file_beneath};
 
 /// Caps that bound what one archive may unpack to.
 #[derive(Debug, Clone, Copy)]

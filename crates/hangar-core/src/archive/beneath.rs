@@ -38,6 +38,23 @@ pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<File> {
     regular_only(file, rel)
 }
 
+/// The whole of the regular file `rel` beneath `root` (opened by
+/// [`open_beneath`]), refused with `InvalidData` past `max` bytes.
+pub fn read_file_beneath(root: &Path, rel: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    open_beneath(root, rel)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {max} bytes", rel.display()),
+        ));
+    }
+    Ok(data)
+}
+
 fn open_root(root: &Path) -> io::Result<OwnedFd> {
     let c = cstring(root.as_os_str().as_bytes())?;
     // SAFETY: `c` is a valid NUL-terminated path; the descriptor returned
@@ -219,6 +236,18 @@ mod tests {
                 "fallback {rel}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn reads_are_capped() {
+        let dir = tree();
+        let root = dir.path().join("root");
+        assert_eq!(
+            read_file_beneath(&root, Path::new("a/b/file"), 6).unwrap(),
+            b"inside"
+        );
+        let e = read_file_beneath(&root, Path::new("a/b/file"), 5).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 
     #[test]
