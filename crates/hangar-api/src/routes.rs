@@ -536,6 +536,25 @@ struct ImportQuery {
     name: String,
 }
 
+/// The answer to a refused import: 429 past the org's concurrent imports,
+/// 413 past the image's size or time caps, 422 for a bad archive.
+fn import_refused(e: hangar_image::ImageError) -> ApiError {
+    match e {
+        e @ hangar_image::ImageError::Busy { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
+        e if e.is_too_large() => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the image archive was refused: {e}"),
+        ),
+        e @ hangar_image::ImageError::Io { .. } => ApiError::internal(e),
+        other => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the image archive was refused: {other}"),
+        ),
+    }
+}
+
 /// `name[:tag]` of an imported image; the tag defaults to `latest`.
 fn image_name(raw: &str) -> Result<String, ApiError> {
     let (name, tag) = raw.rsplit_once(':').unwrap_or((raw, "latest"));
@@ -568,6 +587,11 @@ async fn import_image(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = image_name(&q.name)?;
+    // A few imports per org at once, refused before the body is read.
+    let slot = state
+        .images
+        .import_slot(&caller.org.id)
+        .map_err(import_refused)?;
     let upload = save_upload(
         &state,
         &headers,
@@ -581,22 +605,23 @@ async fn import_image(
         .cfg
         .uploads_dir
         .join(hangar_core::id::new_id("import"));
-    let up = upload.clone();
-    let imported = tokio::task::spawn_blocking(move || images.import_archive(&up, &staging))
-        .await
-        .map_err(ApiError::internal)?;
-    let _ = tokio::fs::remove_file(&upload).await;
-    let digest = imported.map_err(|e| match e {
-        hangar_image::ImageError::Layer { source, .. } if source.is_too_large() => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the image archive was refused: {source}"),
-        ),
-        hangar_image::ImageError::Io { .. } => ApiError::internal(e),
-        other => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the image archive was refused: {other}"),
-        ),
-    })?;
+    /// The upload, removed when the import ends however it ends.
+    struct Upload(std::path::PathBuf);
+    impl Drop for Upload {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let upload = Upload(upload);
+    // The slot and the upload go with the blocking task: held until the
+    // import ends, even if the client goes away first.
+    let imported = tokio::task::spawn_blocking(move || {
+        let (_slot, upload) = (slot, upload);
+        images.import_archive(&upload.0, &staging)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let digest = imported.map_err(import_refused)?;
     state
         .store
         .set_image_ref(&caller.org.id, &name, &digest)

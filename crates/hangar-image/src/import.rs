@@ -1,15 +1,57 @@
 //! Importing images made elsewhere: an OCI image layout or a `docker save`
 //! archive, given as a tar.
+//!
+//! The archive is the uploader's, so:
+//! - every file of its unpacked tree is opened beneath the tree
+//!   (`archive::open_beneath`): no link leads a read out of it;
+//! - every blob a manifest names must be in the archive and hash to its
+//!   digest, even when the store has that digest already: naming a digest
+//!   is not having it (the store may hold another org's private layer);
+//! - one cap on bytes and entries covers the unpacked archive and the
+//!   image's root filesystem together, one time budget the whole import,
+//!   and an owner runs at most `imports_per_owner` imports at once;
+//! - the staging tree and every temp file are removed on every way out.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use hangar_core::archive::{self, Limits};
+use hangar_core::archive;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::{Descriptor, ImageConfig, ImageError, ImageStore, Manifest, io_err, media};
+use crate::blob::{Expected, TempPath};
+use crate::{
+    Descriptor, ImageConfig, ImageError, ImageStore, Manifest, digest_hex, image_limit_error,
+    io_err, media,
+};
+
+/// The largest JSON document read from an archive (index, manifests,
+/// configs): real ones are kilobytes.
+const MAX_JSON_BYTES: u64 = 8 << 20;
+
+/// One of an owner's import places, held for the whole import; given back
+/// when dropped.
+#[derive(Debug)]
+pub struct ImportSlot {
+    imports: Arc<Mutex<HashMap<String, usize>>>,
+    owner: String,
+}
+
+impl Drop for ImportSlot {
+    fn drop(&mut self) {
+        let mut running = self.imports.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.owner);
+            }
+        }
+    }
+}
 
 /// `index.json` of an OCI layout (and the body of an image index blob).
 #[derive(Deserialize)]
@@ -50,50 +92,93 @@ fn malformed(reason: impl Into<String>) -> ImageError {
     }
 }
 
+/// The import's deadline and its budget in seconds (for the error).
+type Deadline = (Instant, u64);
+
 impl ImageStore {
+    /// Takes one of `owner`'s import places, or fails with
+    /// [`ImageError::Busy`] when it already runs as many imports as the
+    /// store's `imports_per_owner`.
+    pub fn import_slot(&self, owner: &str) -> Result<ImportSlot, ImageError> {
+        let limit = self.limits.imports_per_owner;
+        let mut running = self.imports.lock().unwrap_or_else(|p| p.into_inner());
+        let n = running.entry(owner.to_owned()).or_default();
+        if *n >= limit {
+            let running_now = *n;
+            if running_now == 0 {
+                running.remove(owner);
+            }
+            return Err(ImageError::Busy {
+                running: running_now,
+                limit,
+            });
+        }
+        *n += 1;
+        Ok(ImportSlot {
+            imports: self.imports.clone(),
+            owner: owner.to_owned(),
+        })
+    }
+
     /// Imports the image in `archive` (an uncompressed tar of an OCI layout
     /// or of `docker save`), unpacking it first into `staging` (which is
-    /// removed after). Returns the manifest digest. Blocking.
+    /// removed after, whatever happens). Returns the manifest digest.
+    /// Blocking.
     pub fn import_archive(
         &self,
         archive_path: &Path,
         staging: &Path,
     ) -> Result<String, ImageError> {
-        let result = self.import_inner(archive_path, staging);
-        let _ = fs::remove_dir_all(staging);
-        result
+        let staging = TempPath::new(staging.to_owned());
+        let budget = self.limits.import_budget;
+        let deadline = (Instant::now() + budget, budget.as_secs());
+        self.import_inner(archive_path, staging.path(), deadline)
     }
 
-    fn import_inner(&self, archive_path: &Path, staging: &Path) -> Result<String, ImageError> {
+    fn import_inner(
+        &self,
+        archive_path: &Path,
+        staging: &Path,
+        deadline: Deadline,
+    ) -> Result<String, ImageError> {
         let file = fs::File::open(archive_path).map_err(io_err(archive_path))?;
-        let limits = Limits {
-            max_unpacked_bytes: 32 << 30,
-            max_entries: 100_000,
-            ..Limits::default()
-        };
-        archive::unpack_tar(io::BufReader::new(file), staging, limits).map_err(|source| {
-            ImageError::Layer {
-                digest: "(import archive)".into(),
-                source,
-            }
-        })?;
-        let digest = if staging.join("index.json").is_file() {
-            self.import_oci(staging)?
-        } else if staging.join("manifest.json").is_file() {
-            self.import_docker(staging)?
+        let limits = self.limits.archive_limits(Some(deadline.0));
+        let used = archive::unpack_tar(io::BufReader::new(file), staging, limits)
+            .map_err(|e| image_limit_error(&self.limits, "(import archive)", e))?;
+        self.import_tree(staging, limits.less(used), deadline)
+    }
+
+    /// Imports from an unpacked archive; `left` is what its unpacking left
+    /// of the caps, for the root filesystem.
+    fn import_tree(
+        &self,
+        staging: &Path,
+        left: archive::Limits,
+        deadline: Deadline,
+    ) -> Result<String, ImageError> {
+        let digest = if let Some(index) = open_if_there(staging, "index.json")? {
+            self.import_oci(staging, index, deadline)?
+        } else if let Some(manifest) = open_if_there(staging, "manifest.json")? {
+            self.import_docker(staging, manifest, deadline)?
         } else {
             return Err(malformed(
                 "neither an OCI image layout (index.json) nor a `docker save` archive (manifest.json)",
             ));
         };
-        // Fail now, not at the first machine start, if it does not unpack.
+        // Fail now, not at the first machine start, if it does not unpack;
+        // with what the archive left of the caps.
         self.config(&digest)?;
-        self.rootfs(&digest)?;
+        self.rootfs_within(&digest, left)?;
         Ok(digest)
     }
 
-    fn import_oci(&self, dir: &Path) -> Result<String, ImageError> {
-        let index: Index = read_json(&dir.join("index.json"))?;
+    fn import_oci(
+        &self,
+        dir: &Path,
+        index: fs::File,
+        deadline: Deadline,
+    ) -> Result<String, ImageError> {
+        let index: Index = parse_json("index.json", &read_capped(index, "index.json")?)?;
         let first = pick(&index.manifests)?;
         let (mut digest, mut kind) = (first.digest.clone(), first.media_type.clone());
         // An index of indexes/manifests: descend to this platform's manifest.
@@ -111,28 +196,38 @@ impl ImageStore {
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| malformed(format!("manifest {digest}: {e}")))?;
         for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            self.copy_verified(dir, d)?;
+            self.copy_verified(dir, d, deadline)?;
         }
         Ok(self.put_blob(media::MANIFEST, &manifest_bytes)?.digest)
     }
 
-    fn import_docker(&self, dir: &Path) -> Result<String, ImageError> {
-        let entries: Vec<DockerEntry> = read_json(&dir.join("manifest.json"))?;
+    fn import_docker(
+        &self,
+        dir: &Path,
+        manifest: fs::File,
+        deadline: Deadline,
+    ) -> Result<String, ImageError> {
+        let entries: Vec<DockerEntry> =
+            parse_json("manifest.json", &read_capped(manifest, "manifest.json")?)?;
         let entry = entries
             .into_iter()
             .next()
             .ok_or_else(|| malformed("manifest.json lists no image"))?;
-        let config_path = inside(dir, &entry.config)?;
-        let config_bytes = fs::read(&config_path).map_err(io_err(&config_path))?;
+        let config_bytes = read_capped(open_named(dir, &entry.config)?, &entry.config)?;
         serde_json::from_slice::<ImageConfig>(&config_bytes)
             .map_err(|e| malformed(format!("image config: {e}")))?;
         let config = self.put_blob(media::CONFIG, &config_bytes)?;
         let mut layers = Vec::new();
         for layer in &entry.layers {
-            let path = inside(dir, layer)?;
-            let file = fs::File::open(&path).map_err(io_err(&path))?;
-            // docker save layers are uncompressed tars; they are stored as is.
-            layers.push(self.put_blob_stream(media::LAYER_TAR, io::BufReader::new(file))?);
+            let file = open_named(dir, layer)?;
+            // docker save layers are uncompressed tars; they are stored as
+            // is, under the digest of what was read.
+            layers.push(self.store_stream(
+                media::LAYER_TAR,
+                io::BufReader::new(file),
+                None,
+                Some(deadline),
+            )?);
         }
         let manifest = Manifest {
             schema_version: 2,
@@ -144,22 +239,31 @@ impl ImageStore {
         Ok(self.put_blob(media::MANIFEST, &json)?.digest)
     }
 
-    /// Copies a blob of an OCI layout into the store, checking its digest.
-    fn copy_verified(&self, dir: &Path, d: &Descriptor) -> Result<(), ImageError> {
-        if self.has_blob(&d.digest) {
-            return Ok(());
-        }
-        let path = layout_blob_path(dir, &d.digest)?;
-        let file = fs::File::open(&path)
-            .map_err(|_| malformed(format!("blob {} is missing", d.digest)))?;
-        let stored = self.put_blob_stream(&d.media_type, io::BufReader::new(file))?;
-        if stored.digest != d.digest {
-            let _ = fs::remove_file(self.blob_path(&stored.digest)?);
-            return Err(malformed(format!(
-                "blob {} has the content of {}: the layout is corrupt",
-                d.digest, stored.digest
-            )));
-        }
+    /// Copies a blob of an OCI layout into the store, checking its digest
+    /// and size. The archive must hold it, even when the store has the
+    /// digest already (then nothing is written: the bytes were proven).
+    fn copy_verified(
+        &self,
+        dir: &Path,
+        d: &Descriptor,
+        deadline: Deadline,
+    ) -> Result<(), ImageError> {
+        let rel = format!("blobs/sha256/{}", digest_hex(&d.digest)?);
+        let file = open_if_there(dir, &rel)?.ok_or_else(|| {
+            malformed(format!(
+                "blob {} is not in the archive: an import must include every blob its manifest names",
+                d.digest
+            ))
+        })?;
+        self.store_stream(
+            &d.media_type,
+            io::BufReader::new(file),
+            Some(Expected {
+                digest: &d.digest,
+                size: d.size,
+            }),
+            Some(deadline),
+        )?;
         Ok(())
     }
 }
@@ -187,35 +291,22 @@ fn pick_owned(entries: Vec<IndexEntry>) -> Result<IndexEntry, ImageError> {
         .ok_or_else(|| malformed("index lists no manifest"))
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ImageError> {
-    let mut data = Vec::new();
-    fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(io_err(path))?;
-    serde_json::from_slice(&data).map_err(|e| malformed(format!("{}: {e}", path.display())))
-}
-
-/// `<layout>/blobs/sha256/<hex>`, with the digest validated.
-fn layout_blob_path(dir: &Path, digest: &str) -> Result<std::path::PathBuf, ImageError> {
-    let hex = crate::digest_hex(digest)?;
-    Ok(dir.join("blobs/sha256").join(hex))
-}
-
-/// A blob of an OCI layout, checked against its digest.
-fn layout_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, ImageError> {
-    let path = layout_blob_path(dir, digest)?;
-    let data = fs::read(&path).map_err(|_| malformed(format!("blob {digest} is missing")))?;
-    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
-    if actual != digest {
-        return Err(malformed(format!(
-            "blob {digest} has the content of {actual}"
-        )));
+/// Opens `rel` of the unpacked archive beneath it; `None` when it is not
+/// there. A link out, a FIFO or a directory is the archive's fault.
+fn open_if_there(dir: &Path, rel: &str) -> Result<Option<fs::File>, ImageError> {
+    match archive::open_beneath(dir, Path::new(rel)) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if archive::is_way_out(&e) => Err(malformed(format!(
+            "{rel} leads outside the archive (through a link or '..')"
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(malformed(format!("{rel}: {e}"))),
+        Err(e) => Err(io_err(&dir.join(rel))(e)),
     }
-    Ok(data)
 }
 
-/// A path named inside an archive's manifest, kept inside the archive.
-fn inside(dir: &Path, rel: &str) -> Result<std::path::PathBuf, ImageError> {
+/// A path named inside `manifest.json`: relative, without `..`, and there.
+fn open_named(dir: &Path, rel: &str) -> Result<fs::File, ImageError> {
     let p = Path::new(rel);
     if p.is_absolute()
         || p.components()
@@ -225,110 +316,46 @@ fn inside(dir: &Path, rel: &str) -> Result<std::path::PathBuf, ImageError> {
             "manifest.json names {rel:?}, outside the archive"
         )));
     }
-    Ok(dir.join(p))
+    open_if_there(dir, rel)?.ok_or_else(|| {
+        malformed(format!(
+            "manifest.json names {rel:?}, which is not in the archive"
+        ))
+    })
+}
+
+/// The whole of a small file of the archive, refused past [`MAX_JSON_BYTES`].
+fn read_capped(file: fs::File, what: &str) -> Result<Vec<u8>, ImageError> {
+    let mut data = Vec::new();
+    file.take(MAX_JSON_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| malformed(format!("reading {what}: {e}")))?;
+    if data.len() as u64 > MAX_JSON_BYTES {
+        return Err(malformed(format!(
+            "{what} is larger than {MAX_JSON_BYTES} bytes"
+        )));
+    }
+    Ok(data)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, data: &[u8]) -> Result<T, ImageError> {
+    serde_json::from_slice(data).map_err(|e| malformed(format!("{what}: {e}")))
+}
+
+/// A blob of an OCI layout, read beneath it and checked against its digest.
+fn layout_blob(dir: &Path, digest: &str) -> Result<Vec<u8>, ImageError> {
+    let rel = format!("blobs/sha256/{}", digest_hex(digest)?);
+    let file = open_if_there(dir, &rel)?
+        .ok_or_else(|| malformed(format!("blob {digest} is not in the archive")))?;
+    let data = read_capped(file, &format!("blob {digest}"))?;
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+    if actual != digest {
+        return Err(ImageError::DigestMismatch {
+            claimed: digest.to_owned(),
+            reason: format!("its content is {actual}"),
+        });
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::BinaryImage;
-
-    /// Exports an image of `store` as an OCI layout tar, the way other tools write one.
-    fn export_oci(store: &ImageStore, digest: &str, out: &Path) {
-        let manifest = store.manifest(digest).unwrap();
-        let mut tar = tar::Builder::new(fs::File::create(out).unwrap());
-        let mut add = |path: &str, data: &[u8]| {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            tar.append_data(&mut h, path, data).unwrap();
-        };
-        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-        let index = serde_json::json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": media::MANIFEST, "digest": digest, "size": 1,
-             "platform": {"os": "linux", "architecture": crate::build::oci_arch()}}]});
-        add("index.json", index.to_string().as_bytes());
-        for d in std::iter::once(digest.to_owned())
-            .chain(std::iter::once(manifest.config.digest.clone()))
-            .chain(manifest.layers.iter().map(|l| l.digest.clone()))
-        {
-            let hex = d.trim_start_matches("sha256:");
-            add(
-                &format!("blobs/sha256/{hex}"),
-                &store.read_blob(&d).unwrap(),
-            );
-        }
-        tar.finish().unwrap();
-    }
-
-    #[test]
-    fn oci_layouts_and_docker_save_archives_import() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = ImageStore::open(&dir.path().join("a")).unwrap();
-        let digest = source
-            .build_from_binary(&BinaryImage {
-                dir: Path::new("/usr/bin"),
-                path: Path::new("true"),
-                name: "true",
-                env: vec![],
-            })
-            .unwrap();
-        let target = ImageStore::open(&dir.path().join("b")).unwrap();
-
-        // OCI layout.
-        let oci = dir.path().join("oci.tar");
-        export_oci(&source, &digest, &oci);
-        let imported = target
-            .import_archive(&oci, &dir.path().join("staging1"))
-            .unwrap();
-        assert_eq!(imported, digest, "same manifest, same digest");
-        assert!(target.rootfs(&imported).unwrap().join("app/true").is_file());
-
-        // docker save: manifest.json, a config file and uncompressed layer tars.
-        let manifest = source.manifest(&digest).unwrap();
-        let docker = dir.path().join("docker.tar");
-        let mut tar = tar::Builder::new(fs::File::create(&docker).unwrap());
-        let mut add = |path: &str, data: &[u8]| {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            tar.append_data(&mut h, path, data).unwrap();
-        };
-        add(
-            "cfg.json",
-            &source.read_blob(&manifest.config.digest).unwrap(),
-        );
-        let mut layers = Vec::new();
-        for (i, l) in manifest.layers.iter().enumerate() {
-            let gz = source.read_blob(&l.digest).unwrap();
-            let mut raw = Vec::new();
-            io::copy(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
-            add(&format!("l{i}/layer.tar"), &raw);
-            layers.push(format!("l{i}/layer.tar"));
-        }
-        let m = serde_json::json!([{"Config": "cfg.json", "RepoTags": ["x:1"], "Layers": layers}]);
-        add("manifest.json", m.to_string().as_bytes());
-        tar.finish().unwrap();
-        let imported = target
-            .import_archive(&docker, &dir.path().join("staging2"))
-            .unwrap();
-        assert!(target.rootfs(&imported).unwrap().join("app/true").is_file());
-        assert_eq!(target.config(&imported).unwrap().argv(), ["/app/true"]);
-
-        // Neither format: a clear error.
-        let junk = dir.path().join("junk.tar");
-        let mut tar = tar::Builder::new(fs::File::create(&junk).unwrap());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(1);
-        h.set_mode(0o644);
-        tar.append_data(&mut h, "hello.txt", &b"x"[..]).unwrap();
-        tar.finish().unwrap();
-        let err = target
-            .import_archive(&junk, &dir.path().join("staging3"))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("neither an OCI image layout"),
-            "{err}"
-        );
-    }
-}
+mod tests;

@@ -20,19 +20,24 @@
 //! interface is blob- and manifest-shaped, so a registry pull can feed it
 //! the same way later.
 
+mod blob;
 mod build;
 mod elf;
 mod import;
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hangar_core::archive::{self, ArchiveError, Limits};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
+use blob::TempPath;
 pub use build::{BinaryImage, MAX_BINARY_BYTES, read_beneath, shared_libraries};
+pub use import::ImportSlot;
 
 /// Media types of the OCI image spec.
 pub mod media {
@@ -64,6 +69,92 @@ pub enum ImageError {
     Libraries { binary: PathBuf, reason: String },
     #[error("refusing to package {path}: {reason}")]
     Binary { path: PathBuf, reason: String },
+    #[error("blob {claimed} is not what its descriptor says: {reason}")]
+    DigestMismatch { claimed: String, reason: String },
+    #[error("the image unpacks to more than {limit} bytes (its layers and the import together)")]
+    TooLarge { limit: u64 },
+    #[error("the image has more than {limit} entries (its layers and the import together)")]
+    TooManyEntries { limit: u64 },
+    #[error("importing the image took longer than its time budget of {secs} s")]
+    TimedOut { secs: u64 },
+    #[error(
+        "{running} image imports of this organisation are running; at most {limit} may run at once: wait for one to finish"
+    )]
+    Busy { running: usize, limit: usize },
+}
+
+impl ImageError {
+    /// True for the caps on size, entry count and time: the image is too
+    /// much to take (HTTP 413).
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            ImageError::TooLarge { .. }
+            | ImageError::TooManyEntries { .. }
+            | ImageError::TimedOut { .. } => true,
+            ImageError::Layer { source, .. } => source.is_too_large(),
+            _ => false,
+        }
+    }
+}
+
+/// The default cap on one image's unpacked bytes: all its layers together
+/// (its root filesystem), and at import the unpacked archive as well.
+pub const MAX_IMAGE_UNPACKED_BYTES: u64 = 8 << 30;
+
+/// What one image, and one import, may take.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// Bytes, summed over all of an image's layers when its root
+    /// filesystem is unpacked; an import's unpacked archive counts too.
+    pub max_unpacked_bytes: u64,
+    /// Entries, summed the same way.
+    pub max_entries: u64,
+    /// How long one import may take, from unpacking the archive to its
+    /// root filesystem.
+    pub import_budget: Duration,
+    /// Imports one owner (an org) may run at once.
+    pub imports_per_owner: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_unpacked_bytes: MAX_IMAGE_UNPACKED_BYTES,
+            max_entries: 2_000_000,
+            import_budget: Duration::from_secs(600),
+            imports_per_owner: 2,
+        }
+    }
+}
+
+impl StoreLimits {
+    fn archive_limits(&self, deadline: Option<Instant>) -> Limits {
+        Limits {
+            max_unpacked_bytes: self.max_unpacked_bytes,
+            max_entries: self.max_entries,
+            deadline,
+        }
+    }
+}
+
+/// An archive error of one image, with the image's own caps named (a
+/// layer sees only what the layers before it left).
+fn image_limit_error(limits: &StoreLimits, digest: &str, e: ArchiveError) -> ImageError {
+    match e {
+        ArchiveError::TooLarge { .. } => ImageError::TooLarge {
+            limit: limits.max_unpacked_bytes,
+        },
+        ArchiveError::TooManyEntries { .. } => ImageError::TooManyEntries {
+            limit: limits.max_entries,
+        },
+        ArchiveError::TimedOut => ImageError::TimedOut {
+            secs: limits.import_budget.as_secs(),
+        },
+        source => ImageError::Layer {
+            digest: digest.to_owned(),
+            source,
+        },
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
@@ -143,11 +234,15 @@ impl ImageConfig {
     }
 }
 
-/// The image store; cheap to clone (it is a path).
+/// The image store; cheap to clone (a path, its limits and the count of
+/// imports running, shared by the clones).
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     /// The store's root directory (see the crate doc for its layout).
     root: PathBuf,
+    limits: StoreLimits,
+    /// Imports running, by owner.
+    imports: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl ImageStore {
@@ -163,7 +258,20 @@ impl ImageStore {
         }
         Ok(ImageStore {
             root: root.to_owned(),
+            limits: StoreLimits::default(),
+            imports: Arc::default(),
         })
+    }
+
+    /// The same store with other limits.
+    pub fn with_limits(mut self, limits: StoreLimits) -> ImageStore {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
     }
 
     /// Path of a blob (which may not exist).
@@ -175,53 +283,6 @@ impl ImageStore {
     /// True when the blob is in the store.
     pub fn has_blob(&self, digest: &str) -> bool {
         self.blob_path(digest).map(|p| p.exists()).unwrap_or(false)
-    }
-
-    /// Stores `data`; returns its descriptor.
-    pub fn put_blob(&self, media_type: &str, data: &[u8]) -> Result<Descriptor, ImageError> {
-        let digest = hangar_core::id::sha256_digest(data);
-        let path = self.blob_path(&digest)?;
-        if !path.exists() {
-            let tmp = self.tmp_path();
-            fs::write(&tmp, data).map_err(io_err(&tmp))?;
-            fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        }
-        Ok(Descriptor {
-            media_type: media_type.to_owned(),
-            digest,
-            size: data.len() as u64,
-        })
-    }
-
-    /// Stores a blob by streaming `reader`; returns its descriptor.
-    pub fn put_blob_stream(
-        &self,
-        media_type: &str,
-        mut reader: impl Read,
-    ) -> Result<Descriptor, ImageError> {
-        let tmp = self.tmp_path();
-        let mut file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = reader.read(&mut buf).map_err(io_err(&tmp))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(io_err(&tmp))?;
-            size += n as u64;
-        }
-        file.sync_all().map_err(io_err(&tmp))?;
-        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
-        let path = self.blob_path(&digest)?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        Ok(Descriptor {
-            media_type: media_type.to_owned(),
-            digest,
-            size,
-        })
     }
 
     /// Reads a whole blob.
@@ -279,19 +340,27 @@ impl ImageStore {
 
     /// The image's root filesystem, unpacked on first use and shared after.
     /// Machines mount it read-only.
+    /// All its layers together unpack to at most the store's
+    /// `max_unpacked_bytes` and `max_entries`.
     pub fn rootfs(&self, manifest_digest: &str) -> Result<PathBuf, ImageError> {
+        self.rootfs_within(manifest_digest, self.limits.archive_limits(None))
+    }
+
+    /// [`ImageStore::rootfs`] under `limits`, shared by all the layers:
+    /// each layer gets what the ones before it left.
+    fn rootfs_within(
+        &self,
+        manifest_digest: &str,
+        mut limits: Limits,
+    ) -> Result<PathBuf, ImageError> {
         let dest = self.root.join("rootfs").join(digest_hex(manifest_digest)?);
         if dest.is_dir() {
             mount_points(&dest)?;
             return Ok(dest);
         }
         let manifest = self.manifest(manifest_digest)?;
-        let staging = self.tmp_path();
-        let limits = Limits {
-            max_unpacked_bytes: 32 << 30,
-            max_entries: 2_000_000,
-            ..Limits::default()
-        };
+        // Removed on every way out but the rename into place.
+        let staging = TempPath::new(self.tmp_path());
         for layer in &manifest.layers {
             let gzip = match layer.media_type.as_str() {
                 media::LAYER_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => true,
@@ -308,24 +377,19 @@ impl ImageStore {
             let path = self.blob_path(&layer.digest)?;
             let file = io::BufReader::new(fs::File::open(&path).map_err(io_err(&path))?);
             let applied = if gzip {
-                archive::unpack_layer(flate2::read::GzDecoder::new(file), &staging, limits)
+                archive::unpack_layer(flate2::read::GzDecoder::new(file), staging.path(), limits)
             } else {
-                archive::unpack_layer(file, &staging, limits)
+                archive::unpack_layer(file, staging.path(), limits)
             };
-            applied.map_err(|source| ImageError::Layer {
-                digest: layer.digest.clone(),
-                source,
-            })?;
+            let used = applied.map_err(|e| image_limit_error(&self.limits, &layer.digest, e))?;
+            limits = limits.less(used);
         }
-        fs::create_dir_all(&staging).map_err(io_err(&staging))?;
-        mount_points(&staging)?;
-        match fs::rename(&staging, &dest) {
+        fs::create_dir_all(staging.path()).map_err(io_err(staging.path()))?;
+        mount_points(staging.path())?;
+        match staging.persist(&dest) {
             Ok(()) => Ok(dest),
             // Another caller unpacked the same image first: use theirs.
-            Err(_) if dest.is_dir() => {
-                let _ = fs::remove_dir_all(&staging);
-                Ok(dest)
-            }
+            Err(_) if dest.is_dir() => Ok(dest),
             Err(e) => Err(ImageError::Io {
                 path: dest,
                 source: e,
@@ -336,10 +400,6 @@ impl ImageStore {
     /// The directory holding every unpacked root filesystem.
     pub fn rootfs_root(&self) -> PathBuf {
         self.root.join("rootfs")
-    }
-
-    fn tmp_path(&self) -> PathBuf {
-        self.root.join("tmp").join(hangar_core::id::new_id("t"))
     }
 }
 

@@ -301,6 +301,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // Half-received uploads from a previous run are garbage.
     let _ = std::fs::remove_dir_all(&uploads);
     std::fs::create_dir_all(&uploads)?;
+    // So are half-written blobs and root filesystems (imports stage in uploads/).
+    images.clear_tmp().context("emptying the image store's tmp/")?;
 
     // Crash recovery, before anything new starts.
     builder.recover().await.context("recovering builds")?;
