@@ -430,3 +430,64 @@ async fn a_new_app_of_a_deleted_apps_name_never_gets_its_keys() {
     assert!(is_nil(&got[0]), "its user is dropped: {got:?}");
     assert_eq!(got[1], "$4 4242", "the leftover keys are left as they were");
 }
+
+/// An app whose Redis user an older Hangar made, named after the app's
+/// name (`hangar_<name>`, keys under `<name>:`): after the upgrade its
+/// machines get the same credentials, provisioning leaves them as they
+/// are, and deprovisioning drops exactly that user and those keys.
+#[tokio::test]
+async fn a_user_made_by_name_before_the_upgrade_keeps_working_and_is_dropped() {
+    redis(&[&["PING"]]).await;
+    let name = format!("rd-legacy-{}", std::process::id());
+    let Fixture {
+        dir: _dir,
+        store,
+        vault,
+        apps,
+    } = fixture(&[&name]).await;
+    let app = apps[0].clone();
+    // What the older Hangar made and recorded.
+    let server = RedisServer::new("redis://127.0.0.1:6379").unwrap();
+    let key = hangar_resources::ResourceKey::parse(&name).unwrap();
+    let creds = server.ensure_user(&key, "0011aabbccddeeff").await.unwrap();
+    assert_eq!(
+        (creds.user.as_str(), creds.prefix.as_str()),
+        (&*format!("hangar_{name}"), &*format!("{name}:"))
+    );
+    let sealed = vault.seal(
+        &format!("{}/redis", app.id),
+        &serde_json::to_vec(&creds).unwrap(),
+    );
+    store
+        .put_resource(hangar_store::ResourceRow {
+            app_id: app.id.clone(),
+            kind: ResourceKind::Redis.as_str().into(),
+            name: creds.user.clone(),
+            status: "ready".into(),
+            detail: None,
+            sealed: Some(sealed),
+            updated_at: 0,
+        })
+        .await
+        .unwrap();
+    let kept = format!("{name}:cart");
+    let got = redis(&[
+        &["AUTH", &creds.user, &creds.password],
+        &["SET", &kept, "3 items"],
+    ])
+    .await;
+    assert_eq!(got, ["+OK", "+OK"]);
+
+    let res = Resources::new(store, vault, None).with_redis(server);
+    let kinds: BTreeSet<_> = [ResourceKind::Redis].into();
+    res.provision(&app, &kinds, &|_| {}).await.unwrap();
+    let now = res.for_machine(&app.id).await.unwrap().redis.unwrap();
+    assert_eq!(now, creds, "the same user, password and prefix");
+    let got = redis(&[&["AUTH", &now.user, &now.password], &["GET", &kept]]).await;
+    assert_eq!(got, ["+OK", "$7 3 items"], "its data is still its own");
+
+    res.deprovision(&app).await.unwrap();
+    let got = redis(&[&["ACL", "GETUSER", &creds.user], &["EXISTS", &kept]]).await;
+    assert!(is_nil(&got[0]), "the user is dropped: {got:?}");
+    assert_eq!(got[1], ":0", "its keys are dropped");
+}
