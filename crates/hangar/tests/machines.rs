@@ -685,6 +685,41 @@ fn imported_images_run_as_machines() {
     );
     assert_eq!(out["stdout"], "imported\n");
 
+    // Naming a digest is not having it: the same layout without one of its
+    // layers is refused, though the store holds that layer.
+    let partial = p.dir.path().join("partial");
+    std::fs::create_dir_all(partial.join("blobs/sha256")).unwrap();
+    for name in ["oci-layout", "index.json"] {
+        std::fs::copy(layout.join(name), partial.join(name)).unwrap();
+    }
+    let left_out = wanted.last().unwrap();
+    for d in wanted.iter().filter(|d| *d != left_out) {
+        std::fs::copy(
+            blobs.join(&d[7..]),
+            partial.join("blobs/sha256").join(&d[7..]),
+        )
+        .unwrap();
+    }
+    let out = p.hangar(&[
+        "image",
+        "import",
+        partial.to_str().unwrap(),
+        "--name",
+        "tools/claimed:1.0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("not in the archive"), "{err}");
+    assert!(
+        blobs.join(&left_out[7..]).is_file(),
+        "the stored layer is kept"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(p.data_dir().join("images/tmp"))
+        .unwrap()
+        .chain(std::fs::read_dir(p.data_dir().join("uploads")).unwrap())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // A file that is no image, and a bad name: clear refusals.
     let junk = p.dir.path().join("junk.tar");
     std::fs::write(&junk, b"not a tar at all").unwrap();
