@@ -31,7 +31,17 @@ const FILE_FLAGS: libc::c_int =
 /// `InvalidInput` for an absolute `rel` or a file that is not regular.
 pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<File> {
     let dir = open_root(root)?;
-    let file = match openat2_beneath(&dir, rel) {
+    // EAGAIN: a rename raced a `..`; the kernel asks for a retry.
+    let mut opened = openat2_beneath(&dir, rel);
+    for _ in 0..3 {
+        match &opened {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                opened = openat2_beneath(&dir, rel);
+            }
+            _ => break,
+        }
+    }
+    let file = match opened {
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => openat_nofollow(&dir, rel)?,
         other => other?,
     };
