@@ -16,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod pack;
 pub mod run;
+pub mod run_dir;
 pub mod runtime_src;
 pub mod secrets_file;
 pub mod up;

@@ -177,7 +177,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             },
             stop_grace: Duration::from_secs(10),
             region: "local".to_owned(),
-            run_dir: run_dir(&data),
+            run_dir: crate::run_dir::run_dir(&data),
             log_cap_bytes: Some(opts.app_log_max_mb.saturating_mul(1 << 20)),
         },
         network,
@@ -581,28 +581,6 @@ async fn machine_network(
 fn data_tag(data: &std::path::Path) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(data.as_os_str().as_encoded_bytes())[..3])
-}
-
-/// Where machines' resources files go: under `/run/hangar` (tmpfs, so
-/// credentials and secrets are never at rest), one directory per data dir
-/// so several hangars on one host stay apart; under the data dir when
-/// `/run` is not writable (then said once, loudly).
-fn run_dir(data: &std::path::Path) -> PathBuf {
-    use sha2::Digest;
-    let tag = hex::encode(&sha2::Sha256::digest(data.as_os_str().as_encoded_bytes())[..6]);
-    let dir = PathBuf::from("/run/hangar").join(tag);
-    match std::fs::create_dir_all(&dir) {
-        Ok(()) => dir,
-        Err(e) => {
-            let fallback = data.join("run");
-            warn!(
-                "cannot use {} ({e}): machines' resources files go to {} (on disk)",
-                dir.display(),
-                fallback.display()
-            );
-            fallback
-        }
-    }
 }
 
 /// Raises hangar's open-file limit to the hard limit: every client

@@ -8,7 +8,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -141,6 +141,8 @@ pub struct TestPlatform {
     /// The private subnet its machines' addresses come from: each
     /// platform of a test run gets its own, so their routes never clash.
     pub subnet: String,
+    /// `RUST_LOG` of `hangar up` (`warn` unless [`TestPlatform::start_logging`]).
+    rust_log: String,
 }
 
 /// A /22 of 10.0.0.0/8 no other platform of this test process uses.
@@ -161,6 +163,11 @@ impl TestPlatform {
 
     /// Starts hangar with extra `up` arguments.
     pub fn start_with(args: &[&str]) -> TestPlatform {
+        Self::start_logging(args, "warn")
+    }
+
+    /// [`TestPlatform::start_with`], with hangar's `RUST_LOG` set to `filter`.
+    pub fn start_logging(args: &[&str], filter: &str) -> TestPlatform {
         let dir = tempfile::tempdir().unwrap();
         let mut p = TestPlatform {
             child: None,
@@ -172,6 +179,7 @@ impl TestPlatform {
             token: String::new(),
             stdout: Vec::new(),
             subnet: next_subnet(),
+            rust_log: filter.to_owned(),
         };
         p.launch();
         p
@@ -204,11 +212,28 @@ impl TestPlatform {
             .args(["--machine-subnet", &self.subnet])
             .args(&self.args)
             .env("HANGAR_CONFIG", self.config_path())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting hangar up");
+        // hangar's own log: shown as the test runs, and kept in
+        // `hangar-up.log` for tests that search it (see `hangar_log`).
+        let stderr = child.stderr.take().unwrap();
+        let log_path = self.dir.path().join("hangar-up.log");
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .ok();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -245,6 +270,12 @@ impl TestPlatform {
             .unwrap()
             .trim()
             .to_owned();
+    }
+
+    /// Everything `hangar up` wrote on stderr (its log) so far, across restarts.
+    #[allow(dead_code)]
+    pub fn hangar_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hangar-up.log")).unwrap_or_default()
     }
 
     /// The `hangar up` process's pid.
