@@ -40,8 +40,49 @@ pub trait RouteSink: Send + Sync + 'static {
     fn remove_app(&self, app: &str);
 }
 
-/// What a wake resolves to: `Err` carries the reason, worded for the user.
-pub type WakeFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+/// Why a wake did not bring an app up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WakeError {
+    /// It failed. The reason is for the operator's log only: it may name
+    /// paths, runtimes and other internals.
+    Failed(String),
+    /// The node will not start the app for an anonymous request (e.g. its
+    /// machine crashed and its restart policy gave up). The reason names
+    /// nothing internal and is shown to the client.
+    Refused(String),
+    /// The app was woken too often lately (a per-app rate limit); a
+    /// request may try again after this long.
+    Throttled {
+        /// When the next wake is allowed.
+        retry_after: Duration,
+    },
+}
+
+impl std::fmt::Display for WakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WakeError::Failed(reason) | WakeError::Refused(reason) => f.write_str(reason),
+            WakeError::Throttled { retry_after } => {
+                write!(f, "woken too often; the next wake in {retry_after:?}")
+            }
+        }
+    }
+}
+
+impl From<String> for WakeError {
+    fn from(reason: String) -> Self {
+        WakeError::Failed(reason)
+    }
+}
+
+impl From<&str> for WakeError {
+    fn from(reason: &str) -> Self {
+        WakeError::Failed(reason.to_owned())
+    }
+}
+
+/// What a wake resolves to.
+pub type WakeFuture = Pin<Box<dyn Future<Output = Result<(), WakeError>> + Send + 'static>>;
 
 /// Brings an app up when a request finds none of its machines running.
 pub trait Waker: Send + Sync + 'static {
@@ -52,9 +93,9 @@ pub trait Waker: Send + Sync + 'static {
     /// running one is past its soft concurrency limit. `Err` when none is
     /// left to start; the default does nothing.
     fn wake_another(&self, _app: &str) -> WakeFuture {
-        Box::pin(std::future::ready(Err(
+        Box::pin(std::future::ready(Err(WakeError::Failed(
             "this node does not start extra machines".to_owned(),
-        )))
+        ))))
     }
 }
 

@@ -104,6 +104,9 @@ pub enum NodeError {
     /// New machines of a scale-up did not pass their checks.
     #[error("scaling {app} failed: {reason}")]
     ScaleFailed { app: String, reason: String },
+    /// A request found the machine crashed with its restart policy spent.
+    #[error("machine {id}: {why}")]
+    GaveUp { id: String, why: String },
 }
 
 /// The node agent; cheap to clone.
@@ -156,6 +159,9 @@ struct Inner {
     /// Machines a background stop (idle loop, reconcile) is working on, so
     /// the next pass does not start a second one.
     stopping: Mutex<std::collections::HashSet<String>>,
+    /// Per app, how many request-driven starts it may still make now
+    /// ([`wake::WakeBudget`]).
+    wake_budgets: Mutex<HashMap<String, wake::WakeBudget>>,
 }
 
 impl Agent {
@@ -188,6 +194,7 @@ impl Agent {
                 health: Mutex::new(HashMap::new()),
                 activity: std::sync::OnceLock::new(),
                 stopping: Mutex::new(Default::default()),
+                wake_budgets: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -380,12 +387,20 @@ impl Agent {
     /// Starts a created or stopped machine, or resumes a suspended one.
     /// Starting a started machine is a no-op.
     pub async fn start(&self, id: &str) -> Result<Machine, NodeError> {
-        self.start_inner(id, true).await
+        self.start_inner(id, true, false).await
     }
 
     /// [`Agent::start`]; `publish` false leaves the route to the caller
     /// (a wake publishes only once the machine accepts connections).
-    async fn start_inner(&self, id: &str, publish: bool) -> Result<Machine, NodeError> {
+    /// `for_a_request`: a wake, which neither resets the restart policy's
+    /// count (requests must not keep a crash loop going) nor starts a
+    /// machine whose policy gave up.
+    async fn start_inner(
+        &self,
+        id: &str,
+        publish: bool,
+        for_a_request: bool,
+    ) -> Result<Machine, NodeError> {
         let lock = self.lock(format!("mch:{id}"));
         let _guard = lock.lock().await;
         let (m, app) = self.load(id).await?;
@@ -406,7 +421,13 @@ impl Agent {
                 })
             }
             MachineState::Created | MachineState::Stopped | MachineState::Failed => {
-                self.inner.store.set_machine_restarts(&m.id, 0).await?;
+                if for_a_request {
+                    if let Some(why) = wake::gave_up(&m) {
+                        return Err(NodeError::GaveUp { id: m.id, why });
+                    }
+                } else {
+                    self.inner.store.set_machine_restarts(&m.id, 0).await?;
+                }
                 let m = self.launch(&m, &app).await?;
                 if publish {
                     self.publish_routes(&m.app_id).await?;

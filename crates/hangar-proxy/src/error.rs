@@ -54,6 +54,25 @@ pub enum ProxyError {
         /// Why, for the operator's log.
         reason: String,
     },
+    /// The node will not start the app for a request (its machine crashed
+    /// and its restart policy gave up, until its owner deploys, starts or
+    /// restarts it). The reason names nothing internal.
+    #[error("app '{app}' is not running: {reason}")]
+    WakeRefused {
+        /// The app that was asked for.
+        app: String,
+        /// Why, for the client.
+        reason: String,
+    },
+    /// The app was woken too often lately; it may be woken again after
+    /// `Retry-After`.
+    #[error("app '{app}' was started too often lately; retry in {retry_after_secs} s")]
+    WakeThrottled {
+        /// The app that was asked for.
+        app: String,
+        /// Seconds until the next wake is allowed.
+        retry_after_secs: u64,
+    },
     /// Every machine of the app stayed at its hard concurrency limit while
     /// the request waited (or the wait queue was full).
     #[error(
@@ -108,6 +127,8 @@ impl ProxyError {
             ProxyError::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoMachine { .. }
             | ProxyError::WakeFailed { .. }
+            | ProxyError::WakeRefused { .. }
+            | ProxyError::WakeThrottled { .. }
             | ProxyError::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,

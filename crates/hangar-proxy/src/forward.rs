@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hangar_core::route::WakeError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -167,6 +168,11 @@ pub(crate) fn error_response(err: &ProxyError) -> Response<ProxyBody> {
         ProxyError::NoMachine { .. } | ProxyError::WakeFailed { .. } => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        ProxyError::WakeThrottled {
+            retry_after_secs, ..
+        } => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         ProxyError::AtCapacity { .. } => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -215,12 +221,26 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         let woken = tokio::time::timeout(WAKE_TIMEOUT, shared.routes.wake(&route.name)).await;
         match woken {
             Ok(None) | Ok(Some(Ok(()))) => route = shared.routes.resolve(host_str)?,
-            Ok(Some(Err(reason))) => {
+            Ok(Some(Err(WakeError::Failed(reason)))) => {
                 tracing::warn!(app = %route.name, "wake failed: {reason}");
                 route.activity.record(503, started.elapsed());
                 return Err(ProxyError::WakeFailed {
                     app: route.name.to_string(),
                     reason,
+                });
+            }
+            Ok(Some(Err(WakeError::Refused(reason)))) => {
+                route.activity.record(503, started.elapsed());
+                return Err(ProxyError::WakeRefused {
+                    app: route.name.to_string(),
+                    reason,
+                });
+            }
+            Ok(Some(Err(WakeError::Throttled { retry_after }))) => {
+                route.activity.record(503, started.elapsed());
+                return Err(ProxyError::WakeThrottled {
+                    app: route.name.to_string(),
+                    retry_after_secs: retry_after.as_secs().max(1),
                 });
             }
             Err(_) => {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use futures_util::future::Shared;
-use hangar_core::route::{Activity, Limits, RouteSink, WakeFuture, Waker};
+use hangar_core::route::{Activity, Limits, RouteSink, WakeError, WakeFuture, Waker};
 use tokio::sync::Notify;
 
 use crate::error::ProxyError;
@@ -448,7 +448,7 @@ impl RouteTable {
 
     /// Wakes `app` (single-flight): the first caller starts the wake, the
     /// others wait for the same outcome. `None` when no waker is set.
-    pub(crate) async fn wake(&self, app: &str) -> Option<Result<(), String>> {
+    pub(crate) async fn wake(&self, app: &str) -> Option<Result<(), WakeError>> {
         let waker = self.waker.get()?;
         let flight = {
             let mut wakes = self.wakes.lock().unwrap_or_else(|p| p.into_inner());

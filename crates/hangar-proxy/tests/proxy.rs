@@ -479,7 +479,7 @@ impl hangar_core::route::Waker for CountingWaker {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let Some(addr) = upstream else {
-                return Err("no machine can be started".to_owned());
+                return Err("no machine can be started".into());
             };
             if let Some(routes) = routes.upgrade() {
                 routes.set_route(&app, vec![addr]);
@@ -529,6 +529,43 @@ async fn concurrent_requests_to_a_stopped_app_wake_it_once() {
     let Ok(proxy) = Arc::try_unwrap(proxy) else {
         panic!("proxy still shared");
     };
+    proxy.shutdown().await;
+}
+
+/// A waker that always answers `error`.
+struct RefusingWaker(hangar_core::route::WakeError);
+
+impl hangar_core::route::Waker for RefusingWaker {
+    fn wake(&self, _app: &str) -> hangar_core::route::WakeFuture {
+        Box::pin(std::future::ready(Err(self.0.clone())))
+    }
+}
+
+#[tokio::test]
+async fn a_refused_wake_names_why_and_a_throttled_one_says_when_to_retry() {
+    use hangar_core::route::WakeError;
+    let proxy = start_proxy().await;
+    let crashed = "its machine crashed (exit code 3) and its restart policy gave up";
+    proxy.routes.set_route("crashy", vec![]);
+    proxy
+        .routes
+        .set_waker(Arc::new(RefusingWaker(WakeError::Refused(crashed.into()))));
+    let answer = proxy.get(&client(), &proxy.host("crashy"), "/").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.body.contains(crashed), "{}", answer.body);
+    proxy.shutdown().await;
+
+    let proxy = start_proxy().await;
+    proxy.routes.set_route("flappy", vec![]);
+    proxy
+        .routes
+        .set_waker(Arc::new(RefusingWaker(WakeError::Throttled {
+            retry_after: Duration::from_secs(7),
+        })));
+    let answer = proxy.get(&client(), &proxy.host("flappy"), "/").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.header("retry-after"), Some("7"));
+    assert!(answer.body.contains("too often"), "{}", answer.body);
     proxy.shutdown().await;
 }
 
@@ -686,16 +723,16 @@ struct GrowingWaker {
 
 impl hangar_core::route::Waker for GrowingWaker {
     fn wake(&self, _app: &str) -> hangar_core::route::WakeFuture {
-        Box::pin(std::future::ready(Err("not under test".to_owned())))
+        Box::pin(std::future::ready(Err("not under test".into())))
     }
 
     fn wake_another(&self, app: &str) -> hangar_core::route::WakeFuture {
         let Some(routes) = self.routes.upgrade() else {
-            return Box::pin(std::future::ready(Err("gone".to_owned())));
+            return Box::pin(std::future::ready(Err("gone".into())));
         };
         if routes.upstreams(app).as_ref() == Some(&self.upstreams) {
             // Like a node whose machines all run: nothing left to start.
-            return Box::pin(std::future::ready(Err("no machine left".to_owned())));
+            return Box::pin(std::future::ready(Err("no machine left".into())));
         }
         self.calls.fetch_add(1, Ordering::SeqCst);
         routes.publish(app, self.upstreams.clone(), self.limits);

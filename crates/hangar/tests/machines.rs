@@ -777,3 +777,60 @@ fn cgroup_procs(id: &str) -> Vec<String> {
         .unwrap_or_else(|e| panic!("reading {v1} or {v2}: {e}"));
     text.split_whitespace().map(str::to_owned).collect()
 }
+
+#[test]
+fn requests_do_not_restart_a_machine_whose_restart_policy_gave_up() {
+    let p = platform();
+    // The deploy's machine leaves the route: only ours can serve.
+    let status = p.api_get("/api/v1/apps/toolbox");
+    let deployed = status["machines"][0]["id"].as_str().unwrap().to_owned();
+    let (code, body) = act(&p, &deployed, "cordon");
+    assert_eq!(code, 200, "{body}");
+    let m = create(
+        &p,
+        json!({"image": "toolbox:v1", "init": {"cmd": ["exit", "3"]},
+               "restart": {"policy": "on-failure", "max_retries": 1},
+               "services": [{"internal_port": 8080, "protocol": "tcp", "autostart": true,
+                             "ports": [{"port": 80}]}]}),
+    );
+    let id = m["id"].as_str().unwrap().to_owned();
+    let events = |p: &TestPlatform, kind: &str| {
+        let (_, ev) = p.call(
+            "GET",
+            &format!("/v1/apps/toolbox/machines/{id}/events"),
+            Value::Null,
+        );
+        ev.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .count()
+    };
+    let starts = |p: &TestPlatform| events(p, "start");
+    // Exit 3, one restart, exit 3: the policy is spent.
+    wait_for(30, "the restart policy to give up", || {
+        let status = p.api_get("/api/v1/apps/toolbox");
+        let row = status["machines"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == id.as_str())?
+            .clone();
+        (row["state"] == "stopped" && row["restarts"] == 1 && events(&p, "exit") >= 2).then_some(())
+    });
+    let before = starts(&p);
+    for _ in 0..3 {
+        let (code, body) = p.get("toolbox", "/");
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("exited with code 3") && body.contains("restart policy gave up"),
+            "the answer names the crash: {body}"
+        );
+    }
+    assert_eq!(starts(&p), before, "requests started the crashed machine");
+    // Its owner can still start it.
+    let (code, body) = act(&p, &id, "start");
+    assert_eq!(code, 200, "{body}");
+    wait_for(10, "the owner's start", || {
+        (starts(&p) > before).then_some(())
+    });
+}

@@ -407,7 +407,7 @@ impl Agent {
                     .await?;
                 // Gated before it runs, so no publication routes it early.
                 self.set_gates(std::slice::from_ref(&m), Some(super::Gate::Pending));
-                self.start_inner(&m.id, false).await
+                self.start_inner(&m.id, false, false).await
             }
             .await;
             match started {

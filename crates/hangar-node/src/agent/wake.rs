@@ -6,12 +6,81 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hangar_core::machine::Autostop;
-use hangar_core::route::{Activity, WakeFuture, Waker};
+use hangar_core::machine::RestartPolicy;
+use hangar_core::route::{Activity, WakeError, WakeFuture, Waker};
 use hangar_core::status::MachineState;
 use hangar_store::Machine;
 use tracing::{error, info, warn};
 
 use super::{Agent, Halt, NodeError, service};
+
+/// Request-driven starts an app may make at once (a burst), and how
+/// often one more is allowed: enough for real traffic after an idle stop,
+/// too few for anonymous requests to keep a crashing or quickly-exiting
+/// app cycling through starts.
+const WAKE_BURST: f64 = 10.0;
+const WAKE_REFILL: Duration = Duration::from_secs(3);
+
+/// A token bucket of request-driven starts of one app.
+pub(super) struct WakeBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl WakeBudget {
+    fn new(now: Instant) -> Self {
+        WakeBudget {
+            tokens: WAKE_BURST,
+            at: now,
+        }
+    }
+
+    /// Takes one start, or says how long until one is allowed.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let refilled =
+            now.saturating_duration_since(self.at).as_secs_f64() / WAKE_REFILL.as_secs_f64();
+        self.tokens = (self.tokens + refilled).min(WAKE_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) * WAKE_REFILL.as_secs_f64();
+            Err(Duration::from_secs_f64(wait.ceil()))
+        }
+    }
+}
+
+/// Why a request may not start `m`, if its last exit was a crash (a
+/// non-zero code or the OOM killer) and its restart policy has no retry
+/// left; worded for the client, naming nothing internal. It holds until
+/// the owner deploys, starts or restarts it (those reset the count and
+/// the exit).
+pub(super) fn gave_up(m: &Machine) -> Option<String> {
+    if m.state != MachineState::Stopped {
+        return None;
+    }
+    let code = m.exit_code?;
+    if code == 0 && !m.oom_killed {
+        return None;
+    }
+    let (policy, max_retries) = m.config.restart();
+    let retries_left = match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::OnFailure | RestartPolicy::Always => m.restarts < i64::from(max_retries),
+    };
+    if retries_left {
+        return None;
+    }
+    let how = if m.oom_killed {
+        "was killed for using more memory than it has".to_owned()
+    } else {
+        format!("exited with code {code}")
+    };
+    Some(format!(
+        "its machine {how} and its restart policy gave up; its owner must deploy, start or restart it"
+    ))
+}
 
 impl Waker for Agent {
     fn wake(&self, app: &str) -> WakeFuture {
@@ -32,21 +101,22 @@ impl Agent {
     /// resolves to its outcome wherever it is awaited.
     fn on_own_runtime(
         &self,
-        work: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+        work: impl std::future::Future<Output = Result<(), WakeError>> + Send + 'static,
     ) -> WakeFuture {
         match &self.inner.runtime {
             Some(runtime) => {
                 let task = runtime.spawn(work);
                 Box::pin(async move {
-                    task.await
-                        .unwrap_or_else(|e| Err(format!("the wake did not finish: {e}")))
+                    task.await.unwrap_or_else(|e| {
+                        Err(WakeError::Failed(format!("the wake did not finish: {e}")))
+                    })
                 })
             }
             None => Box::pin(work),
         }
     }
 
-    async fn wake_app(&self, app_name: &str, another: bool) -> Result<(), String> {
+    async fn wake_app(&self, app_name: &str, another: bool) -> Result<(), WakeError> {
         let store = &self.inner.store;
         let app = store
             .app_by_name(app_name)
@@ -72,9 +142,13 @@ impl Agent {
             return self
                 .publish_routes(&app.id)
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(|e| WakeError::Failed(e.to_string()));
         }
-        let autostart = |m: &&Machine| service(m).is_none_or(|s| s.autostart != Some(false));
+        // Autostart on, and not crashed with its restart policy spent: a
+        // request never restarts what the policy gave up on.
+        let autostart = |m: &&Machine| {
+            service(m).is_none_or(|s| s.autostart != Some(false)) && gave_up(m).is_none()
+        };
         // A suspended machine resumes in milliseconds: prefer it.
         let candidate = machines
             .iter()
@@ -86,21 +160,34 @@ impl Agent {
                     .filter(autostart)
                     .find(|m| matches!(m.state, MachineState::Stopped | MachineState::Created))
             })
-            .ok_or("none of its machines can be started (none is stopped with autostart on)")?;
+            .ok_or_else(|| match machines.iter().find_map(gave_up) {
+                Some(why) => WakeError::Refused(why),
+                None => WakeError::Failed(
+                    "none of its machines can be started (none is stopped with autostart on)"
+                        .into(),
+                ),
+            })?;
+        // Resuming costs little; a start is rate-limited per app.
+        if candidate.state != MachineState::Suspended {
+            self.take_wake(&app.id)?;
+        }
         let started = Instant::now();
         let m = self
-            .start_inner(&candidate.id, false)
+            .start_inner(&candidate.id, false, true)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                NodeError::GaveUp { why, .. } => WakeError::Refused(why),
+                e => WakeError::Failed(e.to_string()),
+            })?;
         // The machine's own address: only it can accept there.
         let addr = m.socket_addr();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
+                return Err(WakeError::Failed(format!(
                     "machine {} did not accept connections on $PORT within 30 s",
                     m.id
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -140,6 +227,27 @@ impl Agent {
                 }
             }
         });
+    }
+
+    /// Takes one request-driven start from the app's budget, or says when
+    /// the next is allowed.
+    fn take_wake(&self, app_id: &str) -> Result<(), WakeError> {
+        let mut budgets = self
+            .inner
+            .wake_budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let budget = budgets
+            .entry(app_id.to_owned())
+            .or_insert_with(|| WakeBudget::new(now));
+        budget.take(now).map_err(|retry_after| {
+            warn!(
+                app = app_id,
+                "wake refused: the app was started too often lately"
+            );
+            WakeError::Throttled { retry_after }
+        })
     }
 
     async fn idle_pass(&self, activity: &dyn Activity) -> Result<(), NodeError> {
@@ -218,5 +326,29 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_are_limited_to_a_burst_then_one_per_refill() {
+        let t0 = Instant::now();
+        let mut b = WakeBudget::new(t0);
+        for _ in 0..WAKE_BURST as usize {
+            assert_eq!(b.take(t0), Ok(()));
+        }
+        assert_eq!(b.take(t0), Err(WAKE_REFILL), "the burst is spent");
+        assert!(b.take(t0 + WAKE_REFILL / 2).is_err());
+        assert_eq!(b.take(t0 + WAKE_REFILL), Ok(()), "one more per refill");
+        assert!(b.take(t0 + WAKE_REFILL).is_err());
+        // A long quiet spell refills only up to the burst.
+        let later = t0 + WAKE_REFILL * 1000;
+        for _ in 0..WAKE_BURST as usize {
+            assert_eq!(b.take(later), Ok(()));
+        }
+        assert!(b.take(later).is_err());
     }
 }
