@@ -394,3 +394,48 @@ fn an_owner_runs_at_most_its_imports_at_once() {
     assert!(store.import_slot("org_a").is_ok());
     assert!(store.imports.lock().unwrap().is_empty());
 }
+
+#[test]
+fn docker_save_layers_linked_inside_the_archive_still_import() {
+    // Older `docker save` writes a layer shared by two images once and
+    // links the second name to it: a link inside the tree, followed.
+    let dir = tempfile::tempdir().unwrap();
+    let source = ImageStore::open(&dir.path().join("a")).unwrap();
+    let digest = small_image(&source);
+    let manifest = source.manifest(&digest).unwrap();
+    let tar_path = dir.path().join("docker.tar");
+    let mut tar = tar::Builder::new(fs::File::create(&tar_path).unwrap());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, path, data).unwrap();
+    };
+    add(
+        "cfg.json",
+        &source.read_blob(&manifest.config.digest).unwrap(),
+    );
+    add(
+        "l0/layer.tar",
+        &source.read_blob(&manifest.layers[0].digest).unwrap(),
+    );
+    let m = serde_json::json!([{"Config": "cfg.json", "Layers": ["l0/layer.tar", "l1/layer.tar"]}]);
+    add("manifest.json", m.to_string().as_bytes());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    tar.append_link(&mut h, "l1/layer.tar", "../l0/layer.tar")
+        .unwrap();
+    tar.finish().unwrap();
+    drop(tar);
+    let store = ImageStore::open(&dir.path().join("b")).unwrap();
+    match store.import_archive(&tar_path, &dir.path().join("staging")) {
+        Ok(imported) => {
+            let layers = store.manifest(&imported).unwrap().layers;
+            assert_eq!(layers[0].digest, layers[1].digest);
+            assert!(store.rootfs(&imported).unwrap().join("a").is_file());
+        }
+        // Without openat2 the fallback refuses every link, by design.
+        Err(e) => assert!(e.to_string().contains("leads outside"), "{e}"),
+    }
+}
