@@ -380,3 +380,229 @@ fn deleting_an_app_through_the_machines_api_drops_its_database() {
     );
     assert!(roles.is_empty(), "its role is gone too: {roles:?}");
 }
+
+/// Everything a deployed app holds on the host, found by its machines'
+/// ids and the names its resources were provisioned under.
+struct Inventory {
+    app: String,
+    machines: Vec<String>,
+    /// The database, and its role (of the same name).
+    database: String,
+    redis_user: String,
+    redis_prefix: String,
+}
+
+impl Inventory {
+    /// What `app` holds now, asked with `token` (its org's).
+    fn of(p: &TestPlatform, token: &str, app: &str) -> Inventory {
+        let (code, v) = p.call_as(token, "GET", &format!("/api/v1/apps/{app}"), Value::Null);
+        assert_eq!(code, 200, "{v}");
+        let machines: Vec<String> = v["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "started")
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!machines.is_empty(), "{v}");
+        let (code, listed) = p.call_as(
+            token,
+            "GET",
+            &format!("/api/v1/apps/{app}/resources"),
+            Value::Null,
+        );
+        assert_eq!(code, 200, "{listed}");
+        let name = |kind: &str| {
+            listed["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["kind"] == kind)
+                .and_then(|r| r["name"].as_str())
+                .unwrap_or_else(|| panic!("no {kind} resource: {listed}"))
+                .to_owned()
+        };
+        let redis_user = name("redis");
+        let key = hangar_resources::ResourceKey::of_redis_user(&redis_user).unwrap();
+        Inventory {
+            app: app.to_owned(),
+            machines,
+            database: name("postgres"),
+            redis_user,
+            redis_prefix: key.redis_prefix(),
+        }
+    }
+
+    /// Each thing the app holds, and whether it is there now.
+    fn present(&self, p: &TestPlatform) -> Vec<(String, bool)> {
+        let data = p.data_dir();
+        let containers = p.runc_containers();
+        let mut out = Vec::new();
+        for id in &self.machines {
+            out.push((format!("runc container {id}"), containers.contains(id)));
+            out.push((format!("cgroup of {id}"), !cgroups_of(id).is_empty()));
+            out.push((
+                format!("bundle dir machines/{id}"),
+                data.join("machines").join(id).exists(),
+            ));
+            out.push((
+                format!("log file logs/{}/{id}.log", self.app),
+                data.join("logs")
+                    .join(&self.app)
+                    .join(format!("{id}.log"))
+                    .exists(),
+            ));
+        }
+        out.push((
+            format!("database {}", self.database),
+            database_exists(&self.database),
+        ));
+        out.push((
+            format!("role {}", self.database),
+            !admin_query(
+                "SELECT rolname::text FROM pg_roles WHERE rolname = $1",
+                &self.database,
+            )
+            .is_empty(),
+        ));
+        out.push((
+            format!("Redis ACL user {}", self.redis_user),
+            !redis_cli(&["ACL", "GETUSER", &self.redis_user]).is_empty(),
+        ));
+        out.push((
+            format!("Redis keys {}*", self.redis_prefix),
+            !redis_keys(&self.redis_prefix).is_empty(),
+        ));
+        out
+    }
+}
+
+/// The cgroup directories of a machine, v1 (one per controller) or v2.
+fn cgroups_of(machine: &str) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut candidates = vec![root.join("hangar").join(machine)];
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        candidates.push(entry.path().join("hangar").join(machine));
+    }
+    candidates.into_iter().filter(|p| p.is_dir()).collect()
+}
+
+/// `redis-cli ARGS` against the host's Redis: its output, trimmed.
+fn redis_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The keys under `prefix` on the host's Redis.
+fn redis_keys(prefix: &str) -> Vec<String> {
+    redis_cli(&["--scan", "--pattern", &format!("{prefix}*")])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `hangar ARGS` as the org whose token is `token`.
+fn hangar_with_token(p: &TestPlatform, token: &str, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env("HANGAR_CONFIG", p.dir.path().join("cli.json"))
+        .env("HANGAR_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running the hangar CLI");
+    eprintln!(
+        "$ HANGAR_TOKEN=… hangar {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn destroy_leaves_nothing_and_the_next_owner_of_the_name_starts_empty() {
+    let _turn = TODO_ON_SHARED_POSTGRES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let _ = admin_query("SELECT $1::text", "ping");
+    let p = on_the_hosts_servers();
+    let app = "todo";
+    let out = p.deploy(&example("todo"));
+    assert!(out.contains("is live"), "{out}");
+    // Data in the database and keys in Redis (a view, and the event the
+    // app counts once NATS brings it back).
+    let (code, body) = p.post_json(app, "/todos", r#"{"title": "left for nobody"}"#);
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = p.get(app, "/todos");
+    assert!(code == 200 && body.contains("left for nobody"), "{body}");
+
+    // Everything is there before the destroy (so the checks after it can
+    // fail): each machine's container, cgroup, bundle and log, the
+    // database, the role, the Redis user and its keys.
+    let first = Inventory::of(&p, &p.token, app);
+    let before = first.present(&p);
+    let missing: Vec<_> = before.iter().filter(|(_, there)| !there).collect();
+    assert!(
+        missing.is_empty(),
+        "not there before the destroy: {missing:?}"
+    );
+    eprintln!("inventory of {app}: {} items", before.len());
+
+    let out = p.hangar(&["destroy", app, "--yes"]);
+    assert!(out.status.success());
+    let left: Vec<String> = first
+        .present(&p)
+        .into_iter()
+        .filter(|(_, there)| *there)
+        .map(|(what, _)| what)
+        .collect();
+    assert!(left.is_empty(), "destroy left: {left:?}");
+    p.assert_no_leaks();
+    assert!(
+        !p.data_dir().join("logs").join(app).exists(),
+        "the app's log dir is gone"
+    );
+
+    // Another org takes the name: its app gets a database and a Redis
+    // user of its own, empty; nothing of the first app's reaches it.
+    let (code, org) = p.call(
+        "POST",
+        "/api/v1/orgs",
+        serde_json::json!({"name": "second"}),
+    );
+    assert_eq!(code, 201, "{org}");
+    let token = org["token"].as_str().unwrap().to_owned();
+    let out = hangar_with_token(&p, &token, &["deploy", example("todo").to_str().unwrap()]);
+    assert!(out.status.success(), "the second org's deploy");
+    let second = Inventory::of(&p, &token, app);
+    assert_ne!(second.database, first.database);
+    assert_ne!(second.redis_user, first.redis_user);
+    assert_ne!(second.redis_prefix, first.redis_prefix);
+    assert!(!database_exists(&first.database));
+    assert!(redis_keys(&first.redis_prefix).is_empty());
+    let (code, body) = p.get(app, "/stats");
+    assert_eq!(code, 200, "{body}");
+    let stats: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (stats["views"].as_i64(), stats["created_events"].as_i64()),
+        (Some(0), Some(0)),
+        "no keys of the first app's: {body}"
+    );
+    let (code, body) = p.get(app, "/todos");
+    assert_eq!((code, body.as_str()), (200, "[]"), "an empty database");
+
+    // Its own destroy (the harness destroys only the admin org's apps).
+    let out = hangar_with_token(&p, &token, &["destroy", app, "--yes"]);
+    assert!(out.status.success());
+    let left: Vec<String> = second
+        .present(&p)
+        .into_iter()
+        .filter(|(_, there)| *there)
+        .map(|(what, _)| what)
+        .collect();
+    assert!(left.is_empty(), "the second destroy left: {left:?}");
+    p.assert_no_leaks();
+}

@@ -486,8 +486,92 @@ impl TestPlatform {
     }
 }
 
+/// Leaks: what a destroy left behind.
+impl TestPlatform {
+    /// The ids of this platform's runc containers (its `runc` root).
+    pub fn runc_containers(&self) -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.data_dir().join("runc"))
+            .args(["list", "-q"])
+            .output();
+        match out {
+            Ok(out) => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .filter(|l| !l.is_empty())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The runc containers whose machine the state store says is
+    /// destroyed, or no longer has at all (its app was destroyed): a
+    /// destroy that left them. Hangar marks a machine destroyed only once
+    /// its container is deleted, so none of these is on its way out; a
+    /// few seconds are still given to one being deleted right now.
+    /// (Apps left running have their machines: they never count.)
+    pub fn leaked_containers(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let leaked = self.containers_without_machines();
+            if leaked.is_empty() || Instant::now() >= deadline {
+                return leaked;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn containers_without_machines(&self) -> Vec<String> {
+        let containers = self.runc_containers();
+        if containers.is_empty() {
+            return containers;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let live = rt.block_on(async {
+            let store = hangar_store::Store::open(&self.data_dir().join("state.db"))?;
+            store.undestroyed_machines().await
+        });
+        match live {
+            Ok(live) => {
+                let live: std::collections::HashSet<String> =
+                    live.into_iter().map(|m| m.id).collect();
+                containers
+                    .into_iter()
+                    .filter(|c| !live.contains(c))
+                    .collect()
+            }
+            Err(e) => {
+                eprintln!("leak check skipped: cannot read the state store: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Fails the test unless every destroyed machine's container is gone
+    /// ([`Self::leaked_containers`]). Drop checks the same, after the test.
+    pub fn assert_no_leaks(&self) {
+        let leaked = self.leaked_containers();
+        assert!(
+            leaked.is_empty(),
+            "runc containers of destroyed machines are still there: {leaked:?}"
+        );
+    }
+}
+
 impl Drop for TestPlatform {
     fn drop(&mut self) {
+        // What the test's own destroys left, before the harness cleans up
+        // (only while hangar runs: a test that killed it stopped it from
+        // finishing).
+        let leaked = if self.child.is_some() && !self.api.is_empty() {
+            self.leaked_containers()
+        } else {
+            Vec::new()
+        };
         // Apps first, so their machines are stopped by hangar itself.
         if self.child.is_some() && !self.api.is_empty() {
             let (status, body) =
@@ -528,6 +612,18 @@ impl Drop for TestPlatform {
             let _ = Command::new("nft")
                 .args(["delete", "table", "inet", &format!("hangar_{tag}")])
                 .output();
+        }
+        // Cleaned up, the leak fails the test (unless it failed already).
+        if !leaked.is_empty() {
+            let msg = format!(
+                "runc containers of destroyed machines were still there when the test ended \
+                 (removed by force now): {leaked:?}"
+            );
+            if std::thread::panicking() {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
         }
     }
 }
