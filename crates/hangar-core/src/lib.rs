@@ -8,6 +8,8 @@
 //! - [`duration`]: the one parser and the bounds of durations tenants write.
 //! - [`route`]: the [`route::RouteSink`] seam between the node agent and the edge proxy.
 //! - [`machine`]: a machine's configuration (Fly Machines API shape) and its validation.
+//! - [`check`]: the one health check type both hangar.toml and the Machines API resolve to.
+//! - [`app_config`]: hangar.toml (Fly's fly.toml keys), parsed with spans for errors.
 //! - [`resource`]: the resources an app declares in its code.
 //! - [`status`]: the lifecycle states of builds, releases and machines.
 //! - [`supervise`]: panic containment for tasks and long-lived loops.
@@ -18,6 +20,7 @@
 pub mod admission;
 pub mod app_config;
 pub mod archive;
+pub mod check;
 pub mod duration;
 pub mod id;
 pub mod machine;

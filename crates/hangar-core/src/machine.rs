@@ -238,11 +238,31 @@ pub struct Check {
     pub path: Option<String>,
 }
 
+impl From<&crate::check::Check> for Check {
+    /// The Machines API's shape of a check.
+    fn from(c: &crate::check::Check) -> Check {
+        use crate::check::CheckKind;
+        let (kind, method, path) = match &c.kind {
+            CheckKind::Tcp => ("tcp", None, None),
+            CheckKind::Http { method, path } => ("http", Some(method.clone()), Some(path.clone())),
+        };
+        Check {
+            kind: kind.into(),
+            port: c.port,
+            interval: Some(duration::format(c.interval)),
+            timeout: Some(duration::format(c.timeout)),
+            grace_period: Some(duration::format(c.grace_period)),
+            method,
+            path,
+        }
+    }
+}
+
 impl Check {
     /// What the check does and its timings, defaults filled in. Values
     /// [`MachineConfig::validate`] would refuse fall back to the defaults.
-    pub fn spec(&self) -> crate::app_config::Check {
-        use crate::app_config::{Check as Spec, CheckKind};
+    pub fn spec(&self) -> crate::check::Check {
+        use crate::check::{Check as Spec, CheckKind};
         let kind = if self.kind.eq_ignore_ascii_case("http") {
             CheckKind::Http {
                 method: self.method.as_deref().unwrap_or("GET").to_ascii_uppercase(),

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hangar_core::app_config::{Check, CheckKind};
+use hangar_core::check::{Check, CheckKind};
 use hangar_core::status::MachineState;
 use hangar_store::Machine;
 use serde::Serialize;
