@@ -212,6 +212,20 @@ fn newest_build(p: &TestPlatform) -> Value {
         .expect("the app has a build")
 }
 
+/// The machine logs of `app` (every machine, stopped ones too) that
+/// contain `needle`.
+fn logs_containing(p: &TestPlatform, needle: &str) -> Vec<String> {
+    let dir = p.data_dir().join("logs").join(APP);
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+        if text.contains(needle) {
+            found.push(text);
+        }
+    }
+    found
+}
+
 #[test]
 fn ten_redeploys_rollback_and_a_failing_check_drop_no_request() {
     let _serial = one_build_at_a_time();
@@ -234,10 +248,43 @@ fn ten_redeploys_rollback_and_a_failing_check_drop_no_request() {
 
     let load = p.load(APP, "/", 4);
 
-    // Ten rollouts of the same dir, each replacing both machines: nine of
+    // A request in flight across the first rollout: the machine serving it
+    // must be told to stop only once it has answered (hello logs both).
+    let (slow, slow_took) = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| {
+            let started = Instant::now();
+            let answer = p.try_get(APP, "/slow/8000", Duration::from_secs(30));
+            (answer, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let (out, took) = deploy_timed(&p, &dir);
+        assert!(out.status.success(), "redeploy 1 failed");
+        deploy_times.push(("redeploy with a request in flight", took));
+        slow.join().expect("the slow request's thread")
+    });
+    assert_eq!(
+        slow,
+        Ok((200, "slow 8000\n".to_owned())),
+        "the request in flight through the rollout"
+    );
+    eprintln!("rollout: an 8 s request spanned v2's rollout and took {slow_took:?}");
+    let logs = logs_containing(&p, "slow request of 8000 ms done");
+    assert_eq!(logs.len(), 1, "one machine served it: {logs:?}");
+    let log = &logs[0];
+    let (done, term) = (
+        log.find("slow request of 8000 ms done").unwrap(),
+        log.find("SIGTERM received"),
+    );
+    let term = term.unwrap_or_else(|| panic!("the v1 machine that served it was stopped: {log}"));
+    assert!(
+        done < term,
+        "the machine was told to stop with the request still in flight:\n{log}"
+    );
+
+    // Ten rollouts of the same dir, each replacing both machines: eight of
     // the same source, then one with a new greeting, so that v11's image
     // differs from the one the rollback below goes back to.
-    for n in 2..=11 {
+    for n in 3..=11 {
         if n == 11 {
             let main = dir.join("src/main.rs");
             let src = std::fs::read_to_string(&main).unwrap();
@@ -325,6 +372,20 @@ fn ten_redeploys_rollback_and_a_failing_check_drop_no_request() {
 
     let report = load.stop();
     eprintln!("rollout: load during 10 redeploys, a failed one and a rollback: {report}");
+    // Machines left the route before they were stopped: no request found
+    // one gone and had to be sent elsewhere (the proxy's failover would
+    // otherwise hide it from the load's count).
+    let metrics = p.metrics();
+    let failovers = metrics
+        .lines()
+        .find(|l| l.starts_with("hangar_proxy_failovers_total{app=\"hello\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("0")
+        .to_owned();
+    assert_eq!(
+        failovers, "0",
+        "requests failed over during rollouts:\n{metrics}"
+    );
     for (what, took) in &deploy_times {
         eprintln!("rollout: {what}: {:.1} s", took.as_secs_f64());
     }

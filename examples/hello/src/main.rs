@@ -16,7 +16,11 @@ async fn main() {
         .route("/", get(|| async { format!("{GREETING}\n") }))
         .route("/healthz", get(|| async { "ok\n" }))
         // Which machine answered, for the tests that balance over several.
-        .route("/machine", get(|| async { machine_id() }));
+        .route("/machine", get(|| async { machine_id() }))
+        // A request that takes MS milliseconds (at most 30 s), and says in
+        // the log when it ends: the rollout tests check that a machine is
+        // told to stop only after its requests in flight have ended.
+        .route("/slow/{ms}", get(slow));
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -40,6 +44,12 @@ async fn main() {
         eprintln!("hello: server error: {e}");
         std::process::exit(1);
     }
+}
+
+async fn slow(axum::extract::Path(ms): axum::extract::Path<u64>) -> String {
+    tokio::time::sleep(std::time::Duration::from_millis(ms.min(30_000))).await;
+    println!("hello: slow request of {ms} ms done");
+    format!("slow {ms}\n")
 }
 
 /// `$FLY_MACHINE_ID` (set by Hangar), or "unknown", and a newline.
