@@ -28,10 +28,15 @@ impl TempPath {
         &self.path
     }
 
-    /// Renames it to `to`; from then on it is not removed.
+    /// Renames it to `to` and syncs `to`'s directory, so the name survives
+    /// a power loss before anything (a manifest, a release row) refers to
+    /// it; from then on it is not removed.
     pub(crate) fn persist(mut self, to: &Path) -> io::Result<()> {
         fs::rename(&self.path, to)?;
         self.keep = true;
+        if let Some(dir) = to.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
         Ok(())
     }
 }
