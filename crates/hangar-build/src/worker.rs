@@ -6,7 +6,8 @@
 //! `hangar_store`'s build queue) and running it in a task of its own, so
 //! a panic fails only that build. A cancelled running build's task is
 //! aborted: dropping it kills and deletes its build container (or, on the
-//! host, the worker kills cargo's process group first).
+//! host, the worker kills cargo's process group first); then whatever is
+//! left in the build's cgroups is killed (`sandbox::stop_build`).
 
 use std::time::Duration;
 
@@ -190,6 +191,9 @@ impl Builder {
                 }
                 task.abort();
                 let _ = task.await;
+                if let crate::BuildSandbox::Runc(sb) = &self.inner.cfg.sandbox {
+                    crate::sandbox::stop_build(sb, &id, CANCEL_WAIT / 2).await;
+                }
                 append(&log, "==> build cancelled; everything it ran was killed\n").await;
             }
             _ = shutdown.changed() => {

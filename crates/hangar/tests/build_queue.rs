@@ -99,15 +99,39 @@ fn processes(argv: &[&str]) -> Vec<u32> {
         .collect()
 }
 
-/// Host pids in one of the build's cgroups (`/hangar-builds/build-<id>…`).
-fn in_build_cgroups(id: &str) -> Vec<u32> {
+/// Host pids in one of the build's cgroups (`/hangar-builds/build-<id>…`),
+/// with whether each is a zombie (dead, not yet reaped).
+fn in_build_cgroups(id: &str) -> Vec<(u32, bool)> {
     let needle = format!("hangar-builds/build-{id}");
     pids()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .is_ok_and(|c| c.contains(&needle))
         })
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            (pid, zombie)
+        })
         .collect()
+}
+
+/// Nothing of the build runs once its cancel has answered, and what died
+/// is reaped (no pid is held) soon after.
+fn assert_gone(id: &str) {
+    let running: Vec<u32> = in_build_cgroups(id)
+        .into_iter()
+        .filter(|(_, zombie)| !zombie)
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(running, Vec::<u32>::new(), "build {id} still runs these");
+    wait_for(
+        5,
+        &format!("build {id}'s dead processes to be reaped"),
+        || in_build_cgroups(id).is_empty().then_some(()),
+    );
 }
 
 fn pids() -> impl Iterator<Item = u32> {
@@ -285,7 +309,7 @@ fn cancelling_a_running_build_kills_its_sandbox() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("processes were killed"));
     // Nothing of it is left: no process in its cgroups, not the daemon,
     // no container.
-    assert_eq!(in_build_cgroups(&id), Vec::<u32>::new());
+    assert_gone(&id);
     assert_eq!(processes(&["sleep", &tag]), Vec::<u32>::new());
     let runc = std::process::Command::new("runc")
         .arg("--root")
@@ -309,4 +333,31 @@ fn cancelling_a_running_build_kills_its_sandbox() {
     std::fs::write(dir.join("attacks.txt"), "").unwrap();
     let out = p.hangar(&["deploy", dir.to_str().unwrap(), "--app", "cancel-app"]);
     assert!(out.status.success(), "the next deploy works");
+}
+
+#[test]
+fn builds_running_on_several_workers_are_requeued_once_after_a_crash() {
+    let mut p = TestPlatform::start_with(&["--driver", "runc", "--build-workers", "2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let slow = slow_app(tmp.path(), &tag());
+    let ids: Vec<String> = ["crash-a", "crash-b"]
+        .iter()
+        .map(|app| queue(&p, None, &slow, app))
+        .collect();
+    for id in &ids {
+        wait_status(&p, &p.token, id, "building", 120);
+    }
+    p.restart();
+    // Both run again, each claimed once more, and the log says why.
+    for id in &ids {
+        wait_status(&p, &p.token, id, "building", 60);
+        assert_eq!(build(&p, &p.token, id)["attempts"], 2);
+        let log =
+            std::fs::read_to_string(p.data_dir().join(format!("build-logs/{id}.log"))).unwrap();
+        assert!(log.contains("re-queued"), "{log}");
+    }
+    for id in &ids {
+        assert!(cancel(&p, None, id).status.success());
+        assert_gone(id);
+    }
 }

@@ -406,6 +406,134 @@ async fn delete_container(runc: &Path, state_root: &Path, id: &str) {
     }
 }
 
+/// The container ids of a build's steps (see `sandboxed`).
+fn step_ids(build_id: &str) -> [String; 3] {
+    [
+        format!("build-{build_id}-fetch"),
+        format!("build-{build_id}-meta"),
+        format!("build-{build_id}"),
+    ]
+}
+
+/// Stops everything a build runs (a cancel): kills and deletes each of its
+/// step containers, then kills what is still in their cgroups, reaps the
+/// dead ones handed to hangar, and removes the cgroups. A `runc run`
+/// killed while it was creating a container leaves no state for `runc
+/// kill` to find, though its `runc init` may already be in the cgroup; and
+/// a container's processes whose `runc run` is gone are hangar's children
+/// (a child subreaper) once they die, which nothing else waits for.
+/// Bounded: gives up after `timeout`.
+pub async fn stop_build(cfg: &SandboxConfig, build_id: &str, timeout: Duration) {
+    let ids = step_ids(build_id);
+    for id in &ids {
+        delete_container(&cfg.runc, &cfg.state_root, id).await;
+    }
+    let dirs: Vec<PathBuf> = ids.iter().flat_map(|id| cgroup_dirs(id)).collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Done once two looks in a row, 50 ms apart, find nothing.
+    let mut quiet = 0;
+    while quiet < 2 {
+        let left = build_processes(&ids);
+        if left.is_empty() {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(build = %build_id, ?left, "processes of a cancelled build outlived it");
+            break;
+        }
+        for d in &dirs {
+            // cgroup v2 kills the whole cgroup at once.
+            let _ = std::fs::write(d.join("cgroup.kill"), "1");
+        }
+        for p in &left {
+            if p.zombie {
+                if p.ours {
+                    let mut code = 0;
+                    // SAFETY: waitpid writes only to `code`, a valid local;
+                    // the pid is a dead child of this process.
+                    unsafe { libc::waitpid(p.pid, &mut code, libc::WNOHANG) };
+                }
+            } else {
+                // SAFETY: kill has no memory-safety preconditions; the
+                // process is in the build's own cgroup.
+                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// A process found in a build's cgroups.
+#[derive(Debug)]
+struct Leftover {
+    pid: i32,
+    /// Dead, waiting to be reaped.
+    zombie: bool,
+    /// A child of this process (so this process may reap it).
+    ours: bool,
+}
+
+/// The processes (zombies included) whose cgroup is one of `ids`'
+/// (`/hangar-builds/<id>`), found through `/proc`: a zombie is no longer
+/// listed in `cgroup.procs`.
+fn build_processes(ids: &[String]) -> Vec<Leftover> {
+    let me = std::process::id().to_string();
+    let wanted: Vec<String> = ids
+        .iter()
+        .map(|id| format!("/hangar-builds/{id}\n"))
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !wanted.iter().any(|w| cgroup.contains(w.as_str())) {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        out.push(Leftover {
+            pid,
+            zombie: field("State:").starts_with('Z'),
+            ours: field("PPid:") == me,
+        });
+    }
+    out
+}
+
+/// The cgroup directories runc makes for a build container (its spec's
+/// `cgroupsPath` is `/hangar-builds/<id>`): one in the unified hierarchy
+/// (v2), or one per controller (v1).
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let unified = root.join("hangar-builds").join(id);
+    if root.join("cgroup.controllers").exists() {
+        return vec![unified];
+    }
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("hangar-builds").join(id))
+                .filter(|d| d.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Deletes every container in the sandbox's runc state root: at start,
 /// all of them are leftovers of builds a previous hangar was running.
 /// Returns their ids.
