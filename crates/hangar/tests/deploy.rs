@@ -232,3 +232,34 @@ fn process_driver_runs_apps_without_runc() {
         (200, "Hello from Hangar!\n".to_owned())
     );
 }
+
+/// The harness's leak check can fail: a machine the store says is
+/// destroyed while its runc container still runs (what a destroy that
+/// leaked it leaves) is found, and fails the test when the platform is
+/// dropped, after the harness has removed it.
+#[test]
+#[should_panic(expected = "runc containers of destroyed machines were still there")]
+fn a_container_a_destroy_left_fails_the_test() {
+    let p = TestPlatform::start();
+    p.deploy(&example("hello"));
+    assert!(p.leaked_containers().is_empty(), "a running app is no leak");
+    let (id, _) = started_machine(&p, "hello");
+    // Recorded destroyed behind hangar's back: the container stays.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = hangar_store::Store::open(&p.data_dir().join("state.db")).unwrap();
+        store
+            .set_machine_state(
+                &id,
+                hangar_core::status::MachineState::Destroyed,
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+    });
+    assert_eq!(p.leaked_containers(), [id]);
+}
