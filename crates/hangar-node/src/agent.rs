@@ -275,6 +275,7 @@ impl Agent {
                 }
             }
         }
+        self.collect_leftovers().await;
         for app in store.all_apps().await? {
             if let Some(release) = self.active_release(&app.id).await? {
                 let running = store.machines_for_app(&app.id).await?.iter().any(|m| {
@@ -291,6 +292,54 @@ impl Agent {
             self.publish_routes(&app.id).await?;
         }
         Ok(store.unfinished_releases().await?)
+    }
+
+    /// What a crash can leave behind that no machine row owns: runc
+    /// containers of machines that are stopped, destroyed or unknown (a
+    /// kill between the store write and the delete), and the private and
+    /// resources directories of destroyed machines. Each is logged.
+    async fn collect_leftovers(&self) {
+        let inner = &self.inner;
+        let (live, kept) = match (
+            inner.store.live_machines().await,
+            inner.store.undestroyed_machines().await,
+        ) {
+            (Ok(live), Ok(kept)) => (live, kept),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("collecting leftovers: {e}");
+                return;
+            }
+        };
+        let live: std::collections::HashSet<String> = live.into_iter().map(|m| m.id).collect();
+        let kept: std::collections::HashSet<String> = kept.into_iter().map(|m| m.id).collect();
+        match inner.driver.containers().await {
+            Ok(containers) => {
+                for id in containers.into_iter().filter(|c| !live.contains(c)) {
+                    warn!(container = %id, "removing a container no running machine owns");
+                    if let Err(e) = inner.driver.remove_orphan(&id).await {
+                        warn!(container = %id, "removing it: {e}");
+                    }
+                }
+            }
+            Err(e) => warn!("listing containers: {e}"),
+        }
+        // A stopped machine keeps its private directory; only a running
+        // one has a resources file (its secrets, unsealed).
+        for (dir, owners) in [
+            (&inner.cfg.machines_dir, &kept),
+            (&inner.cfg.run_dir, &live),
+        ] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("mch_") && !owners.contains(&name) {
+                    warn!(path = %e.path().display(), "removing a directory no machine owns");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
     }
 
     async fn active_release(&self, app_id: &str) -> Result<Option<Release>, NodeError> {

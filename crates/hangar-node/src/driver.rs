@@ -387,6 +387,37 @@ impl Driver {
         }
     }
 
+    /// The ids of every container in this driver's state root (none for
+    /// the process driver).
+    pub async fn containers(&self) -> Result<Vec<String>, DriverError> {
+        match self {
+            Driver::Runc { runc, state_root } => {
+                let out = runc_cmd(runc, state_root, &["list", "-q"]).await?;
+                if !out.status.success() {
+                    return Err(DriverError::Runc {
+                        action: "list".into(),
+                        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    });
+                }
+                Ok(String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect())
+            }
+            Driver::Process => Ok(Vec::new()),
+        }
+    }
+
+    /// Kills and deletes a container nothing owns any more.
+    pub async fn remove_orphan(&self, id: &str) -> Result<(), DriverError> {
+        if let Driver::Runc { runc, state_root } = self {
+            runc_ok(runc, state_root, &["delete", "--force", id]).await?;
+        }
+        Ok(())
+    }
+
     /// After the machine's process exited on its own: whether the kernel's
     /// OOM killer did it (read from its memory cgroup, which still exists
     /// until the container is deleted), then removal of the container.

@@ -250,6 +250,48 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
     // Two machines die while nobody watches.
     kill(down_pid);
     kill(hello_pid);
+    // And what a crash between a store write and a delete leaves: a
+    // container no machine owns (made here from a copy of a machine's
+    // bundle, in a cgroup of its own) and the directories of a machine
+    // that is gone.
+    let data = p.data_dir();
+    let orphan = "mch_0rphan0000000000";
+    let bundle = data.join("machines").join(orphan);
+    std::fs::create_dir_all(&bundle).unwrap();
+    let mut config: Value = serde_json::from_slice(
+        &std::fs::read(data.join("machines").join(&dies_after).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    config["linux"]["cgroupsPath"] = json!(format!("hangar/{orphan}"));
+    config["process"]["args"] = json!(["/app/toolbox", "sleep"]);
+    std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+    // The container's init keeps runc's stdio: nothing is piped, or
+    // waiting for the pipe's end would never return.
+    let errors = bundle.join("runc.err");
+    let made = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(data.join("runc"))
+        .args(["create", "--bundle", bundle.to_str().unwrap(), orphan])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .status()
+        .expect("running runc");
+    assert!(
+        made.success(),
+        "making the orphan: {}",
+        std::fs::read_to_string(&errors).unwrap_or_default()
+    );
+    let listed = || {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(data.join("runc"))
+            .args(["list", "-q"])
+            .output()
+            .expect("runc list");
+        String::from_utf8_lossy(&out.stdout).contains(orphan)
+    };
+    assert!(listed());
 
     let restart_began = Instant::now();
     p.restart();
@@ -259,6 +301,8 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
         ready_after < Duration::from_secs(10),
         "hangar up waited for the interrupted stop: ready after {ready_after:?}"
     );
+    assert!(!listed(), "the orphan container is still there");
+    assert!(!bundle.exists(), "the orphan's directory is still there");
 
     // The interrupted stop is finished, in the direction it was going.
     wait_for(45, "the interrupted stop to finish", || {
