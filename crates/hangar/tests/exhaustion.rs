@@ -199,3 +199,40 @@ fn a_chatty_app_is_kept_under_its_log_cap() {
         "the newest lines, not the first ones: {last}"
     );
 }
+
+#[test]
+fn an_upload_that_stops_arriving_is_abandoned_and_leaves_no_file() {
+    support::require_runc_and_root();
+    let p = TestPlatform::start();
+    let addr: SocketAddr = p
+        .api
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the API's address");
+    // Announces 1 MiB, sends 10 bytes, then nothing.
+    let mut conn = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /api/v1/apps/trickle/deploys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/gzip\r\nContent-Length: 1048576\r\n\r\n",
+        p.token
+    );
+    std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut conn, &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]).unwrap();
+    let started = Instant::now();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    eprintln!("a stalled upload was answered after {took:?}: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("stopped arriving"), "{answer}");
+    assert!(took < Duration::from_secs(45), "{took:?}");
+    let left: Vec<_> = std::fs::read_dir(p.data_dir().join("uploads"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "the stalled upload left {left:?}");
+}
