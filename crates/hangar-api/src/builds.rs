@@ -51,6 +51,13 @@ async fn deploy(
         .await?
         .map(|app| app.id);
     crate::quota::check_queue(&state, &caller.org, app_id.as_deref()).await?;
+    // At most a few of one org's uploads are checked at once; the slot goes
+    // with the blocking check, so a client that disconnects frees nothing
+    // early.
+    let slot = state
+        .builder
+        .validation_slot(&caller.org.id)
+        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
     let upload = save_upload(
         &state,
         &headers,
@@ -61,9 +68,12 @@ async fn deploy(
     .await?;
     let builder = state.builder.clone();
     let up = upload.clone();
-    let accepted = tokio::task::spawn_blocking(move || builder.accept_source(&up))
-        .await
-        .map_err(ApiError::internal)?;
+    let accepted = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        builder.accept_source(&up)
+    })
+    .await
+    .map_err(ApiError::internal)?;
     let digest = match accepted {
         Ok(d) => d,
         Err(e) => {

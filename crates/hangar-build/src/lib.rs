@@ -85,6 +85,9 @@ pub struct BuildConfig {
     pub workers: usize,
     /// Builds of one org's apps that may wait in the queue.
     pub max_queued_per_org: u32,
+    /// A build whose log grows past this many bytes is stopped (a build
+    /// that prints without end would fill the disk).
+    pub max_log_bytes: u64,
 }
 
 /// Errors of the builder that are not a build failing (which is recorded
@@ -102,6 +105,35 @@ pub enum BuildError {
     Archive(#[from] ArchiveError),
     #[error("build settings: {0}")]
     Config(String),
+    /// The org already has this many uploads being checked.
+    #[error(
+        "this organisation already has {running} source uploads being checked; at most {limit} may run at once: retry when one is done"
+    )]
+    Busy { running: usize, limit: usize },
+}
+
+/// Source uploads of one org checked at once ([`Builder::validation_slot`]).
+pub const VALIDATIONS_PER_ORG: usize = 2;
+
+/// How long checking one source upload may take (gunzip and walk).
+pub const VALIDATION_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// One of an org's validation places; given back on drop.
+pub struct ValidationSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    org: String,
+}
+
+impl Drop for ValidationSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.org);
+            }
+        }
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -130,6 +162,8 @@ struct Inner {
     releases: mpsc::UnboundedSender<String>,
     /// Provisions what an app's code declares, before its image exists.
     resources: std::sync::OnceLock<hangar_resources::Resources>,
+    /// Source uploads being checked, per org.
+    validating: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 impl Builder {
@@ -176,7 +210,31 @@ impl Builder {
                 running: running::Running::default(),
                 releases,
                 resources: std::sync::OnceLock::new(),
+                validating: Arc::default(),
             }),
+        })
+    }
+
+    /// Takes one of `org`'s places for checking an upload
+    /// ([`VALIDATIONS_PER_ORG`]), or [`BuildError::Busy`]: one org's
+    /// uploads cannot keep every blocking thread gunzipping.
+    pub fn validation_slot(&self, org: &str) -> Result<ValidationSlot, BuildError> {
+        let mut counts = self
+            .inner
+            .validating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(org.to_owned()).or_default();
+        if *n >= VALIDATIONS_PER_ORG {
+            return Err(BuildError::Busy {
+                running: *n,
+                limit: VALIDATIONS_PER_ORG,
+            });
+        }
+        *n += 1;
+        Ok(ValidationSlot {
+            counts: self.inner.validating.clone(),
+            org: org.to_owned(),
         })
     }
 
@@ -185,11 +243,17 @@ impl Builder {
         let _ = self.inner.resources.set(resources);
     }
 
-    /// Validates an uploaded `.tar.gz` (already on disk at `upload`) and
-    /// moves it into the source store; returns its digest. Blocking.
+    /// Validates an uploaded `.tar.gz` (already on disk at `upload`),
+    /// within [`VALIDATION_BUDGET`], and moves it into the source store
+    /// (synced, name and all, before a build row refers to it); returns
+    /// its digest. Blocking.
     pub fn accept_source(&self, upload: &Path) -> Result<String, BuildError> {
         let file = std::fs::File::open(upload).map_err(io("reading the upload"))?;
-        archive::validate_tar_gz(std::io::BufReader::new(file), self.inner.cfg.limits)?;
+        let limits = archive::Limits {
+            deadline: Some(std::time::Instant::now() + VALIDATION_BUDGET),
+            ..self.inner.cfg.limits
+        };
+        archive::validate_tar_gz(std::io::BufReader::new(file), limits)?;
         let mut file = std::fs::File::open(upload).map_err(io("reading the upload"))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -202,7 +266,11 @@ impl Builder {
         }
         let hex = hex::encode(hasher.finalize());
         let dest = self.inner.cfg.sources_dir.join(format!("{hex}.tar.gz"));
+        file.sync_all().map_err(io("storing the upload"))?;
         std::fs::rename(upload, &dest).map_err(io("storing the upload"))?;
+        std::fs::File::open(&self.inner.cfg.sources_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("storing the upload"))?;
         Ok(format!("sha256:{hex}"))
     }
 

@@ -40,7 +40,34 @@ pub enum Cancel {
     Finished(Build),
 }
 
+/// Resolves once the file at `log` is larger than `max` bytes (checked
+/// every 250 ms); never while it stays under.
+async fn log_outgrows(log: &std::path::Path, max: u64) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if tokio::fs::metadata(log).await.is_ok_and(|m| m.len() > max) {
+            return;
+        }
+    }
+}
+
 impl Builder {
+    /// Stops a running build: on the host cargo's whole process group; in
+    /// the sandbox, dropping the task kills and deletes its container, then
+    /// whatever is left in its cgroups is killed.
+    async fn kill_build(&self, id: &str, task: tokio::task::JoinHandle<()>) {
+        if let Ok(Some(b)) = self.inner.store.build(id).await
+            && let Some(pgid) = b.builder_pgid
+        {
+            cargo::kill_orphan(pgid);
+        }
+        task.abort();
+        let _ = task.await;
+        if let crate::BuildSandbox::Runc(sb) = &self.inner.cfg.sandbox {
+            crate::sandbox::stop_build(sb, id, CANCEL_WAIT / 2).await;
+        }
+    }
+
     /// Queues a build of `source_digest` for the app, superseding its
     /// queued builds (each gets a line naming the newer one in its log),
     /// and wakes a worker. Refused with `StoreError::QueueFull` past the
@@ -182,19 +209,20 @@ impl Builder {
                 }
             }
             _ = ticket.cancelled() => {
-                // On the host, cargo's whole process group; in the sandbox,
-                // dropping the task kills and deletes its container.
-                if let Ok(Some(b)) = self.inner.store.build(&id).await
-                    && let Some(pgid) = b.builder_pgid
-                {
-                    cargo::kill_orphan(pgid);
-                }
-                task.abort();
-                let _ = task.await;
-                if let crate::BuildSandbox::Runc(sb) = &self.inner.cfg.sandbox {
-                    crate::sandbox::stop_build(sb, &id, CANCEL_WAIT / 2).await;
-                }
+                self.kill_build(&id, task).await;
                 append(&log, "==> build cancelled; everything it ran was killed\n").await;
+            }
+            _ = log_outgrows(&log, self.inner.cfg.max_log_bytes) => {
+                self.kill_build(&id, task).await;
+                let reason = format!(
+                    "its log passed {} MiB (hangar up --build-log-max-mb); everything it ran was killed",
+                    self.inner.cfg.max_log_bytes >> 20
+                );
+                append(&log, &format!("\n==> build failed: {reason}\n")).await;
+                warn!(build = %id, "build failed: {reason}");
+                if let Err(e) = self.inner.store.fail_build(&id, &reason).await {
+                    warn!(build = %id, "recording failure: {e}");
+                }
             }
             _ = shutdown.changed() => {
                 task.abort();

@@ -91,6 +91,10 @@ enum Command {
         /// deploy is refused (429).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         org_max_queued_builds: u32,
+        /// A build whose log passes this many MiB is stopped and failed,
+        /// saying so (a build printing without end would fill the disk).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        build_log_max_mb: u64,
         /// Private IPv4 subnet runc machines get their own addresses from
         /// (each machine has a network namespace of its own).
         #[arg(long, default_value = "10.201.0.0/16")]
@@ -319,6 +323,7 @@ async fn run(cli: Cli) -> Result<()> {
             build_offline,
             build_workers,
             org_max_queued_builds,
+            build_log_max_mb,
             machine_subnet,
             egress,
             trusted_proxies,
@@ -362,6 +367,7 @@ async fn run(cli: Cli) -> Result<()> {
                 build_workers: build_workers
                     .map_or_else(hangar_build::default_workers, |n| n as usize),
                 org_max_queued_builds,
+                build_log_max_mb,
                 postgres_url: servers.postgres_url,
                 redis_url: servers.redis_url,
                 nats_url: servers.nats_url,

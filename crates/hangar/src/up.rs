@@ -62,6 +62,8 @@ pub struct UpOptions {
     pub build_workers: usize,
     /// Builds of one org that may wait in the queue.
     pub org_max_queued_builds: u32,
+    /// A build whose log passes this many MiB is stopped.
+    pub build_log_max_mb: u64,
     /// Postgres server for apps' databases (none: Hangar's own cluster
     /// under the data dir if PostgreSQL is installed, else apps declaring
     /// one fail to deploy with a message saying so).
@@ -293,6 +295,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             resource_scanner: std::env::current_exe().ok(),
             workers: opts.build_workers,
             max_queued_per_org: opts.org_max_queued_builds,
+            max_log_bytes: opts.build_log_max_mb << 20,
         },
         release_tx.clone(),
     )?;

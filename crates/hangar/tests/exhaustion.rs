@@ -236,3 +236,83 @@ fn an_upload_that_stops_arriving_is_abandoned_and_leaves_no_file() {
         .collect();
     assert!(left.is_empty(), "the stalled upload left {left:?}");
 }
+
+#[test]
+fn one_org_checks_at_most_two_uploads_at_once() {
+    support::require_runc_and_root();
+    let p = TestPlatform::start();
+    let addr: SocketAddr = p
+        .api
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the API's address");
+    // Two uploads that are still arriving hold the org's two places.
+    let start_upload = |app: &str| {
+        let mut conn = TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /api/v1/apps/{app}/deploys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/gzip\r\nContent-Length: 1048576\r\n\r\n",
+            p.token
+        );
+        std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut conn, &[0x1f, 0x8b]).unwrap();
+        conn
+    };
+    let held = [start_upload("one"), start_upload("two")];
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, body) = p.api_request(
+        "POST",
+        "/api/v1/apps/three/deploys",
+        Some(&p.token),
+        vec![1],
+    );
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("at most 2"), "{body}");
+    // Once they are gone, the org deploys again.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = p.deploy(&example("hello"));
+    assert!(out.contains("is live"), "{out}");
+}
+
+#[test]
+fn a_build_that_prints_without_end_is_stopped_at_its_log_cap() {
+    support::require_runc_and_root();
+    let p = TestPlatform::start_with(&["--driver", "runc", "--build-log-max-mb", "1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = support::copy_example("hello", tmp.path());
+    // 100,000 calls of a deprecated function, each a warning of its own
+    // (distinct spans, so rustc prints every one): tens of megabytes of
+    // diagnostics, over seconds, from a source of about 1 MB.
+    let mut src = String::from(
+        "#[deprecated(note = \"a test of the build log cap\")]\nfn old() {}\nfn main() {\n",
+    );
+    for _ in 0..100_000 {
+        src.push_str("    old();\n");
+    }
+    src.push_str("}\n");
+    std::fs::write(dir.join("src/main.rs"), src).unwrap();
+    let out = p.hangar(&["deploy", dir.to_str().unwrap(), "--app", "chatty-build"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let biggest = std::fs::read_dir(p.data_dir().join("build-logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    eprintln!("the chatty build's log stopped at {biggest} bytes (cap 1 MiB)");
+    assert!(biggest < 32 << 20, "the log grew to {biggest} bytes");
+    assert!(!out.status.success(), "the build passed?");
+    assert!(
+        text.contains("--build-log-max-mb"),
+        "{}",
+        &text[text.len().saturating_sub(2000)..]
+    );
+    // The next build of anyone works.
+    let out = p.deploy(&example("hello"));
+    assert!(out.contains("is live"), "{out}");
+}
