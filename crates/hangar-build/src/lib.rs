@@ -88,6 +88,34 @@ pub struct BuildConfig {
     /// A build whose log grows past this many bytes is stopped (a build
     /// that prints without end would fill the disk).
     pub max_log_bytes: u64,
+    /// `target_root` is shared on purpose (`--build-target-root`, e.g. a
+    /// test suite's cache): its dirs are not cleared when an app of the
+    /// same name but another id builds there. Off, a dir left by a deleted
+    /// app is cleared before its name's next owner builds in it.
+    pub shared_target_root: bool,
+}
+
+/// The file in an app's work and target dirs naming the app (by id) they
+/// belong to.
+const OWNER_FILE: &str = ".hangar-app-id";
+
+/// Makes `dir` the app `app_id`'s: if another app (a deleted one whose name
+/// was taken again) left it, it is cleared first, so no file or compiled
+/// artifact of one tenant reaches the next.
+fn claim_dir(dir: &Path, app_id: &str) -> Result<(), String> {
+    let owner = dir.join(OWNER_FILE);
+    match std::fs::read_to_string(&owner) {
+        Ok(id) if id.trim() == app_id => return Ok(()),
+        Ok(_) => {
+            warn!(dir = %dir.display(), "clearing a build dir an earlier app of this name left");
+            std::fs::remove_dir_all(dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
+        }
+        // A dir from before owners were recorded is kept (its app is the
+        // one of that name then); only a foreign owner clears it.
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::write(&owner, app_id).map_err(|e| format!("writing {}: {e}", owner.display()))
 }
 
 /// Errors of the builder that are not a build failing (which is recorded
@@ -366,6 +394,7 @@ impl Builder {
         let hex = build.source_digest.trim_start_matches("sha256:");
         let archive_path = inner.cfg.sources_dir.join(format!("{hex}.tar.gz"));
         let app_dir = inner.cfg.work_dir.join(&app.name);
+        claim_dir(&app_dir, &app.id)?;
         let src = app_dir.join("src");
         let limits = inner.cfg.limits;
         let unpacked = tokio::task::spawn_blocking({
@@ -428,6 +457,9 @@ impl Builder {
         }
 
         let target_dir = inner.cfg.target_root.join(&app.name);
+        if !inner.cfg.shared_target_root {
+            claim_dir(&target_dir, &app.id)?;
+        }
         let bin = match &inner.cfg.sandbox {
             BuildSandbox::Host => {
                 self.build_on_host(build, &src, &target_dir, patch_runtime, log)
@@ -661,5 +693,34 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
             Ok(s) => (*s).to_owned(),
             Err(_) => "a panic".to_owned(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_dir_left_by_another_app_of_the_name_is_cleared() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("hello");
+        // The first owner builds, leaving an artifact.
+        claim_dir(&dir, "app_first").unwrap();
+        std::fs::write(dir.join("poisoned.rlib"), b"first owner's bytes").unwrap();
+        claim_dir(&dir, "app_first").unwrap();
+        assert!(dir.join("poisoned.rlib").exists(), "its own dir is kept");
+        // The name is deleted and taken again: nothing of the first is left.
+        claim_dir(&dir, "app_second").unwrap();
+        assert!(!dir.join("poisoned.rlib").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join(OWNER_FILE)).unwrap(),
+            "app_second"
+        );
+        // A dir from before owners were recorded is kept and claimed.
+        let legacy = root.path().join("legacy");
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join("cache"), b"x").unwrap();
+        claim_dir(&legacy, "app_third").unwrap();
+        assert!(legacy.join("cache").exists());
     }
 }

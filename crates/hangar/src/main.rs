@@ -56,7 +56,10 @@ enum Command {
         /// Largest accepted image archive (hangar image import), in bytes.
         #[arg(long, default_value_t = 4 * 1024 * 1024 * 1024)]
         max_image_bytes: u64,
-        /// Per-app cargo target dirs (default: <data-dir>/targets).
+        /// Per-app cargo target dirs (default: <data-dir>/targets). A root
+        /// given here is a cache shared on purpose: it is trusted across
+        /// apps that reuse a name (under the default, a dir a deleted app
+        /// left is cleared before the name's next owner builds).
         #[arg(long, env = "HANGAR_BUILD_TARGET_ROOT")]
         build_target_root: Option<PathBuf>,
         /// Memory limit of each machine, in MiB.

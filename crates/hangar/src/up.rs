@@ -296,6 +296,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             workers: opts.build_workers,
             max_queued_per_org: opts.org_max_queued_builds,
             max_log_bytes: opts.build_log_max_mb << 20,
+            shared_target_root: opts.build_target_root.is_some(),
         },
         release_tx.clone(),
     )?;
