@@ -200,24 +200,31 @@ fn a_chatty_app_is_kept_under_its_log_cap() {
     );
 }
 
-#[test]
-fn an_upload_that_stops_arriving_is_abandoned_and_leaves_no_file() {
-    support::require_runc_and_root();
-    let p = TestPlatform::start();
+/// A deploy upload to `app` announcing 1 MiB of which only `first` is
+/// sent; the connection stays open.
+fn start_upload(p: &TestPlatform, app: &str, first: &[u8]) -> TcpStream {
     let addr: SocketAddr = p
         .api
         .trim_start_matches("http://")
         .parse()
         .expect("the API's address");
-    // Announces 1 MiB, sends 10 bytes, then nothing.
     let mut conn = TcpStream::connect(addr).unwrap();
     let head = format!(
-        "POST /api/v1/apps/trickle/deploys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+        "POST /api/v1/apps/{app}/deploys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/gzip\r\nContent-Length: 1048576\r\n\r\n",
         p.token
     );
     std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
-    std::io::Write::write_all(&mut conn, &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]).unwrap();
+    std::io::Write::write_all(&mut conn, first).unwrap();
+    conn
+}
+
+#[test]
+fn an_upload_that_stops_arriving_is_abandoned_and_leaves_no_file() {
+    support::require_runc_and_root();
+    let p = TestPlatform::start();
+    // Announces 1 MiB, sends 10 bytes, then nothing.
+    let mut conn = start_upload(&p, "trickle", &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);
     let started = Instant::now();
     conn.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -241,24 +248,11 @@ fn an_upload_that_stops_arriving_is_abandoned_and_leaves_no_file() {
 fn one_org_checks_at_most_two_uploads_at_once() {
     support::require_runc_and_root();
     let p = TestPlatform::start();
-    let addr: SocketAddr = p
-        .api
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the API's address");
     // Two uploads that are still arriving hold the org's two places.
-    let start_upload = |app: &str| {
-        let mut conn = TcpStream::connect(addr).unwrap();
-        let head = format!(
-            "POST /api/v1/apps/{app}/deploys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: application/gzip\r\nContent-Length: 1048576\r\n\r\n",
-            p.token
-        );
-        std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
-        std::io::Write::write_all(&mut conn, &[0x1f, 0x8b]).unwrap();
-        conn
-    };
-    let held = [start_upload("one"), start_upload("two")];
+    let held = [
+        start_upload(&p, "one", &[0x1f, 0x8b]),
+        start_upload(&p, "two", &[0x1f, 0x8b]),
+    ];
     std::thread::sleep(Duration::from_millis(500));
     let (code, body) = p.api_request(
         "POST",
