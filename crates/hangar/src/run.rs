@@ -253,13 +253,17 @@ async fn prepare(
     }
     // Servers may differ from one local run to the next (a flag given or
     // not, a cluster made afresh): the server-backed resources are
-    // provisioned again each time (idempotent: a database is kept).
-    for kind in [
-        ResourceKind::Postgres,
-        ResourceKind::Redis,
-        ResourceKind::PubSub,
-    ] {
-        store.delete_resource(&app.id, kind.as_str()).await?;
+    // provisioned again each time (idempotent: a database is kept). Their
+    // rows stay, marked not ready, so the names they record are kept:
+    // a database made by an older Hangar, named after the app's name,
+    // keeps its data.
+    for mut row in store.resources(&app.id).await? {
+        if row.kind != ResourceKind::Secrets.as_str() {
+            row.status = "provisioning".to_owned();
+            row.detail = None;
+            row.sealed = None;
+            store.put_resource(row).await?;
+        }
     }
     // Secrets are the secrets file's here, said by `sync_secrets`.
     let progress = |line: String| {
