@@ -306,7 +306,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let _ = std::fs::remove_dir_all(&uploads);
     std::fs::create_dir_all(&uploads)?;
     // So are half-written blobs and root filesystems (imports stage in uploads/).
-    images.clear_tmp().context("emptying the image store's tmp/")?;
+    images
+        .clear_tmp()
+        .context("emptying the image store's tmp/")?;
 
     // Crash recovery, before anything new starts.
     builder.recover().await.context("recovering builds")?;

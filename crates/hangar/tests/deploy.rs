@@ -114,6 +114,9 @@ fn deploy_redeploy_survive_kill9_and_destroy() {
     let out = p.deploy(&copy);
     assert!(out.contains("==> v2 of hello is live"), "{out}");
     // Only the app crate was rebuilt: the dependencies came from the cache.
+    // (Positive control: the streamed build log shows the app compiling, so
+    // the missing tokio line is not just a missing log.)
+    assert!(out.contains("Compiling hello"), "{out}");
     assert!(!out.contains("Compiling tokio"), "{out}");
     assert_eq!(
         p.get("hello", "/"),
