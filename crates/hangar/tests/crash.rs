@@ -363,3 +363,88 @@ fn driver_gone(pid: i64) -> bool {
         Ok(stat) => stat.contains(") Z") || stat.contains(") X"),
     }
 }
+
+/// A hangar.toml for hello: two machines, rolled one at a time, gated by
+/// an HTTP check on `check` (hello's `/slow/{ms}` makes a slow one).
+fn hello_toml(check: &str, interval: &str, timeout: &str) -> String {
+    format!(
+        "[deploy]\nstrategy = \"rolling\"\nmax_unavailable = 1\nwait_timeout = \"2m\"\ndrain_timeout = \"5s\"\n\n\
+         [[services]]\ninternal_port = 8080\nprotocol = \"tcp\"\n  [[services.http_checks]]\n  path = \"{check}\"\n  \
+         interval = \"{interval}\"\n  timeout = \"{timeout}\"\n  grace_period = \"1s\"\n\n[scale]\ncount = 2\n"
+    )
+}
+
+#[test]
+fn kill9_mid_rollout_rolls_the_release_out_again_once() {
+    let mut p = platform_on_a_fixed_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = support::copy_example("hello", tmp.path());
+    std::fs::write(
+        dir.join("hangar.toml"),
+        hello_toml("/healthz", "1s", "500ms"),
+    )
+    .unwrap();
+    p.deploy(&dir);
+    let v1 = started(&p, "hello");
+    assert_eq!(v1.len(), 2, "{v1:?}");
+    // v2's machines pass their check only after 3 s each: the rollout
+    // takes a while, and hangar is killed in the middle of it.
+    std::fs::write(
+        dir.join("hangar.toml"),
+        hello_toml("/slow/3000", "6s", "5s"),
+    )
+    .unwrap();
+    let out = p.hangar(&["deploy", dir.to_str().unwrap(), "--no-wait"]);
+    assert!(out.status.success());
+    let release = |p: &TestPlatform, version: i64| -> Value {
+        p.api_get("/api/v1/apps/hello/releases")["releases"]
+            .as_array()
+            .expect("a release list")
+            .iter()
+            .find(|r| r["version"] == version)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let v2 = wait_for(120, "v2 to be deploying with a machine of its own", || {
+        let r = release(&p, 2);
+        let id = r["id"].as_str()?.to_owned();
+        let status = p.api_get("/api/v1/apps/hello");
+        let mine = status["machines"]
+            .as_array()?
+            .iter()
+            .any(|m| m["release_id"] == id.as_str());
+        (r["status"] == "deploying" && mine).then_some(id)
+    });
+    p.kill9();
+    p.restart();
+    // Rolled out again: live, on exactly two machines of v2, uncordoned;
+    // nothing of v1 runs, and no machine of v2 is left over or doubled.
+    wait_for(120, "v2 to be live after the restart", || {
+        (release(&p, 2)["status"] == "active").then_some(())
+    });
+    let status = p.api_get("/api/v1/apps/hello");
+    let machines = status["machines"].as_array().unwrap();
+    let started: Vec<&Value> = machines
+        .iter()
+        .filter(|m| m["state"] == "started")
+        .collect();
+    assert_eq!(started.len(), 2, "{status:#}");
+    for m in &started {
+        assert_eq!(m["release_id"], v2.as_str(), "{m:#}");
+        assert_eq!(m["cordoned"], false, "{m:#}");
+    }
+    let of_v2_not_destroyed = machines
+        .iter()
+        .filter(|m| m["release_id"] == v2.as_str() && m["state"] != "destroyed")
+        .count();
+    assert_eq!(of_v2_not_destroyed, 2, "{status:#}");
+    for (id, _) in &v1 {
+        let row = machines.iter().find(|m| m["id"] == id.as_str());
+        assert!(
+            row.is_none_or(|m| m["state"] != "started"),
+            "v1's {id} still runs: {status:#}"
+        );
+    }
+    assert_eq!(release(&p, 1)["status"], "superseded");
+    assert_eq!(p.get("hello", "/").0, 200);
+}
