@@ -147,22 +147,7 @@ pub const VALIDATIONS_PER_ORG: usize = 2;
 pub const VALIDATION_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// One of an org's validation places; given back on drop.
-pub struct ValidationSlot {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-    org: String,
-}
-
-impl Drop for ValidationSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.org) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.org);
-            }
-        }
-    }
-}
+pub type ValidationSlot = hangar_core::admission::OwnerSlot;
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     let what = what.into();
@@ -191,7 +176,7 @@ struct Inner {
     /// Provisions what an app's code declares, before its image exists.
     resources: std::sync::OnceLock<hangar_resources::Resources>,
     /// Source uploads being checked, per org.
-    validating: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    validating: hangar_core::admission::PerOwner,
 }
 
 impl Builder {
@@ -238,7 +223,7 @@ impl Builder {
                 running: running::Running::default(),
                 releases,
                 resources: std::sync::OnceLock::new(),
-                validating: Arc::default(),
+                validating: Default::default(),
             }),
         })
     }
@@ -247,23 +232,13 @@ impl Builder {
     /// ([`VALIDATIONS_PER_ORG`]), or [`BuildError::Busy`]: one org's
     /// uploads cannot keep every blocking thread gunzipping.
     pub fn validation_slot(&self, org: &str) -> Result<ValidationSlot, BuildError> {
-        let mut counts = self
-            .inner
+        self.inner
             .validating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(org.to_owned()).or_default();
-        if *n >= VALIDATIONS_PER_ORG {
-            return Err(BuildError::Busy {
-                running: *n,
+            .take(org, VALIDATIONS_PER_ORG)
+            .map_err(|running| BuildError::Busy {
+                running,
                 limit: VALIDATIONS_PER_ORG,
-            });
-        }
-        *n += 1;
-        Ok(ValidationSlot {
-            counts: self.inner.validating.clone(),
-            org: org.to_owned(),
-        })
+            })
     }
 
     /// Lets builds provision the resources apps declare (set once, at start).

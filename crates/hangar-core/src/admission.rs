@@ -1,7 +1,8 @@
 //! Connection caps for Hangar's listeners (API, proxy): at most `total`
 //! connections at once, and at most `per_client` from one address, so one
 //! client holding thousands of silent connections cannot use up the file
-//! descriptors every other client needs.
+//! descriptors every other client needs. [`PerOwner`] caps work the same
+//! way by owner (an org): uploads being checked, images being imported.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -95,9 +96,78 @@ impl Drop for Admitted {
     }
 }
 
+/// How many pieces of one kind of work each owner (an org) runs at once;
+/// cheap to clone (clones share the counts).
+#[derive(Debug, Clone, Default)]
+pub struct PerOwner {
+    running: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One owner's place, held for the whole piece of work; dropping it frees
+/// the place.
+#[derive(Debug)]
+pub struct OwnerSlot {
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    owner: String,
+}
+
+impl PerOwner {
+    /// Takes one of `owner`'s places, or says how many it runs when it
+    /// already runs `limit`.
+    pub fn take(&self, owner: &str, limit: usize) -> Result<OwnerSlot, usize> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let n = running.entry(owner.to_owned()).or_default();
+        if *n >= limit {
+            let now = *n;
+            if now == 0 {
+                running.remove(owner);
+            }
+            return Err(now);
+        }
+        *n += 1;
+        Ok(OwnerSlot {
+            running: self.running.clone(),
+            owner: owner.to_owned(),
+        })
+    }
+
+    /// How many owners run something now (an owner whose work all ended
+    /// is forgotten, so the map never grows with owners that come and go).
+    pub fn owners(&self) -> usize {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for OwnerSlot {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.owner);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_are_capped_apart_and_places_come_back_on_drop() {
+        let per = PerOwner::default();
+        let a1 = per.take("org_a", 2).unwrap();
+        let _a2 = per.clone().take("org_a", 2).unwrap();
+        assert_eq!(per.take("org_a", 2).unwrap_err(), 2, "clones share counts");
+        let _b = per.take("org_b", 2).unwrap();
+        drop(a1);
+        let a3 = per.take("org_a", 2).unwrap();
+        assert_eq!(per.take("org_c", 0).unwrap_err(), 0);
+        assert_eq!(per.owners(), 2);
+        drop((a3, _a2, _b));
+        assert_eq!(per.owners(), 0, "owners with nothing running are forgotten");
+    }
 
     #[test]
     fn caps_per_client_and_in_total_and_frees_on_drop() {

@@ -12,11 +12,9 @@
 //!   and an owner runs at most `imports_per_owner` imports at once;
 //! - the staging tree and every temp file are removed on every way out.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hangar_core::archive;
@@ -35,23 +33,7 @@ const MAX_JSON_BYTES: u64 = 8 << 20;
 
 /// One of an owner's import places, held for the whole import; given back
 /// when dropped.
-#[derive(Debug)]
-pub struct ImportSlot {
-    imports: Arc<Mutex<HashMap<String, usize>>>,
-    owner: String,
-}
-
-impl Drop for ImportSlot {
-    fn drop(&mut self) {
-        let mut running = self.imports.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = running.get_mut(&self.owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                running.remove(&self.owner);
-            }
-        }
-    }
-}
+pub type ImportSlot = hangar_core::admission::OwnerSlot;
 
 /// `index.json` of an OCI layout (and the body of an image index blob).
 #[derive(Deserialize)]
@@ -101,23 +83,9 @@ impl ImageStore {
     /// store's `imports_per_owner`.
     pub fn import_slot(&self, owner: &str) -> Result<ImportSlot, ImageError> {
         let limit = self.limits.imports_per_owner;
-        let mut running = self.imports.lock().unwrap_or_else(|p| p.into_inner());
-        let n = running.entry(owner.to_owned()).or_default();
-        if *n >= limit {
-            let running_now = *n;
-            if running_now == 0 {
-                running.remove(owner);
-            }
-            return Err(ImageError::Busy {
-                running: running_now,
-                limit,
-            });
-        }
-        *n += 1;
-        Ok(ImportSlot {
-            imports: self.imports.clone(),
-            owner: owner.to_owned(),
-        })
+        self.imports
+            .take(owner, limit)
+            .map_err(|running| ImageError::Busy { running, limit })
     }
 
     /// Imports the image in `archive` (an uncompressed tar of an OCI layout

@@ -25,11 +25,9 @@ mod build;
 mod elf;
 mod import;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hangar_core::archive::{self, ArchiveError, Limits};
@@ -242,7 +240,7 @@ pub struct ImageStore {
     root: PathBuf,
     limits: StoreLimits,
     /// Imports running, by owner.
-    imports: Arc<Mutex<HashMap<String, usize>>>,
+    imports: hangar_core::admission::PerOwner,
 }
 
 impl ImageStore {
@@ -259,7 +257,7 @@ impl ImageStore {
         Ok(ImageStore {
             root: root.to_owned(),
             limits: StoreLimits::default(),
-            imports: Arc::default(),
+            imports: Default::default(),
         })
     }
 
