@@ -16,7 +16,9 @@ use hangar_store::{Build, Enqueued};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use crate::{BuildError, Builder, append, cargo, panic_text};
+use hangar_core::supervise::panic_text;
+
+use crate::{BuildError, Builder, append, cargo};
 
 /// The most builds a builder runs at once (`hangar up --build-workers`).
 pub const MAX_WORKERS: usize = 32;
