@@ -145,13 +145,34 @@ pub struct TestPlatform {
     rust_log: String,
 }
 
-/// A /22 of 10.0.0.0/8 no other platform of this test process uses.
+/// A /22 of 10.0.0.0/8 no other platform of this test run uses, in this
+/// process or another test binary running beside it: each process holds a
+/// `flock` on the second octets it uses (`/tmp/hangar-test-subnets/<a>`)
+/// for as long as it lives, and takes a fresh octet every 64 platforms.
 fn next_subnet() -> String {
-    use std::sync::atomic::AtomicU32;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let a = 100 + (std::process::id() + n / 64) % 100;
-    format!("10.{a}.{}.0/22", (n % 64) * 4)
+    use std::os::fd::AsRawFd;
+    static HELD: std::sync::Mutex<(Vec<std::fs::File>, u32, u32)> =
+        std::sync::Mutex::new((Vec::new(), 0, 0));
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    let (files, octet, used) = &mut *held;
+    if files.is_empty() || *used == 64 {
+        let dir = Path::new("/tmp/hangar-test-subnets");
+        std::fs::create_dir_all(dir).unwrap();
+        let start = std::process::id() % 100;
+        let found = (0..100).map(|i| 100 + (start + i) % 100).find_map(|a| {
+            let f = std::fs::File::create(dir.join(a.to_string())).ok()?;
+            // SAFETY: flock on a descriptor we own; kept open below.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            (rc == 0).then_some((a, f))
+        });
+        let (a, f) = found.expect("every 10.100-199 octet is taken by other test processes");
+        files.push(f);
+        *octet = a;
+        *used = 0;
+    }
+    let n = *used;
+    *used += 1;
+    format!("10.{octet}.{}.0/22", n * 4)
 }
 
 impl TestPlatform {
