@@ -29,6 +29,7 @@ mod running;
 pub mod sandbox;
 mod sandboxed;
 mod sync;
+mod target_lock;
 mod worker;
 
 use std::io::Read;
@@ -432,9 +433,26 @@ impl Builder {
         }
 
         let target_dir = inner.cfg.target_root.join(&app.name);
-        if !inner.cfg.shared_target_root {
+        // Held until the image is written: in a shared root another
+        // hangar could otherwise uplift its own binary in between.
+        let _target_lock = if inner.cfg.shared_target_root {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let lock = target_lock::TargetLock::take(&target_dir, move || {
+                let _ = tx.send(());
+            });
+            let mut lock = std::pin::pin!(lock);
+            let lock = tokio::select! {
+                l = &mut lock => l,
+                Ok(()) = rx => {
+                    append(log, "==> waiting for another build in this app's shared target dir\n").await;
+                    lock.await
+                }
+            };
+            Some(lock.map_err(|e| format!("locking {}: {e}", target_dir.display()))?)
+        } else {
             claim_dir(&target_dir, &app.id)?;
-        }
+            None
+        };
         let bin = match &inner.cfg.sandbox {
             BuildSandbox::Host => {
                 self.build_on_host(build, &src, &target_dir, patch_runtime, log)
