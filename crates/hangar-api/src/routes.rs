@@ -377,6 +377,11 @@ pub(crate) async fn delete_app_everywhere(
     state.agent.destroy_app(app).await?;
     let resources = state.resources.list(&app.id).await?;
     state.resources.deprovision(app).await?;
+    // Its build logs and dirs; a crash before this leaves them for the
+    // next start's collection.
+    if let Err(e) = state.builder.forget_app(app).await {
+        tracing::warn!(app = %app.name, "removing the app's build logs and dirs: {e}");
+    }
     state.store.delete_app(&app.id).await?;
     Ok(resources
         .into_iter()

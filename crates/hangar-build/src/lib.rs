@@ -24,6 +24,7 @@
 //! it, with the reason, after repeated crashes).
 
 pub mod cargo;
+mod housekeeping;
 pub mod resources;
 mod running;
 pub mod sandbox;
@@ -89,6 +90,9 @@ pub struct BuildConfig {
     /// A build whose log grows past this many bytes is stopped (a build
     /// that prints without end would fill the disk).
     pub max_log_bytes: u64,
+    /// An app's build logs together: past it, its oldest logs are removed
+    /// after each build (its newest is always kept).
+    pub app_logs_cap: u64,
     /// `target_root` is shared on purpose (`--build-target-root`, e.g. a
     /// test suite's cache): its dirs are not cleared when an app of the
     /// same name but another id builds there. Off, a dir left by a deleted
@@ -345,6 +349,9 @@ impl Builder {
                     warn!(build = %build.id, "recording failure: {e}");
                 }
             }
+        }
+        if let Err(e) = self.prune_app_logs(&build.app_id).await {
+            warn!(build = %build.id, "keeping the app's build logs under their cap: {e}");
         }
     }
 

@@ -41,6 +41,7 @@ mod rollout;
 mod wake;
 
 pub use health::{CheckReport, HealthReport, HealthStatus};
+pub use logs::LogLimits;
 use rollout::Gate;
 pub use rollout::plan;
 
@@ -61,8 +62,9 @@ pub struct NodeConfig {
     /// Where machines' resources files go (a tmpfs such as
     /// `/run/hangar/<node>`: credentials and secrets are never at rest).
     pub run_dir: PathBuf,
-    /// The most bytes of machine logs kept per app (`None`: no cap).
-    pub log_cap_bytes: Option<u64>,
+    /// Machine logs: bytes kept per app, bytes a second per machine
+    /// (`None`: neither, no keeper).
+    pub log_limits: Option<LogLimits>,
 }
 
 /// Errors of the node agent.

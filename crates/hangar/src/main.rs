@@ -98,6 +98,10 @@ enum Command {
         /// saying so (a build printing without end would fill the disk).
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
         build_log_max_mb: u64,
+        /// An app's build logs together may take this many MiB; past it the
+        /// oldest are removed after each build (0: only the newest is kept).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+        build_logs_per_app_mb: u64,
         /// Private IPv4 subnet runc machines get their own addresses from
         /// (each machine has a network namespace of its own).
         #[arg(long, default_value = "10.201.0.0/16")]
@@ -115,6 +119,10 @@ enum Command {
         /// and its tail kept in <machine>.log.1.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
         app_log_max_mb: u64,
+        /// KiB a second one machine's log may grow by: past it the rest of
+        /// that second's output is dropped, with a line saying how much.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+        app_log_rate_kb: u64,
         /// Apps each organisation may have.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         org_max_apps: u32,
@@ -327,10 +335,12 @@ async fn run(cli: Cli) -> Result<()> {
             build_workers,
             org_max_queued_builds,
             build_log_max_mb,
+            build_logs_per_app_mb,
             machine_subnet,
             egress,
             trusted_proxies,
             app_log_max_mb,
+            app_log_rate_kb,
             org_max_apps,
             org_max_machines,
             org_max_memory_mb,
@@ -371,6 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_or_else(hangar_build::default_workers, |n| n as usize),
                 org_max_queued_builds,
                 build_log_max_mb,
+                build_logs_per_app_mb,
                 postgres_url: servers.postgres_url,
                 redis_url: servers.redis_url,
                 nats_url: servers.nats_url,
@@ -378,6 +389,7 @@ async fn run(cli: Cli) -> Result<()> {
                 egress,
                 trusted_proxies,
                 app_log_max_mb,
+                app_log_rate_kb,
                 quotas: hangar_api::quota::Quotas {
                     apps: org_max_apps,
                     machines: org_max_machines,

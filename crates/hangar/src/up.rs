@@ -64,6 +64,10 @@ pub struct UpOptions {
     pub org_max_queued_builds: u32,
     /// A build whose log passes this many MiB is stopped.
     pub build_log_max_mb: u64,
+    /// KiB a second one machine's log may grow by; the rest is dropped.
+    pub app_log_rate_kb: u64,
+    /// An app's build logs together, in MiB (0: only its newest is kept).
+    pub build_logs_per_app_mb: u64,
     /// Postgres server for apps' databases (none: Hangar's own cluster
     /// under the data dir if PostgreSQL is installed, else apps declaring
     /// one fail to deploy with a message saying so).
@@ -180,7 +184,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             stop_grace: Duration::from_secs(10),
             region: "local".to_owned(),
             run_dir: crate::run_dir::run_dir(&data),
-            log_cap_bytes: Some(opts.app_log_max_mb.saturating_mul(1 << 20)),
+            log_limits: Some(hangar_node::LogLimits {
+                cap: opts.app_log_max_mb.saturating_mul(1 << 20),
+                rate: opts.app_log_rate_kb.saturating_mul(1024),
+            }),
         },
         network,
     );
@@ -296,6 +303,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             workers: opts.build_workers,
             max_queued_per_org: opts.org_max_queued_builds,
             max_log_bytes: opts.build_log_max_mb << 20,
+            app_logs_cap: opts.build_logs_per_app_mb << 20,
             shared_target_root: opts.build_target_root.is_some(),
         },
         release_tx.clone(),
@@ -312,6 +320,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
 
     // Crash recovery, before anything new starts.
     builder.recover().await.context("recovering builds")?;
+    builder
+        .collect_leftovers()
+        .await
+        .context("collecting deleted apps' build logs and dirs")?;
     for release in agent.reconcile().await.context("reconciling machines")? {
         info!(release = %release.id, "resuming an interrupted rollout");
         let _ = release_tx.send(release.id);

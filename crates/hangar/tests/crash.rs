@@ -292,6 +292,16 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
         String::from_utf8_lossy(&out.stdout).contains(orphan)
     };
     assert!(listed());
+    // And what a crash between deleting an app's rows and its files
+    // leaves: the log of a build the store no longer has, and the work
+    // dir of an app that is gone (its owner file names no app).
+    let stale_log = data.join("build-logs").join("bld_0rphan0000000000.log");
+    std::fs::write(&stale_log, "==> a deleted app's build\n").unwrap();
+    let stale_work = data.join("builds").join("deleted-app");
+    std::fs::create_dir_all(stale_work.join("src")).unwrap();
+    std::fs::write(stale_work.join(".hangar-app-id"), "app_0rphan0000000000").unwrap();
+    let live_work = data.join("builds").join("hello");
+    assert!(live_work.exists(), "hello's work dir");
 
     let restart_began = Instant::now();
     p.restart();
@@ -303,6 +313,12 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
     );
     assert!(!listed(), "the orphan container is still there");
     assert!(!bundle.exists(), "the orphan's directory is still there");
+    assert!(!stale_log.exists(), "a deleted build's log is still there");
+    assert!(
+        !stale_work.exists(),
+        "a deleted app's work dir is still there"
+    );
+    assert!(live_work.exists(), "a live app's work dir was collected");
 
     // The interrupted stop is finished, in the direction it was going.
     wait_for(45, "the interrupted stop to finish", || {

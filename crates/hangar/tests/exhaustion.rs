@@ -164,8 +164,15 @@ fn app_log_bytes(p: &TestPlatform, app: &str) -> u64 {
 }
 
 #[test]
-fn a_chatty_app_is_kept_under_its_log_cap() {
-    let p = TestPlatform::start_with(&["--driver", "runc", "--app-log-max-mb", "1"]);
+fn a_chatty_app_is_kept_under_its_log_cap_and_rate() {
+    let p = TestPlatform::start_with(&[
+        "--driver",
+        "runc",
+        "--app-log-max-mb",
+        "1",
+        "--app-log-rate-kb",
+        "256",
+    ]);
     p.deploy(&example("toolbox"));
     let (code, m) = p.call(
         "POST",
@@ -174,8 +181,8 @@ fn a_chatty_app_is_kept_under_its_log_cap() {
                                       "guest": {"memory_mb": 64}}}),
     );
     assert_eq!(code, 200, "{m}");
-    // About 1 MiB a second for 8 s: 8 MiB written, at most the cap plus
-    // about a second's worth kept.
+    // About 1 MiB a second for 8 s: 8 MiB written, 256 KiB a second kept,
+    // and at most the cap plus about a second's worth of that on disk.
     let mut most = 0;
     for _ in 0..16 {
         std::thread::sleep(Duration::from_millis(500));
@@ -198,6 +205,25 @@ fn a_chatty_app_is_kept_under_its_log_cap() {
         last > 4 * 1024,
         "the newest lines, not the first ones: {last}"
     );
+    // Each second past the rate says what it dropped.
+    let dir = p.data_dir().join("logs").join("toolbox");
+    let notes: usize = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default()).into_owned();
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("[hangar] ")
+                        && l.ends_with(
+                            "bytes of output dropped: over the log rate limit of 256 KiB/s",
+                        )
+                })
+                .count()
+        })
+        .sum();
+    assert!(notes >= 1, "no rate-limit note in the kept logs");
 }
 
 /// A deploy upload to `app` announcing 1 MiB of which only `first` is
@@ -272,7 +298,14 @@ fn one_org_checks_at_most_two_uploads_at_once() {
 #[test]
 fn a_build_that_prints_without_end_is_stopped_at_its_log_cap() {
     support::require_runc_and_root();
-    let p = TestPlatform::start_with(&["--driver", "runc", "--build-log-max-mb", "1"]);
+    let p = TestPlatform::start_with(&[
+        "--driver",
+        "runc",
+        "--build-log-max-mb",
+        "1",
+        "--build-logs-per-app-mb",
+        "0",
+    ]);
     let tmp = tempfile::tempdir().unwrap();
     let dir = support::copy_example("hello", tmp.path());
     // 100,000 calls of a deprecated function, each a warning of its own
@@ -309,4 +342,18 @@ fn a_build_that_prints_without_end_is_stopped_at_its_log_cap() {
     // The next build of anyone works.
     let out = p.deploy(&example("hello"));
     assert!(out.contains("is live"), "{out}");
+    // With no room for older build logs, each app keeps only its newest:
+    // hello's second build removes its first one's log.
+    let out = p.deploy(&example("hello"));
+    assert!(out.contains("is live"), "{out}");
+    let logs: Vec<_> = std::fs::read_dir(p.data_dir().join("build-logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        logs.len(),
+        2,
+        "the chatty build's and hello's newest: {logs:?}"
+    );
 }

@@ -386,6 +386,8 @@ fn deleting_an_app_through_the_machines_api_drops_its_database() {
 struct Inventory {
     app: String,
     machines: Vec<String>,
+    /// Its builds (their logs).
+    builds: Vec<String>,
     /// The database, and its role (of the same name).
     database: String,
     redis_user: String,
@@ -424,9 +426,17 @@ impl Inventory {
         };
         let redis_user = name("redis");
         let key = hangar_resources::ResourceKey::of_redis_user(&redis_user).unwrap();
+        let builds: Vec<String> = v["builds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!builds.is_empty(), "{v}");
         Inventory {
             app: app.to_owned(),
             machines,
+            builds,
             database: name("postgres"),
             redis_user,
             redis_prefix: key.redis_prefix(),
@@ -453,6 +463,16 @@ impl Inventory {
                     .exists(),
             ));
         }
+        for id in &self.builds {
+            out.push((
+                format!("build log build-logs/{id}.log"),
+                data.join("build-logs").join(format!("{id}.log")).exists(),
+            ));
+        }
+        out.push((
+            format!("work dir builds/{}", self.app),
+            data.join("builds").join(&self.app).exists(),
+        ));
         out.push((
             format!("database {}", self.database),
             database_exists(&self.database),

@@ -1,15 +1,23 @@
-//! Keeping machine logs under a per-app cap.
+//! Keeping machine logs under a per-app cap and a per-machine rate.
 //!
 //! A runc machine writes its stdout and stderr straight into
 //! `logs/<app>/<machine>.log` (opened `O_APPEND` and handed to runc), so
-//! the file cannot be renamed away from under it. Every second the keeper
-//! looks at each app's directory; past the app's cap it drops the oldest
-//! rotated (`.log.1`) files and logs of machines that are gone, then cuts
-//! the largest log still written to: its last quarter of the cap is copied
-//! to `<machine>.log.1` and the file is truncated to zero, where the
-//! machine's next write lands (copy-truncate). Between two passes an app
-//! may exceed its cap by what it writes in a second.
+//! its logs outlive hangar and no relay sits in its way. Every second the
+//! keeper looks at each app's directory:
+//! - **Rate**: a live log that grew by more than the rate's second's
+//!   worth since the last pass is cut back to the first second's worth of
+//!   that growth (at a line end), and a line saying how much was dropped
+//!   is appended: what an app may keep is bounded per second, whatever it
+//!   prints (the rest of that second's output is lost, as journald's rate
+//!   limit loses it).
+//! - **Cap**: past the app's cap it drops the oldest rotated (`.log.1`)
+//!   files and logs of machines that are gone, then cuts the largest log
+//!   still written to: its last quarter of the cap is copied to
+//!   `<machine>.log.1` and the file is truncated to zero, where the
+//!   machine's next write lands (copy-truncate). Between two passes an app
+//!   may exceed its cap by what it writes in a second.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -22,41 +30,114 @@ use super::Agent;
 /// How often the keeper looks.
 const PASS: Duration = Duration::from_secs(1);
 
+/// How far back from a rate cut the keeper looks for a line end.
+const LINE_SEARCH: u64 = 64 * 1024;
+
+/// The keeper's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    /// All of one app's log files together, in bytes.
+    pub cap: u64,
+    /// Bytes one machine's log may grow by in a second.
+    pub rate: u64,
+}
+
+/// The length each live log had after the keeper's last pass.
+type Seen = HashMap<PathBuf, u64>;
+
 impl Agent {
-    /// Runs the keeper until `shutdown` (no cap: no keeper).
+    /// Runs the keeper until `shutdown` (no limits: no keeper).
     pub fn spawn_log_keeper(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let Some(cap) = self.inner.cfg.log_cap_bytes else {
+        let Some(limits) = self.inner.cfg.log_limits else {
             return;
         };
         let dir = self.inner.cfg.logs_dir.clone();
         tokio::spawn(async move {
+            let mut seen = Seen::new();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(PASS) => {}
                     _ = shutdown.changed() => return,
                 }
                 let dir = dir.clone();
-                let pass = tokio::task::spawn_blocking(move || keep_all(&dir, cap)).await;
-                if let Err(e) = pass {
-                    warn!("log keeper: {e}");
+                let pass = tokio::task::spawn_blocking(move || keep_all(&dir, limits, seen)).await;
+                match pass {
+                    Ok(s) => seen = s,
+                    Err(e) => {
+                        warn!("log keeper: {e}");
+                        seen = Seen::new();
+                    }
                 }
             }
         });
     }
 }
 
-fn keep_all(logs_dir: &Path, cap: u64) {
+fn keep_all(logs_dir: &Path, limits: LogLimits, seen: Seen) -> Seen {
+    let mut next = Seen::new();
     let Ok(apps) = fs::read_dir(logs_dir) else {
-        return;
+        return next;
     };
     for app in apps.flatten() {
         if app.file_type().is_ok_and(|t| t.is_dir()) {
             let dir = app.path();
-            if let Err(e) = keep_under(&dir, cap) {
+            if let Err(e) = limit_rate(&dir, limits.rate, &seen) {
+                warn!(dir = %dir.display(), "keeping logs under their rate: {e}");
+            }
+            if let Err(e) = keep_under(&dir, limits.cap) {
                 warn!(dir = %dir.display(), "keeping logs under their cap: {e}");
+            }
+            // What each live log holds now is the start of the next
+            // second's growth.
+            if let Ok(all) = files(&dir) {
+                for (path, len, _) in all {
+                    if !is_rotated(&path) {
+                        next.insert(path, len);
+                    }
+                }
             }
         }
     }
+    next
+}
+
+/// Cuts each live log of `dir` that grew by more than `rate` bytes since
+/// `seen` back to `rate` bytes of growth (at the last line end within
+/// them) and appends a line saying how much was dropped. A log not in
+/// `seen` (new, or after a restart) is measured from the next pass on.
+pub fn limit_rate(dir: &Path, rate: u64, seen: &Seen) -> std::io::Result<()> {
+    for (path, len, _) in files(dir)? {
+        let Some(&before) = seen.get(&path) else {
+            continue;
+        };
+        // A log cut by the cap since (or replaced) grew from zero.
+        let before = if len < before { 0 } else { before };
+        if is_rotated(&path) || len - before <= rate {
+            continue;
+        }
+        let mut f = fs::OpenOptions::new().read(true).append(true).open(&path)?;
+        let limit = before + rate;
+        let from = limit.saturating_sub(LINE_SEARCH).max(before);
+        f.seek(SeekFrom::Start(from))?;
+        let mut window = Vec::with_capacity((limit - from) as usize);
+        (&mut f).take(limit - from).read_to_end(&mut window)?;
+        let cut = match window.iter().rposition(|&b| b == b'\n') {
+            Some(i) => from + i as u64 + 1,
+            None => limit,
+        };
+        // What the machine writes between the stat and here goes too: it
+        // is over the rate as well.
+        let now = f.metadata()?.len();
+        f.set_len(cut)?;
+        let dropped = now.saturating_sub(cut);
+        let note = format!(
+            "[hangar] {dropped} bytes of output dropped: over the log rate limit of {} KiB/s\n",
+            rate / 1024
+        );
+        f.write_all(note.as_bytes())?;
+        info!(log = %path.display(), dropped, "log over its rate: cut");
+    }
+    Ok(())
 }
 
 /// One app's logs: what is in its directory, oldest first.
@@ -147,5 +228,54 @@ mod tests {
         // Under the cap: nothing changes.
         keep_under(dir.path(), cap).unwrap();
         assert!(dir.path().join("mch_a.log.1").exists());
+    }
+
+    #[test]
+    fn a_log_growing_past_its_rate_keeps_a_seconds_worth_and_says_what_was_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mch_a.log");
+        let quiet = dir.path().join("mch_b.log");
+        fs::write(&log, "earlier\n").unwrap();
+        fs::write(&quiet, "quiet\n").unwrap();
+        let mut seen = Seen::new();
+        seen.insert(log.clone(), 8);
+        seen.insert(quiet.clone(), 6);
+        // 10,000 lines of 10 bytes in one second, for a rate of 1,000.
+        let mut w = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        for i in 0..10_000 {
+            w.write_all(format!("line {i:04}\n").as_bytes()).unwrap();
+        }
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&quiet)
+            .unwrap()
+            .write_all(b"one more line\n")
+            .unwrap();
+        limit_rate(dir.path(), 1000, &seen).unwrap();
+        let text = fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // The earlier output, then whole lines of the first 1,000 bytes.
+        assert_eq!(lines[0], "earlier");
+        assert_eq!(lines[1], "line 0000");
+        assert_eq!(lines[100], "line 0099");
+        assert_eq!(
+            lines[101],
+            "[hangar] 99000 bytes of output dropped: over the log rate limit of 0 KiB/s"
+        );
+        assert_eq!(lines.len(), 102);
+        // A log under its rate, or not seen before, is left alone; the
+        // machine's appends go on after the note.
+        assert_eq!(
+            fs::read_to_string(&quiet).unwrap(),
+            "quiet\none more line\n"
+        );
+        w.write_all(b"after\n").unwrap();
+        assert!(
+            fs::read_to_string(&log)
+                .unwrap()
+                .ends_with("KiB/s\nafter\n")
+        );
+        limit_rate(dir.path(), 10, &Seen::new()).unwrap();
+        assert!(fs::read_to_string(&log).unwrap().ends_with("after\n"));
     }
 }

@@ -109,6 +109,17 @@ impl Store {
         .await
     }
 
+    /// The id of every build the store holds (of every app): what a log
+    /// or a directory named by a build must match to be kept.
+    pub async fn build_ids(&self) -> Result<std::collections::HashSet<String>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT id FROM builds")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     /// Atomically claims the next build (queued → building): round-robin
     /// by org, oldest first within an org, skipping apps that have a build
     /// running.
