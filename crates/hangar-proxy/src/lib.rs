@@ -101,6 +101,7 @@
 //! its `Upgrade` header; when the upstream answers 101 the two connections
 //! are joined byte for byte, and the tunnel counts as activity while open.
 
+mod admin;
 mod deadline;
 mod error;
 mod forward;
@@ -126,6 +127,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use admin::{
+    ADMIN_HEADER_TIMEOUT, ADMIN_LIMITS, AdminOptions, serve_metrics, serve_metrics_with,
+};
+pub use deadline::{BodyStalled, ProgressBody, RequestBodyError};
 pub use error::ProxyError;
 pub use options::{DEFAULT_LIMITS, EdgeOptions, HEADER_TIMEOUT, MAX_TIMEOUT, PoolLimits, Timeouts};
 pub use table::RouteTable;
@@ -358,77 +363,5 @@ fn serve_connection(
         if let Err(err) = result {
             tracing::debug!(%peer, %err, "client connection ended with an error");
         }
-    }
-}
-
-/// Serves `GET /metrics` (Prometheus text format) on the admin listener
-/// until `shutdown` resolves.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    routes: Arc<RouteTable>,
-    token_hash: Option<String>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ProxyError> {
-    let token_hash: Arc<Option<String>> = Arc::new(token_hash);
-    use http::{Response, StatusCode};
-    use http_body_util::Full;
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(err) => {
-                    tracing::warn!(%err, "admin accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let routes = Arc::clone(&routes);
-        let token_hash = Arc::clone(&token_hash);
-        tokio::spawn(async move {
-            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let routes = Arc::clone(&routes);
-                let token_hash = Arc::clone(&token_hash);
-                async move {
-                    // With a token, only `Authorization: Bearer <token>`
-                    // reads the metrics (compared as hashes).
-                    let allowed = match token_hash.as_ref() {
-                        None => true,
-                        Some(want) => req
-                            .headers()
-                            .get(http::header::AUTHORIZATION)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.strip_prefix("Bearer "))
-                            .is_some_and(|t| hangar_core::id::hash_token(t.trim()) == *want),
-                    };
-                    let resp = if !allowed {
-                        Response::builder()
-                            .status(StatusCode::UNAUTHORIZED)
-                            .header("www-authenticate", "Bearer")
-                            .body(Full::new(bytes::Bytes::from_static(
-                                b"metrics need the token in <data dir>/metrics-token\n",
-                            )))
-                    } else if req.uri().path() == "/metrics" {
-                        Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(bytes::Bytes::from(routes.render_metrics())))
-                    } else {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(bytes::Bytes::from_static(
-                                b"only /metrics here\n",
-                            )))
-                    };
-                    Ok::<_, std::convert::Infallible>(
-                        resp.unwrap_or_else(|_| Response::new(Full::new(bytes::Bytes::new()))),
-                    )
-                }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }

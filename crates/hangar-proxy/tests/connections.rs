@@ -516,3 +516,72 @@ async fn websocket_upgrades_are_tunnelled_and_count_as_activity() {
         .expect("idle once the tunnel closed");
     proxy.shutdown().await;
 }
+
+/// A connection to `to` from the loopback address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().unwrap())
+        .expect("binding a loopback source address");
+    socket.connect(to).await.expect("connecting")
+}
+
+#[tokio::test]
+async fn the_admin_port_caps_each_client_and_closes_silent_connections() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = std::sync::Arc::new(hangar_proxy::RouteTable::new("localhost"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let header_timeout = Duration::from_millis(600);
+    let task = tokio::spawn(hangar_proxy::serve_metrics_with(
+        listener,
+        routes,
+        Some(hangar_core::id::hash_token("s3cret")),
+        hangar_proxy::AdminOptions {
+            header_timeout,
+            limits: hangar_core::admission::ConnLimits {
+                total: 64,
+                per_client: 8,
+            },
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // One client holds its 8 places with silent connections; its 9th is
+    // closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(connect_from("127.0.0.5", addr).await);
+    }
+    let started = Instant::now();
+    let mut ninth = connect_from("127.0.0.5", addr).await;
+    closed_within(&mut ninth, Duration::from_millis(300)).await;
+    // Another client reads the metrics meanwhile.
+    let mut other = connect_from("127.0.0.6", addr).await;
+    other
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut other).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // The silent ones are closed at the header deadline, not before.
+    for s in &mut silent {
+        closed_within(s, header_timeout * 3).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= header_timeout - Duration::from_millis(100),
+        "closed after {took:?}"
+    );
+    // Their places are free again.
+    let mut again = connect_from("127.0.0.5", addr).await;
+    again
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut again).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    let _ = stop.send(());
+    let _ = task.await;
+}
