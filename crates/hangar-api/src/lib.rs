@@ -67,6 +67,8 @@ pub struct ApiConfig {
     pub quotas: quota::Quotas,
     /// Memory of a deploy's machine when its hangar.toml names none (MiB).
     pub default_memory_mb: u64,
+    /// How long a request body may go without a byte (408 past it).
+    pub body_progress: std::time::Duration,
 }
 
 impl ApiConfig {
@@ -102,5 +104,6 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    listen::serve(listener, router(state), listen::LIMITS, shutdown).await
+    let progress = state.cfg.body_progress;
+    listen::serve(listener, router(state), listen::LIMITS, progress, shutdown).await
 }

@@ -1,10 +1,19 @@
 //! The API's listener: hyper directly, so every connection has a deadline
-//! for its request headers (and so for idling between requests) and the
-//! listener has caps on connections in total and per client address.
-//! `axum::serve` has neither: 2,000 silent connections held its file
-//! descriptors for ever.
+//! for its request headers (and so for idling between requests), every
+//! request body one for its progress, and the listener has caps on
+//! connections in total and per client address. `axum::serve` has none of
+//! these: 2,000 silent connections held its file descriptors for ever.
+//!
+//! A body that stops arriving ([`hangar_proxy::ProgressBody`]: no byte for
+//! the body-progress timeout while a handler waits for one) fails the
+//! handler's read; whatever the handler then answers, the client gets a
+//! 408 naming the timeout and the connection is closed.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -31,11 +40,64 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// How long a request body may go without a byte while a handler waits
+/// for one, unless the operator sets another (`--api-body-progress-secs`).
+pub const BODY_PROGRESS: Duration = Duration::from_secs(30);
+
+/// A request body that records, in a flag the connection's service reads,
+/// that it stopped arriving.
+struct Watched {
+    body: hangar_proxy::ProgressBody,
+    stalled: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = hangar_proxy::RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(hangar_proxy::RequestBodyError::Stalled(_)))) = &polled {
+            self.stalled.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The answer to a request whose body stopped arriving.
+fn stalled_answer(progress: Duration) -> axum::response::Response {
+    let mut answer = axum::response::IntoResponse::into_response(crate::error::ApiError::new(
+        http::StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request body stopped arriving: no byte for {} s",
+            progress.as_secs()
+        ),
+    ));
+    answer.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    answer
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; a request body
+/// with no byte for `body_progress` is answered 408.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    body_progress: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let admission = Admission::new(limits);
@@ -70,7 +132,20 @@ pub async fn serve(
                 let router = router.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                     let mut router = router.clone();
-                    tower_service::Service::call(&mut router, req)
+                    let stalled = Arc::new(AtomicBool::new(false));
+                    let req = req.map(|body| {
+                        axum::body::Body::new(Watched {
+                            body: hangar_proxy::ProgressBody::new(body, body_progress),
+                            stalled: stalled.clone(),
+                        })
+                    });
+                    async move {
+                        let answer = tower_service::Service::call(&mut router, req).await;
+                        if stalled.load(Ordering::Relaxed) {
+                            return Ok(stalled_answer(body_progress));
+                        }
+                        answer
+                    }
                 });
                 let conn = http
                     .serve_connection(TokioIo::new(stream), service)

@@ -59,12 +59,9 @@ async fn find_app(state: &ApiState, caller: &Caller, name: &str) -> Result<App, 
     }
 }
 
-/// How long an upload may go without a byte arriving before it is
-/// abandoned (408).
-pub(crate) const UPLOAD_PROGRESS: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Streams the upload into `uploads_dir`, enforcing the size cap and
-/// [`UPLOAD_PROGRESS`].
+/// Streams the upload into `uploads_dir`, enforcing the size cap. An
+/// upload that stops arriving fails its read here (the file is removed)
+/// and the listener answers 408 (see [`crate::listen`]).
 pub(crate) async fn save_upload(
     state: &ApiState,
     headers: &HeaderMap,
@@ -98,21 +95,7 @@ pub(crate) async fn save_upload(
         .map_err(ApiError::internal)?;
     let mut total: u64 = 0;
     let result = async {
-        // A client that stops sending holds a connection and a file: each
-        // chunk must arrive within UPLOAD_PROGRESS of the last.
-        let stalled = || {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the upload stopped arriving: no byte for {} s",
-                    UPLOAD_PROGRESS.as_secs()
-                ),
-            )
-        };
-        while let Some(chunk) = tokio::time::timeout(UPLOAD_PROGRESS, stream.next())
-            .await
-            .map_err(|_| stalled())?
-        {
+        while let Some(chunk) = stream.next().await {
             let chunk =
                 chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
             total += chunk.len() as u64;

@@ -58,11 +58,11 @@ impl Deadline {
 /// The client sent no request body byte within the body-progress timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent no request body byte within {} ms", .0.as_millis())]
-pub(crate) struct BodyStalled(pub(crate) Duration);
+pub struct BodyStalled(pub Duration);
 
 /// Why a request body stream ended early.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RequestBodyError {
+pub enum RequestBodyError {
     /// Reading from the client failed (reset, malformed chunking).
     #[error(transparent)]
     Client(hyper::Error),
@@ -74,9 +74,10 @@ pub(crate) enum RequestBodyError {
 /// The request body as it goes upstream: the client's, failing with
 /// [`BodyStalled`] when no frame arrives within `timeout` of the upstream
 /// asking for one. The upstream connection then aborts the request and
-/// closes, so nothing is left holding the upstream either.
+/// closes, so nothing is left holding the upstream either. The API's
+/// listener wraps its request bodies in it too.
 #[derive(Debug)]
-pub(crate) struct ProgressBody {
+pub struct ProgressBody {
     /// The client's body; `None` for the empty body of a replayed request.
     inner: Option<Incoming>,
     timeout: Duration,
@@ -84,7 +85,8 @@ pub(crate) struct ProgressBody {
 }
 
 impl ProgressBody {
-    pub(crate) fn new(inner: Incoming, timeout: Duration) -> Self {
+    /// `inner`, failing once no frame arrives within `timeout` of a wait.
+    pub fn new(inner: Incoming, timeout: Duration) -> Self {
         ProgressBody {
             inner: Some(inner),
             timeout,

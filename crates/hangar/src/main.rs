@@ -123,6 +123,10 @@ enum Command {
         /// that second's output is dropped, with a line saying how much.
         #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
         app_log_rate_kb: u64,
+        /// Seconds an API request body (an upload, a JSON body) may go
+        /// without a byte before it is answered 408 and its connection closed.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        api_body_progress_secs: u64,
         /// Apps each organisation may have.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         org_max_apps: u32,
@@ -341,6 +345,7 @@ async fn run(cli: Cli) -> Result<()> {
             trusted_proxies,
             app_log_max_mb,
             app_log_rate_kb,
+            api_body_progress_secs,
             org_max_apps,
             org_max_machines,
             org_max_memory_mb,
@@ -390,6 +395,7 @@ async fn run(cli: Cli) -> Result<()> {
                 trusted_proxies,
                 app_log_max_mb,
                 app_log_rate_kb,
+                api_body_progress_secs,
                 quotas: hangar_api::quota::Quotas {
                     apps: org_max_apps,
                     machines: org_max_machines,

@@ -66,6 +66,8 @@ pub struct UpOptions {
     pub build_log_max_mb: u64,
     /// KiB a second one machine's log may grow by; the rest is dropped.
     pub app_log_rate_kb: u64,
+    /// Seconds an API request body may go without a byte (408 past it).
+    pub api_body_progress_secs: u64,
     /// An app's build logs together, in MiB (0: only its newest is kept).
     pub build_logs_per_app_mb: u64,
     /// Postgres server for apps' databases (none: Hangar's own cluster
@@ -421,6 +423,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             single_tenant,
             quotas: opts.quotas,
             default_memory_mb: opts.memory_mb,
+            body_progress: Duration::from_secs(opts.api_body_progress_secs),
         }),
     };
     tasks.spawn({

@@ -245,29 +245,66 @@ fn start_upload(p: &TestPlatform, app: &str, first: &[u8]) -> TcpStream {
     conn
 }
 
-#[test]
-fn an_upload_that_stops_arriving_is_abandoned_and_leaves_no_file() {
-    support::require_runc_and_root();
-    let p = TestPlatform::start();
-    // Announces 1 MiB, sends 10 bytes, then nothing.
-    let mut conn = start_upload(&p, "trickle", &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);
-    let started = Instant::now();
+/// Reads what the server sends on `conn` until it closes (at most 60 s):
+/// the answer, and how long after `since` it closed.
+fn answer_until_closed(conn: &mut TcpStream, since: Instant) -> (String, Duration) {
     conn.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     let mut answer = Vec::new();
     let _ = conn.read_to_end(&mut answer);
-    let took = started.elapsed();
-    let answer = String::from_utf8_lossy(&answer);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        since.elapsed(),
+    )
+}
+
+#[test]
+fn request_bodies_that_stop_arriving_are_abandoned_and_leave_no_file() {
+    support::require_runc_and_root();
+    let p = TestPlatform::start_with(&["--driver", "runc", "--api-body-progress-secs", "3"]);
+    // An upload announcing 1 MiB sends 10 bytes, then nothing.
+    let mut conn = start_upload(&p, "trickle", &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);
+    let (answer, took) = answer_until_closed(&mut conn, Instant::now());
     eprintln!("a stalled upload was answered after {took:?}: {answer}");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("stopped arriving"), "{answer}");
-    assert!(took < Duration::from_secs(45), "{took:?}");
+    assert!(
+        answer.contains("stopped arriving: no byte for 3 s"),
+        "{answer}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
     let left: Vec<_> = std::fs::read_dir(p.data_dir().join("uploads"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "the stalled upload left {left:?}");
+
+    // So does a small JSON body (read whole by its handler): 40 bytes
+    // announced, 12 sent.
+    let addr: SocketAddr = p.api.trim_start_matches("http://").parse().unwrap();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "PUT /api/v1/apps/trickle/secrets HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"NAME\": \"va",
+        p.token
+    );
+    std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
+    let (answer, took) = answer_until_closed(&mut conn, Instant::now());
+    eprintln!("a stalled JSON body was answered after {took:?}: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Nothing was set, and the API answers everyone else.
+    let (code, body) = p.call(
+        "GET",
+        "/api/v1/apps/trickle/secrets",
+        serde_json::Value::Null,
+    );
+    assert!(
+        code == 404 || !body.to_string().contains("NAME"),
+        "{code} {body}"
+    );
+    let apps = p.api_get("/api/v1/apps");
+    assert!(apps.is_object(), "{apps}");
 }
 
 #[test]
