@@ -248,9 +248,22 @@ impl Agent {
                         continue;
                     }
                     MachineState::Suspending => {
-                        store
-                            .set_machine_state(&m.id, MachineState::Suspended, m.pid, None)
-                            .await?;
+                        // Hangar may have died before the freeze: the row
+                        // says suspended only once the processes are frozen.
+                        let driver = &self.inner.driver;
+                        let state = if driver.is_frozen(&m.id) == Some(true) {
+                            MachineState::Suspended
+                        } else {
+                            match driver.pause(&m.id, pid_of(&m)).await {
+                                Ok(()) => MachineState::Suspended,
+                                Err(e) => {
+                                    warn!(machine = %m.id, "finishing an interrupted suspend: {e}; it keeps running");
+                                    MachineState::Started
+                                }
+                            }
+                        };
+                        info!(machine = %m.id, %state, "finished an interrupted suspend");
+                        store.set_machine_state(&m.id, state, m.pid, None).await?;
                     }
                     MachineState::Starting => {
                         store

@@ -370,6 +370,16 @@ impl Driver {
         }
     }
 
+    /// Whether the machine's processes are frozen now (its cgroup's freezer
+    /// file, v1 or v2); `None` when that cannot be read (the process
+    /// driver, or no such cgroup).
+    pub fn is_frozen(&self, id: &str) -> Option<bool> {
+        match self {
+            Driver::Runc { .. } => frozen_cgroup(id),
+            Driver::Process => None,
+        }
+    }
+
     /// Thaws a paused machine. With runc this writes the freezer state
     /// directly (what `runc resume` does) when the cgroup is where Hangar
     /// put it: a resume is on the path of a waiting request, and sparing a
@@ -454,6 +464,17 @@ fn thaw_cgroup(id: &str) -> bool {
     }
     let v2 = format!("/sys/fs/cgroup/hangar/{id}/cgroup.freeze");
     fs::write(v2, "0").is_ok()
+}
+
+/// Whether a machine's cgroup is frozen (v1 `freezer.state` FROZEN, v2
+/// `cgroup.freeze` 1); `None` if neither file can be read.
+fn frozen_cgroup(id: &str) -> Option<bool> {
+    let v1 = format!("/sys/fs/cgroup/freezer/hangar/{id}/freezer.state");
+    if let Ok(s) = fs::read_to_string(v1) {
+        return Some(s.trim() == "FROZEN");
+    }
+    let v2 = format!("/sys/fs/cgroup/hangar/{id}/cgroup.freeze");
+    fs::read_to_string(v2).ok().map(|s| s.trim() == "1")
 }
 
 /// Puts every machine under one memory and pids limit (the `hangar`

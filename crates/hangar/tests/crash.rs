@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use hangar_core::status::MachineState;
 use serde_json::{Value, json};
 use support::{TestPlatform, example, free_port, wait_for};
 
@@ -223,6 +224,25 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
         json!({"image": "toolbox:v1", "init": {"cmd": ["sleep"]},
                "restart": {"policy": "always", "max_retries": 3}}),
     );
+    // A machine that hangar dies suspending (the row already says
+    // `suspending`, the freeze not yet done), alone behind its app's host.
+    let (code, body) = p.call("POST", "/v1/apps", json!({"app_name": "sleeper"}));
+    assert_eq!(code, 201, "{body}");
+    let (code, m) = p.call(
+        "POST",
+        "/v1/apps/sleeper/machines",
+        json!({"config": {"image": "toolbox:v1", "env": {"TOOLBOX_REPLY": "awake"},
+               "guest": {"memory_mb": 64},
+               "services": [{"internal_port": 8080, "autostop": "suspend",
+                             "autostart": true, "idle_timeout": "1h"}]}}),
+    );
+    assert_eq!(code, 200, "{m}");
+    let sleeper = m["id"].as_str().expect("a machine id").to_owned();
+    wait_for(20, "sleeper to answer", || {
+        p.try_get("sleeper", "/", Duration::from_secs(2))
+            .ok()
+            .filter(|(code, body)| *code == 200 && body.contains("awake"))
+    });
     let slow_pid = pid(&p, "toolbox", &slow).expect("the slow machine runs");
     let down_pid = pid(&p, "toolbox", &dies_while_down).expect("a machine runs");
     let after_pid = pid(&p, "toolbox", &dies_after).expect("a machine runs");
@@ -302,6 +322,9 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
     std::fs::write(stale_work.join(".hangar-app-id"), "app_0rphan0000000000").unwrap();
     let live_work = data.join("builds").join("hello");
     assert!(live_work.exists(), "hello's work dir");
+    // The suspend hangar died in: its row was written, the freeze not done.
+    set_state(&p, &sleeper, MachineState::Suspending);
+    assert_eq!(frozen(&sleeper), Some(false));
 
     let restart_began = Instant::now();
     p.restart();
@@ -319,6 +342,19 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
         "a deleted app's work dir is still there"
     );
     assert!(live_work.exists(), "a live app's work dir was collected");
+
+    // The interrupted suspend is finished: the row says suspended only
+    // once the processes are frozen, and a request wakes it.
+    let (code, m) = p.call(
+        "GET",
+        &format!("/v1/apps/sleeper/machines/{sleeper}"),
+        Value::Null,
+    );
+    assert_eq!((code, m["state"].as_str()), (200, Some("suspended")), "{m}");
+    assert_eq!(frozen(&sleeper), Some(true), "suspended but not frozen");
+    let (code, body) = p.get("sleeper", "/");
+    assert_eq!((code, body.contains("awake")), (200, true), "{body}");
+    assert_eq!(frozen(&sleeper), Some(false), "woken but still frozen");
 
     // The interrupted stop is finished, in the direction it was going.
     wait_for(45, "the interrupted stop to finish", || {
@@ -373,6 +409,33 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
 }
 
 /// True once `pid` is gone or a zombie.
+/// Writes a machine's state into the store of a stopped hangar: what a
+/// crash right after that write leaves.
+fn set_state(p: &TestPlatform, id: &str, state: MachineState) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = hangar_store::Store::open(&p.data_dir().join("state.db")).unwrap();
+        let m = store.machine(id).await.unwrap().expect("the machine's row");
+        store
+            .set_machine_state(id, state, m.pid, None)
+            .await
+            .unwrap();
+    });
+}
+
+/// Whether a machine's processes are frozen (cgroup v1 or v2 freezer).
+fn frozen(id: &str) -> Option<bool> {
+    let v1 = format!("/sys/fs/cgroup/freezer/hangar/{id}/freezer.state");
+    if let Ok(s) = std::fs::read_to_string(v1) {
+        return Some(s.trim() == "FROZEN");
+    }
+    let v2 = format!("/sys/fs/cgroup/hangar/{id}/cgroup.freeze");
+    std::fs::read_to_string(v2).ok().map(|s| s.trim() == "1")
+}
+
 fn driver_gone(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
