@@ -90,6 +90,9 @@ pub struct BuildConfig {
     /// A build whose log grows past this many bytes is stopped (a build
     /// that prints without end would fill the disk).
     pub max_log_bytes: u64,
+    /// Bytes a second a running build's log may grow by; the rest of that
+    /// second's output is dropped, with a note.
+    pub log_rate: u64,
     /// An app's build logs together: past it, its oldest logs are removed
     /// after each build (its newest is always kept).
     pub app_logs_cap: u64,

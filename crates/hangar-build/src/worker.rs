@@ -42,11 +42,27 @@ pub enum Cancel {
     Finished(Build),
 }
 
-/// Resolves once the file at `log` is larger than `max` bytes (checked
-/// every 250 ms); never while it stays under.
-async fn log_outgrows(log: &std::path::Path, max: u64) {
+/// Keeps a running build's log under `rate` bytes a second (each second
+/// what it grew by past that is cut, with a note: see
+/// [`hangar_core::log_rate`]) and resolves once it is larger than `max`
+/// bytes (checked every 250 ms); never while it stays under.
+async fn watch_log(log: &std::path::Path, max: u64, rate: u64) {
+    let mut before = tokio::fs::metadata(log).await.map_or(0, |m| m.len());
+    let mut tick: u32 = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        tick = tick.wrapping_add(1);
+        if tick.is_multiple_of(4) {
+            let path = log.to_owned();
+            let cut = tokio::task::spawn_blocking(move || {
+                hangar_core::log_rate::cut_to_rate(&path, before, rate)
+            })
+            .await;
+            if let Ok(Ok(Some(dropped))) = cut {
+                warn!(log = %log.display(), dropped, "build log over its rate: cut");
+            }
+            before = tokio::fs::metadata(log).await.map_or(0, |m| m.len());
+        }
         if tokio::fs::metadata(log).await.is_ok_and(|m| m.len() > max) {
             return;
         }
@@ -214,7 +230,7 @@ impl Builder {
                 self.kill_build(&id, task).await;
                 append(&log, "==> build cancelled; everything it ran was killed\n").await;
             }
-            _ = log_outgrows(&log, self.inner.cfg.max_log_bytes) => {
+            _ = watch_log(&log, self.inner.cfg.max_log_bytes, self.inner.cfg.log_rate) => {
                 self.kill_build(&id, task).await;
                 let reason = format!(
                     "its log passed {} MiB (hangar up --build-log-max-mb); everything it ran was killed",

@@ -13,8 +13,9 @@
 //! - [`resource`]: the resources an app declares in its code.
 //! - [`status`]: the lifecycle states of builds, releases and machines.
 //! - [`supervise`]: panic containment for tasks and long-lived loops.
+//! - [`log_rate`]: the rate limit of logs tenants write straight into files.
 //!
-//! This crate does no I/O of its own except in [`archive`], and knows nothing of
+//! This crate does no I/O of its own except in [`archive`] and [`log_rate`], and knows nothing of
 //! HTTP, SQL or runc.
 
 pub mod admission;
@@ -23,6 +24,7 @@ pub mod archive;
 pub mod check;
 pub mod duration;
 pub mod id;
+pub mod log_rate;
 pub mod machine;
 pub mod name;
 pub mod resource;

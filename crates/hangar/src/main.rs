@@ -102,6 +102,10 @@ enum Command {
         /// oldest are removed after each build (0: only the newest is kept).
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
         build_logs_per_app_mb: u64,
+        /// KiB a second a running build's log may grow by: past it the rest
+        /// of that second's output is dropped, with a line saying how much.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+        build_log_rate_kb: u64,
         /// Private IPv4 subnet runc machines get their own addresses from
         /// (each machine has a network namespace of its own).
         #[arg(long, default_value = "10.201.0.0/16")]
@@ -340,6 +344,7 @@ async fn run(cli: Cli) -> Result<()> {
             org_max_queued_builds,
             build_log_max_mb,
             build_logs_per_app_mb,
+            build_log_rate_kb,
             machine_subnet,
             egress,
             trusted_proxies,
@@ -387,6 +392,7 @@ async fn run(cli: Cli) -> Result<()> {
                 org_max_queued_builds,
                 build_log_max_mb,
                 build_logs_per_app_mb,
+                build_log_rate_kb,
                 postgres_url: servers.postgres_url,
                 redis_url: servers.redis_url,
                 nats_url: servers.nats_url,

@@ -70,6 +70,8 @@ pub struct UpOptions {
     pub api_body_progress_secs: u64,
     /// An app's build logs together, in MiB (0: only its newest is kept).
     pub build_logs_per_app_mb: u64,
+    /// KiB a second a running build's log may grow by.
+    pub build_log_rate_kb: u64,
     /// Postgres server for apps' databases (none: Hangar's own cluster
     /// under the data dir if PostgreSQL is installed, else apps declaring
     /// one fail to deploy with a message saying so).
@@ -305,6 +307,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             workers: opts.build_workers,
             max_queued_per_org: opts.org_max_queued_builds,
             max_log_bytes: opts.build_log_max_mb << 20,
+            log_rate: opts.build_log_rate_kb << 10,
             app_logs_cap: opts.build_logs_per_app_mb << 20,
             shared_target_root: opts.build_target_root.is_some(),
         },

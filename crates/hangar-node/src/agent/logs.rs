@@ -4,12 +4,11 @@
 //! `logs/<app>/<machine>.log` (opened `O_APPEND` and handed to runc), so
 //! its logs outlive hangar and no relay sits in its way. Every second the
 //! keeper looks at each app's directory:
-//! - **Rate**: a live log that grew by more than the rate's second's
-//!   worth since the last pass is cut back to the first second's worth of
-//!   that growth (at a line end), and a line saying how much was dropped
-//!   is appended: what an app may keep is bounded per second, whatever it
-//!   prints (the rest of that second's output is lost, as journald's rate
-//!   limit loses it).
+//! - **Rate**: a live log that grew by more than a second's worth of the
+//!   rate since the last pass is cut back to that, with a note saying how
+//!   much was dropped ([`hangar_core::log_rate`]): what an app may keep is
+//!   bounded per second, whatever it prints (the rest of that second's
+//!   output is lost, as journald's rate limit loses it).
 //! - **Cap**: past the app's cap it drops the oldest rotated (`.log.1`)
 //!   files and logs of machines that are gone, then cuts the largest log
 //!   still written to: its last quarter of the cap is copied to
@@ -29,9 +28,6 @@ use super::Agent;
 
 /// How often the keeper looks.
 const PASS: Duration = Duration::from_secs(1);
-
-/// How far back from a rate cut the keeper looks for a line end.
-const LINE_SEARCH: u64 = 64 * 1024;
 
 /// The keeper's limits.
 #[derive(Debug, Clone, Copy)]
@@ -102,40 +98,20 @@ fn keep_all(logs_dir: &Path, limits: LogLimits, seen: Seen) -> Seen {
 }
 
 /// Cuts each live log of `dir` that grew by more than `rate` bytes since
-/// `seen` back to `rate` bytes of growth (at the last line end within
-/// them) and appends a line saying how much was dropped. A log not in
-/// `seen` (new, or after a restart) is measured from the next pass on.
+/// `seen` back to that (see [`hangar_core::log_rate::cut_to_rate`]). A
+/// log not in `seen` (new, or after a restart) is measured from the next
+/// pass on.
 pub fn limit_rate(dir: &Path, rate: u64, seen: &Seen) -> std::io::Result<()> {
-    for (path, len, _) in files(dir)? {
+    for (path, _, _) in files(dir)? {
         let Some(&before) = seen.get(&path) else {
             continue;
         };
-        // A log cut by the cap since (or replaced) grew from zero.
-        let before = if len < before { 0 } else { before };
-        if is_rotated(&path) || len - before <= rate {
+        if is_rotated(&path) {
             continue;
         }
-        let mut f = fs::OpenOptions::new().read(true).append(true).open(&path)?;
-        let limit = before + rate;
-        let from = limit.saturating_sub(LINE_SEARCH).max(before);
-        f.seek(SeekFrom::Start(from))?;
-        let mut window = Vec::with_capacity((limit - from) as usize);
-        (&mut f).take(limit - from).read_to_end(&mut window)?;
-        let cut = match window.iter().rposition(|&b| b == b'\n') {
-            Some(i) => from + i as u64 + 1,
-            None => limit,
-        };
-        // What the machine writes between the stat and here goes too: it
-        // is over the rate as well.
-        let now = f.metadata()?.len();
-        f.set_len(cut)?;
-        let dropped = now.saturating_sub(cut);
-        let note = format!(
-            "[hangar] {dropped} bytes of output dropped: over the log rate limit of {} KiB/s\n",
-            rate / 1024
-        );
-        f.write_all(note.as_bytes())?;
-        info!(log = %path.display(), dropped, "log over its rate: cut");
+        if let Some(dropped) = hangar_core::log_rate::cut_to_rate(&path, before, rate)? {
+            info!(log = %path.display(), dropped, "log over its rate: cut");
+        }
     }
     Ok(())
 }
@@ -231,51 +207,25 @@ mod tests {
     }
 
     #[test]
-    fn a_log_growing_past_its_rate_keeps_a_seconds_worth_and_says_what_was_dropped() {
+    fn only_logs_seen_before_and_past_their_rate_are_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("mch_a.log");
-        let quiet = dir.path().join("mch_b.log");
-        fs::write(&log, "earlier\n").unwrap();
-        fs::write(&quiet, "quiet\n").unwrap();
-        let mut seen = Seen::new();
-        seen.insert(log.clone(), 8);
-        seen.insert(quiet.clone(), 6);
-        // 10,000 lines of 10 bytes in one second, for a rate of 1,000.
-        let mut w = fs::OpenOptions::new().append(true).open(&log).unwrap();
-        for i in 0..10_000 {
-            w.write_all(format!("line {i:04}\n").as_bytes()).unwrap();
+        let (loud, quiet, new) = (
+            dir.path().join("mch_a.log"),
+            dir.path().join("mch_b.log"),
+            dir.path().join("mch_c.log"),
+        );
+        for p in [&loud, &quiet, &new] {
+            fs::write(p, "x\n".repeat(1000)).unwrap();
         }
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&quiet)
-            .unwrap()
-            .write_all(b"one more line\n")
-            .unwrap();
-        limit_rate(dir.path(), 1000, &seen).unwrap();
-        let text = fs::read_to_string(&log).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        // The earlier output, then whole lines of the first 1,000 bytes.
-        assert_eq!(lines[0], "earlier");
-        assert_eq!(lines[1], "line 0000");
-        assert_eq!(lines[100], "line 0099");
+        let seen: Seen = [(loud.clone(), 0), (quiet.clone(), 1990)].into();
+        limit_rate(dir.path(), 100, &seen).unwrap();
+        let lines = |p: &Path| fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!(lines(&loud), 51, "50 lines and the note");
+        assert_eq!(lines(&quiet), 1000);
         assert_eq!(
-            lines[101],
-            "[hangar] 99000 bytes of output dropped: over the log rate limit of 0 KiB/s"
+            lines(&new),
+            1000,
+            "a log not seen before is measured from now on"
         );
-        assert_eq!(lines.len(), 102);
-        // A log under its rate, or not seen before, is left alone; the
-        // machine's appends go on after the note.
-        assert_eq!(
-            fs::read_to_string(&quiet).unwrap(),
-            "quiet\none more line\n"
-        );
-        w.write_all(b"after\n").unwrap();
-        assert!(
-            fs::read_to_string(&log)
-                .unwrap()
-                .ends_with("KiB/s\nafter\n")
-        );
-        limit_rate(dir.path(), 10, &Seen::new()).unwrap();
-        assert!(fs::read_to_string(&log).unwrap().ends_with("after\n"));
     }
 }
