@@ -92,6 +92,35 @@ fn an_idle_app_stops_and_fifty_requests_wake_it_once() {
 }
 
 #[test]
+fn a_machine_with_a_request_in_flight_is_not_stopped_past_its_idle_timeout() {
+    let p = platform("busy");
+    let id = serving_machine(&p, "busy", "stop", 0);
+    wait_for(10, "the machine to answer", || {
+        (p.get("busy", "/").0 == 200).then_some(())
+    });
+    // One request held for 5 s, five times the idle timeout: the idle loop
+    // (every 500 ms) must see it in flight and leave the machine alone.
+    let state_during = std::thread::scope(|s| {
+        let held = s.spawn(|| p.try_get("busy", "/hold/5000", std::time::Duration::from_secs(20)));
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let (code, m) = p.call("GET", &format!("/v1/apps/busy/machines/{id}"), Value::Null);
+        assert_eq!(code, 200, "{m}");
+        let answer = held.join().unwrap();
+        assert_eq!(
+            answer.as_ref().map(|(c, b)| (*c, b.as_str())),
+            Ok((200, "toolbox\n")),
+            "the held request was cut"
+        );
+        m["state"].as_str().unwrap_or_default().to_owned()
+    });
+    assert_eq!(state_during, "started", "stopped with a request in flight");
+    assert_eq!(transitions(&p, "busy", &id, "stopping"), 0);
+    // Once it is answered and the machine idles, it stops (the positive
+    // control: autostop works here).
+    wait_state(&p, "busy", &id, "stopped");
+}
+
+#[test]
 fn an_idle_app_is_suspended_and_resumed_by_a_request() {
     let p = platform("frozen");
     let id = serving_machine(&p, "frozen", "suspend", 0);

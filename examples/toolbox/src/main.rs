@@ -1,7 +1,8 @@
 //! A test program for machines, misbehaving on request:
 //!
 //! - `toolbox` (no argument): a tiny HTTP server on `$PORT` answering
-//!   `toolbox` (or `$TOOLBOX_REPLY`).
+//!   `toolbox` (or `$TOOLBOX_REPLY`); `GET /slow` after 400 ms, `GET
+//!   /hold/<ms>` after that many (at most a minute).
 //! - `toolbox alloc MB`: allocates and touches MB mebibytes, 16 MiB at a time,
 //!   printing its progress, then sleeps (an OOM test expects it to be killed).
 //! - `toolbox forkbomb`: spawns sleeping children until the system refuses,
@@ -87,9 +88,17 @@ fn serve() {
             let mut stream = stream;
             let mut buf = [0u8; 4096];
             let n = stream.read(&mut buf).unwrap_or(0);
-            // GET /slow answers after 400 ms, to hold requests in flight.
+            // GET /slow answers after 400 ms, to hold requests in flight;
+            // GET /hold/<ms> after that many (at most a minute).
             if buf[..n].starts_with(b"GET /slow ") {
                 std::thread::sleep(Duration::from_millis(400));
+            } else if let Some(rest) = buf[..n].strip_prefix(b"GET /hold/") {
+                let ms: u64 = String::from_utf8_lossy(rest)
+                    .split(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(ms.min(60_000)));
             }
             let _ = stream.write_all(answer);
         });
