@@ -90,7 +90,10 @@ fn three_thousand_silent_connections_take_nothing_from_other_clients() {
     );
 
     // Past its cap, the hostile client's connections were closed; hangar
-    // holds a bounded number of descriptors for it.
+    // holds a bounded number of descriptors, and of memory, for it.
+    let rss = p.rss_kb();
+    eprintln!("hangar RSS with the silent connections held: {rss} KiB");
+    assert!(rss < 256 * 1024, "hangar's RSS is {rss} KiB");
     let fds = open_fds(p.pid());
     assert!(
         fds < fds_before + 256 + 512 + 100,
@@ -118,6 +121,79 @@ fn three_thousand_silent_connections_take_nothing_from_other_clients() {
     drop(on_proxy);
     let (code, _) = p.get("hello", "/");
     assert_eq!(code, 200);
+}
+
+/// A `.tar.gz` of one extension header of `kind` claiming `claimed` bytes,
+/// followed by 10 MiB of `a`: about 10 KiB on the wire.
+fn lying_header(kind: tar::EntryType, claimed: u64) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(claimed);
+    h.set_path("././@LongLink").unwrap();
+    h.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(h.as_bytes()).unwrap();
+    gz.write_all(&vec![b'a'; 10 << 20]).unwrap();
+    gz.finish().unwrap()
+}
+
+#[test]
+fn hostile_archives_leave_hangar_up_small_and_deploying() {
+    use tar::EntryType as T;
+    let p = TestPlatform::start();
+    let rss_before = p.rss_kb();
+    let deploy = |archive: Vec<u8>| {
+        p.api_request("POST", "/api/v1/apps/evil/deploys", Some(&p.token), archive)
+    };
+    // Extension headers claiming 10 GiB (40 GiB for a global one): refused
+    // on the claim, nothing of it held in memory or written.
+    for (kind, claimed, what) in [
+        (T::GNULongName, 10u64 << 30, "GNU long name"),
+        (T::GNULongLink, 10 << 30, "GNU long link"),
+        (T::XHeader, 10 << 30, "PAX"),
+        (T::XGlobalHeader, 40 << 30, "PAX global"),
+        (T::XHeader, 100 << 20, "PAX of 100 MiB"),
+    ] {
+        let archive = lying_header(kind, claimed);
+        assert!(archive.len() < 64 << 10, "{} bytes", archive.len());
+        let (code, body) = deploy(archive);
+        // Refused on its claim: by the archive's size cap when the claim
+        // passes it, by the 64 KiB cap on header bodies otherwise.
+        assert_eq!(code, 413, "{what}: {body}");
+        assert!(body.contains("refused"), "{what}: {body}");
+    }
+    // A link chain that resolves out of the tree through its own links.
+    let chain = support::raw_targz(&[
+        (
+            "Cargo.toml",
+            T::Regular,
+            b"[package]\nname = \"evil\"\n",
+            None,
+        ),
+        ("a", T::Symlink, b"", Some(".")),
+        ("x", T::Symlink, b"", Some("a/a/a/../../../../etc/hostname")),
+    ]);
+    let (code, body) = deploy(chain);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("outside"), "{body}");
+
+    // Hangar is up, small, and kept nothing.
+    let rss_after = p.rss_kb();
+    eprintln!("hangar RSS: {rss_before} KiB before the hostile archives, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "hangar grew from {rss_before} to {rss_after} KiB"
+    );
+    for dir in ["uploads", "sources"] {
+        let left = std::fs::read_dir(p.data_dir().join(dir)).unwrap().count();
+        assert_eq!(left, 0, "{dir}/ kept {left} files");
+    }
+    assert_eq!(p.api_get("/api/v1/apps")["apps"], serde_json::json!([]));
+    // And the next legitimate deploy and request work.
+    let out = p.deploy(&example("hello"));
+    assert!(out.contains("is live"), "{out}");
+    assert_eq!(p.get("hello", "/").0, 200);
 }
 
 #[test]

@@ -308,6 +308,18 @@ impl TestPlatform {
             .expect("hangar up is running")
     }
 
+    /// The `hangar up` process's resident memory, in KiB (`VmRSS`).
+    #[allow(dead_code)]
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("hangar up is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+
     /// Kills hangar with SIGKILL (no chance to clean up) and waits for it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
