@@ -323,7 +323,7 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
     let live_work = data.join("builds").join("hello");
     assert!(live_work.exists(), "hello's work dir");
     // The suspend hangar died in: its row was written, the freeze not done.
-    set_state(&p, &sleeper, MachineState::Suspending);
+    p.set_machine_state(&sleeper, MachineState::Suspending);
     assert_eq!(frozen(&sleeper), Some(false));
 
     let restart_began = Instant::now();
@@ -409,23 +409,6 @@ fn kill9_mid_stop_and_machines_dying_while_down_are_recovered() {
 }
 
 /// True once `pid` is gone or a zombie.
-/// Writes a machine's state into the store of a stopped hangar: what a
-/// crash right after that write leaves.
-fn set_state(p: &TestPlatform, id: &str, state: MachineState) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = hangar_store::Store::open(&p.data_dir().join("state.db")).unwrap();
-        let m = store.machine(id).await.unwrap().expect("the machine's row");
-        store
-            .set_machine_state(id, state, m.pid, None)
-            .await
-            .unwrap();
-    });
-}
-
 /// Whether a machine's processes are frozen (cgroup v1 or v2 freezer).
 fn frozen(id: &str) -> Option<bool> {
     let v1 = format!("/sys/fs/cgroup/freezer/hangar/{id}/freezer.state");

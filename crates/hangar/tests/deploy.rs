@@ -248,21 +248,6 @@ fn a_container_a_destroy_left_fails_the_test() {
     assert!(p.leaked_containers().is_empty(), "a running app is no leak");
     let (id, _) = started_machine(&p, "hello");
     // Recorded destroyed behind hangar's back: the container stays.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = hangar_store::Store::open(&p.data_dir().join("state.db")).unwrap();
-        store
-            .set_machine_state(
-                &id,
-                hangar_core::status::MachineState::Destroyed,
-                None,
-                None,
-            )
-            .await
-            .unwrap();
-    });
+    p.set_machine_state(&id, hangar_core::status::MachineState::Destroyed);
     assert_eq!(p.leaked_containers(), [id]);
 }

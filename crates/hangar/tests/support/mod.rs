@@ -308,6 +308,27 @@ impl TestPlatform {
             .expect("hangar up is running")
     }
 
+    /// Writes a machine's state (its pid kept) straight into the store,
+    /// behind hangar's back: what a crash right after that write leaves,
+    /// or a row that lies about its machine.
+    #[allow(dead_code)]
+    pub fn set_machine_state(&self, id: &str, state: hangar_core::status::MachineState) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = hangar_store::Store::open(&self.data_dir().join("state.db")).unwrap();
+            let m = store.machine(id).await.unwrap().expect("the machine's row");
+            let pid = if state == hangar_core::status::MachineState::Destroyed {
+                None
+            } else {
+                m.pid
+            };
+            store.set_machine_state(id, state, pid, None).await.unwrap();
+        });
+    }
+
     /// The `hangar up` process's resident memory, in KiB (`VmRSS`).
     #[allow(dead_code)]
     pub fn rss_kb(&self) -> u64 {
