@@ -46,9 +46,14 @@ impl HangarRun {
             .arg(app)
             .args(["--release", "--port", &port.to_string(), "--data-dir"])
             .arg(data)
+            // A target dir of its own: the deploy tests' sandboxed builds
+            // of todo (another cargo home, source path and environment)
+            // share no fingerprint with a host build, so sharing theirs
+            // only made each side rebuild every dependency after the other,
+            // and, with the test lanes side by side, wait on its lock.
             .env(
                 "CARGO_TARGET_DIR",
-                workspace().join("target/hangar-apps/todo"),
+                workspace().join("target/hangar-apps/todo-local"),
             )
             .env_remove("HANGAR_POSTGRES_URL")
             .env_remove("HANGAR_REDIS_URL")
@@ -160,8 +165,7 @@ fn runs_todo_locally_with_local_postgres_memory_cache_and_dev_secrets() {
     };
     let resources_file = data.join("local/run/todo/resources.json");
 
-    // First run: builds (long only the first time: the deploy tests share
-    // this target dir), provisions, serves.
+    // First run: builds (long only the first time), provisions, serves.
     let started = Instant::now();
     let port = free_port();
     let mut run = HangarRun::start(&app, &data, port);
