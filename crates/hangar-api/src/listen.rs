@@ -36,9 +36,6 @@ pub const LIMITS: ConnLimits = ConnLimits {
 };
 /// How long in-flight requests may finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Pause after an accept error that is not about one connection (out of
-/// file descriptors), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How long a request body may go without a byte while a handler waits
 /// for one, unless the operator sets another (`--api-body-progress-secs`).
@@ -112,22 +109,8 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("API accept failed: {e}");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                };
-                let admitted = match admission.admit(peer.ip()) {
-                    Ok(a) => a,
-                    Err(why) => {
-                        tracing::debug!(%peer, ?why, "API connection refused: over its cap");
-                        continue; // dropping the stream closes it
-                    }
-                };
+            (stream, peer, admitted) =
+                hangar_proxy::accept_admitted(&listener, &admission, "API") => {
                 let _ = stream.set_nodelay(true);
                 let router = router.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::{ACCEPT_ERROR_BACKOFF, ProxyError, RouteTable};
+use crate::{ProxyError, RouteTable, accept_admitted};
 
 /// How long a client of the admin port has to send a request's headers.
 pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -83,23 +83,9 @@ pub async fn serve_metrics_with(
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, admitted) = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(err) => {
-                    tracing::warn!(%err, "admin accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let admitted = match admission.admit(peer.ip()) {
-            Ok(a) => a,
-            Err(why) => {
-                tracing::debug!(%peer, ?why, "admin connection refused: over its cap");
-                continue; // dropping the stream closes it
-            }
+            a = accept_admitted(&listener, &admission, "admin") => a,
         };
         let routes = Arc::clone(&routes);
         let token_hash = Arc::clone(&token_hash);

@@ -101,6 +101,7 @@
 //! its `Upgrade` header; when the upstream answers 101 the two connections
 //! are joined byte for byte, and the tunnel counts as activity while open.
 
+mod accept;
 mod admin;
 mod deadline;
 mod error;
@@ -112,7 +113,6 @@ mod trust;
 mod tunnel;
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -127,6 +127,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use accept::accept_admitted;
 pub use admin::{
     ADMIN_HEADER_TIMEOUT, ADMIN_LIMITS, AdminOptions, serve_metrics, serve_metrics_with,
 };
@@ -140,10 +141,6 @@ use forward::{ConnCtx, Shared};
 
 /// How long in-flight connections may run on after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Pause after an accept error that is not about one connection (e.g. out of
-/// file descriptors), so the loop does not spin while the condition lasts.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves until `shutdown` resolves; then stops accepting, lets in-flight
 /// connections finish (bounded, [`SHUTDOWN_GRACE`]), returns.
@@ -281,25 +278,13 @@ async fn worker(
                     _ => {}
                 }
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Ok(admitted) = admission.admit(peer.ip()) else {
-                        tracing::debug!(%peer, "client connection refused: over its cap");
-                        continue; // dropping the stream closes it
-                    };
-                    let conn = serve_connection(&http, &shared, stream, peer, stop.clone());
-                    connections.spawn(async move {
-                        let _admitted = admitted;
-                        conn.await
-                    });
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    if !is_per_connection_error(&err) {
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    }
-                }
-            },
+            (stream, peer, admitted) = accept_admitted(&listener, &admission, "client") => {
+                let conn = serve_connection(&http, &shared, stream, peer, stop.clone());
+                connections.spawn(async move {
+                    let _admitted = admitted;
+                    conn.await
+                });
+            }
         }
     }
     drop(listener);
@@ -311,19 +296,6 @@ async fn worker(
         );
         connections.shutdown().await;
     }
-}
-
-/// Errors that concern only the connection being accepted: retry at once.
-/// Anything else (EMFILE, ENFILE, ENOMEM, ENOBUFS, …) gets a short back-off.
-fn is_per_connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
 }
 
 /// Builds the future serving one client connection until it closes or, after
