@@ -77,19 +77,30 @@ fn keep_all(logs_dir: &Path, limits: LogLimits, seen: Seen) -> Seen {
     for app in apps.flatten() {
         if app.file_type().is_ok_and(|t| t.is_dir()) {
             let dir = app.path();
-            if let Err(e) = limit_rate(&dir, limits.rate, &seen) {
-                warn!(dir = %dir.display(), "keeping logs under their rate: {e}");
+            // The directory is listed once a pass, and again only after
+            // a cut changed what it holds.
+            let Ok(mut all) = files(&dir) else { continue };
+            match limit_rate(&all, limits.rate, &seen) {
+                Ok(0) => {}
+                Ok(_) => match files(&dir) {
+                    Ok(now) => all = now,
+                    Err(_) => continue,
+                },
+                Err(e) => warn!(dir = %dir.display(), "keeping logs under their rate: {e}"),
             }
-            if let Err(e) = keep_under(&dir, limits.cap) {
-                warn!(dir = %dir.display(), "keeping logs under their cap: {e}");
+            match keep_listed(all.clone(), limits.cap) {
+                Ok(false) => {}
+                Ok(true) => match files(&dir) {
+                    Ok(now) => all = now,
+                    Err(_) => continue,
+                },
+                Err(e) => warn!(dir = %dir.display(), "keeping logs under their cap: {e}"),
             }
             // What each live log holds now is the start of the next
             // second's growth.
-            if let Ok(all) = files(&dir) {
-                for (path, len, _) in all {
-                    if !is_rotated(&path) {
-                        next.insert(path, len);
-                    }
+            for (path, len, _) in all {
+                if !is_rotated(&path) {
+                    next.insert(path, len);
                 }
             }
         }
@@ -97,27 +108,34 @@ fn keep_all(logs_dir: &Path, limits: LogLimits, seen: Seen) -> Seen {
     next
 }
 
-/// Cuts each live log of `dir` that grew by more than `rate` bytes since
-/// `seen` back to that (see [`hangar_core::log_rate::cut_to_rate`]). A
-/// log not in `seen` (new, or after a restart) is measured from the next
-/// pass on.
-pub fn limit_rate(dir: &Path, rate: u64, seen: &Seen) -> std::io::Result<()> {
-    for (path, _, _) in files(dir)? {
-        let Some(&before) = seen.get(&path) else {
+/// Cuts each live log of a directory's listing `all` that grew by more
+/// than `rate` bytes since `seen` back to that (see
+/// [`hangar_core::log_rate::cut_to_rate`]); returns how many it cut. A log
+/// not in `seen` (new, or after a restart) is measured from the next pass
+/// on.
+fn limit_rate(all: &[Listed], rate: u64, seen: &Seen) -> std::io::Result<usize> {
+    let mut cut = 0;
+    for (path, len, _) in all {
+        let Some(&before) = seen.get(path) else {
             continue;
         };
-        if is_rotated(&path) {
+        // Within its rate as listed: no need to open it.
+        if is_rotated(path) || (*len >= before && len - before <= rate) {
             continue;
         }
-        if let Some(dropped) = hangar_core::log_rate::cut_to_rate(&path, before, rate)? {
+        if let Some(dropped) = hangar_core::log_rate::cut_to_rate(path, before, rate)? {
             info!(log = %path.display(), dropped, "log over its rate: cut");
+            cut += 1;
         }
     }
-    Ok(())
+    Ok(cut)
 }
 
+/// A log file of an app's directory: path, length, last write.
+type Listed = (PathBuf, u64, std::time::SystemTime);
+
 /// One app's logs: what is in its directory, oldest first.
-fn files(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64, std::time::SystemTime)>> {
+fn files(dir: &Path) -> std::io::Result<Vec<Listed>> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir)?.flatten() {
         let Ok(meta) = e.metadata() else { continue };
@@ -131,11 +149,17 @@ fn files(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64, std::time::SystemTime
 }
 
 /// Brings the logs in `dir` under `cap` bytes (see the module's doc).
-pub fn keep_under(dir: &Path, cap: u64) -> std::io::Result<()> {
-    let mut all = files(dir)?;
+#[cfg(test)]
+fn keep_under(dir: &Path, cap: u64) -> std::io::Result<()> {
+    keep_listed(files(dir)?, cap).map(|_| ())
+}
+
+/// Brings the logs of a directory's listing `all` under `cap` bytes;
+/// true if it removed or cut a file.
+fn keep_listed(mut all: Vec<Listed>, cap: u64) -> std::io::Result<bool> {
     let mut total: u64 = all.iter().map(|f| f.1).sum();
     if total <= cap {
-        return Ok(());
+        return Ok(false);
     }
     // A log not written for a minute is of a machine that stopped or is
     // gone: rotated files and those go first, oldest first.
@@ -148,7 +172,7 @@ pub fn keep_under(dir: &Path, cap: u64) -> std::io::Result<()> {
         true
     });
     if total <= cap {
-        return Ok(());
+        return Ok(true);
     }
     // Then the largest live log is cut, keeping its tail.
     if let Some((path, len, _)) = all
@@ -170,7 +194,7 @@ pub fn keep_under(dir: &Path, cap: u64) -> std::io::Result<()> {
         f.set_len(0)?;
         info!(log = %path.display(), bytes = len, "log over its app's cap: cut, its tail kept in .1");
     }
-    Ok(())
+    Ok(true)
 }
 
 fn is_rotated(path: &Path) -> bool {
@@ -218,7 +242,7 @@ mod tests {
             fs::write(p, "x\n".repeat(1000)).unwrap();
         }
         let seen: Seen = [(loud.clone(), 0), (quiet.clone(), 1990)].into();
-        limit_rate(dir.path(), 100, &seen).unwrap();
+        limit_rate(&files(dir.path()).unwrap(), 100, &seen).unwrap();
         let lines = |p: &Path| fs::read_to_string(p).unwrap().lines().count();
         assert_eq!(lines(&loud), 51, "50 lines and the note");
         assert_eq!(lines(&quiet), 1000);
