@@ -451,7 +451,7 @@ impl Driver {
 /// or v2 `cgroup.freeze`) and waiting until the kernel reports it thawed.
 /// False when the file is not there (the caller falls back to runc).
 fn thaw_cgroup(id: &str) -> bool {
-    let v1 = format!("/sys/fs/cgroup/freezer/hangar/{id}/freezer.state");
+    let (v1, v2) = freezer_files(id);
     if fs::write(&v1, "THAWED").is_ok() {
         for _ in 0..1000 {
             match fs::read_to_string(&v1) {
@@ -462,18 +462,25 @@ fn thaw_cgroup(id: &str) -> bool {
         }
         return false;
     }
-    let v2 = format!("/sys/fs/cgroup/hangar/{id}/cgroup.freeze");
     fs::write(v2, "0").is_ok()
+}
+
+/// A machine's freezer files: cgroup v1's `freezer.state` and v2's
+/// `cgroup.freeze` (where runc puts the machine's cgroup).
+fn freezer_files(id: &str) -> (String, String) {
+    (
+        format!("/sys/fs/cgroup/freezer/hangar/{id}/freezer.state"),
+        format!("/sys/fs/cgroup/hangar/{id}/cgroup.freeze"),
+    )
 }
 
 /// Whether a machine's cgroup is frozen (v1 `freezer.state` FROZEN, v2
 /// `cgroup.freeze` 1); `None` if neither file can be read.
 fn frozen_cgroup(id: &str) -> Option<bool> {
-    let v1 = format!("/sys/fs/cgroup/freezer/hangar/{id}/freezer.state");
+    let (v1, v2) = freezer_files(id);
     if let Ok(s) = fs::read_to_string(v1) {
         return Some(s.trim() == "FROZEN");
     }
-    let v2 = format!("/sys/fs/cgroup/hangar/{id}/cgroup.freeze");
     fs::read_to_string(v2).ok().map(|s| s.trim() == "1")
 }
 
