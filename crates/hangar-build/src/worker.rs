@@ -47,23 +47,30 @@ pub enum Cancel {
 /// [`hangar_core::log_rate`]) and resolves once it is larger than `max`
 /// bytes (checked every 250 ms); never while it stays under.
 async fn watch_log(log: &std::path::Path, max: u64, rate: u64) {
-    let mut before = tokio::fs::metadata(log).await.map_or(0, |m| m.len());
+    let len = async || tokio::fs::metadata(log).await.map_or(0, |m| m.len());
+    let mut before = len().await;
     let mut tick: u32 = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         tick = tick.wrapping_add(1);
+        let mut now = len().await;
+        // Once a second, what it grew by past its rate is cut (the file
+        // is opened only when it did).
         if tick.is_multiple_of(4) {
-            let path = log.to_owned();
-            let cut = tokio::task::spawn_blocking(move || {
-                hangar_core::log_rate::cut_to_rate(&path, before, rate)
-            })
-            .await;
-            if let Ok(Ok(Some(dropped))) = cut {
-                warn!(log = %log.display(), dropped, "build log over its rate: cut");
+            if now.saturating_sub(before) > rate {
+                let path = log.to_owned();
+                let cut = tokio::task::spawn_blocking(move || {
+                    hangar_core::log_rate::cut_to_rate(&path, before, rate)
+                })
+                .await;
+                if let Ok(Ok(Some(dropped))) = cut {
+                    warn!(log = %log.display(), dropped, "build log over its rate: cut");
+                }
+                now = len().await;
             }
-            before = tokio::fs::metadata(log).await.map_or(0, |m| m.len());
+            before = now;
         }
-        if tokio::fs::metadata(log).await.is_ok_and(|m| m.len() > max) {
+        if now > max {
             return;
         }
     }
