@@ -37,10 +37,6 @@ pub const LIMITS: ConnLimits = ConnLimits {
 /// How long in-flight requests may finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// How long a request body may go without a byte while a handler waits
-/// for one, unless the operator sets another (`--api-body-progress-secs`).
-pub const BODY_PROGRESS: Duration = Duration::from_secs(30);
-
 /// A request body that records, in a flag the connection's service reads,
 /// that it stopped arriving.
 struct Watched {
