@@ -466,7 +466,33 @@ pub async fn stop_build(cfg: &SandboxConfig, build_id: &str, timeout: Duration) 
     for d in &dirs {
         let _ = std::fs::remove_dir(d);
     }
+    // A process can still die after two quiet looks: a container's init
+    // whose `runc run` parent was killed first is reparented to hangar (a
+    // child subreaper) once that parent is gone, and nothing else waits
+    // for it. For a while, such zombies of the build are reaped here.
+    tokio::spawn(async move {
+        for _ in 0..REAP_LOOKS {
+            tokio::time::sleep(REAP_EVERY).await;
+            for p in build_processes(&ids) {
+                if p.zombie && p.ours {
+                    let mut code = 0;
+                    // SAFETY: waitpid writes only to `code`, a valid local;
+                    // the pid is a dead child of this process, in the
+                    // build's cgroup (no tokio child lives there).
+                    unsafe { libc::waitpid(p.pid, &mut code, libc::WNOHANG) };
+                }
+            }
+        }
+        for d in &dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    });
 }
+
+/// How often, and how many times, a stopped build's late zombies are
+/// looked for (10 s in all).
+const REAP_EVERY: Duration = Duration::from_millis(200);
+const REAP_LOOKS: u32 = 50;
 
 /// A process found in a build's cgroups.
 #[derive(Debug)]
