@@ -62,6 +62,10 @@ pub struct NodeConfig {
     /// Where machines' resources files go (a tmpfs such as
     /// `/run/hangar/<node>`: credentials and secrets are never at rest).
     pub run_dir: PathBuf,
+    /// Where runc machines see the image store's unpacked root filesystems
+    /// (a bind mount outside the private data dir; `None`: where the store
+    /// keeps them).
+    pub rootfs_view: Option<PathBuf>,
     /// Machine logs: bytes kept per app, bytes a second per machine
     /// (`None`: neither, no keeper).
     pub log_limits: Option<LogLimits>,

@@ -99,3 +99,184 @@ fn ensure_tmpfs(root: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The file in a run dir naming the data dir it belongs to, so a later
+/// start can tell a dir whose data dir is gone.
+const OWNER_FILE: &str = "data-dir";
+
+/// Makes `images_rootfs` (the unpacked images, inside the data dir) reachable
+/// by machines at `/run/hangar/rootfs/<tag>`, through a bind mount.
+///
+/// Why: a machine in a user namespace runs as an unprivileged host uid, and
+/// runc looks its root filesystem up by path as that uid, so every
+/// directory above it must be passable by others. Through the mount, only
+/// `/run/hangar/rootfs` (0711) lies above it, and the data dir stays 0700
+/// (as does the run dir: runc hands machines their resources files by
+/// descriptor). An existing mount of the same directory is kept (a
+/// restart); a stale one is replaced.
+pub fn expose_rootfs(images_rootfs: &Path, run: &Path, data: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (Some(root), Some(tag)) = (run.parent(), run.file_name()) else {
+        return Err(format!("{} has no parent", run.display()));
+    };
+    let views = root.join("rootfs");
+    let view = views.join(tag);
+    let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", view.display());
+    std::fs::write(run.join(OWNER_FILE), data.as_os_str().as_bytes())
+        .map_err(|e| err("recording the owner of", e))?;
+    std::fs::create_dir_all(&view).map_err(|e| err("creating", e))?;
+    std::fs::set_permissions(&views, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| err("opening the way to", e))?;
+    std::fs::set_permissions(images_rootfs, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| err("opening the images for", e))?;
+    let source = std::fs::metadata(images_rootfs).map_err(|e| err("reading the source of", e))?;
+    let seen = std::fs::metadata(&view).map_err(|e| err("reading", e))?;
+    if (seen.dev(), seen.ino()) == (source.dev(), source.ino()) {
+        return Ok(view);
+    }
+    if is_mount_point(&view) {
+        unmount(&view).map_err(|e| err("unmounting a stale", e))?;
+    }
+    let src = CString::new(images_rootfs.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let dst = CString::new(view.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: mount(2) with valid NUL-terminated paths and no data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(err(
+            "bind-mounting the images at",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(view)
+}
+
+/// Removes the run dirs (and their rootfs mounts) of data dirs that no
+/// longer exist: a test's or a removed install's. A mount that cannot be
+/// taken down is left, and its dir with it: nothing is ever removed through
+/// a mount.
+pub fn collect_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let Ok(owner) = std::fs::read(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        if Path::new(std::ffi::OsStr::from_bytes(&owner)).exists() {
+            continue;
+        }
+        if let Some(tag) = dir.file_name() {
+            let view = root.join("rootfs").join(tag);
+            if is_mount_point(&view) {
+                let _ = unmount(&view);
+            }
+            if is_mount_point(&view) {
+                warn!("cannot unmount {}: left in place", view.display());
+                continue;
+            }
+            let _ = std::fs::remove_dir(&view);
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            warn!("cannot remove the stale run dir {}: {e}", dir.display());
+        }
+    }
+}
+
+/// True when something is mounted at `path` (by the mount table: a bind
+/// mount of the same file system has the same device as its parent).
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // The table escapes space, tab, newline and backslash as octal.
+    let mut want = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => want.push_str(&format!("\\{:03o}", c as u32)),
+            c => want.push(c),
+        }
+    }
+    table
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Detaches the mount at `path`.
+fn unmount(path: &Path) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: umount2(2) with a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn mounts_at(path: &Path) -> usize {
+        let all = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let at = path.display().to_string();
+        all.lines()
+            .filter(|l| l.split_whitespace().nth(4) == Some(at.as_str()))
+            .count()
+    }
+
+    #[test]
+    fn images_are_seen_through_one_mount_that_goes_with_its_data_dir() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (it bind-mounts): run it as root, as CI does"
+        );
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path().join("tag1");
+        std::fs::create_dir(&run).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let images = data.path().join("images/rootfs");
+        std::fs::create_dir_all(images.join("abc")).unwrap();
+        std::fs::write(images.join("abc/marker"), b"seen").unwrap();
+
+        let view = expose_rootfs(&images, &run, data.path()).unwrap();
+        assert_eq!(view, root.path().join("rootfs/tag1"));
+        assert_eq!(std::fs::read(view.join("abc/marker")).unwrap(), b"seen");
+        // What is unpacked later is seen too: it is the same directory.
+        std::fs::create_dir(images.join("def")).unwrap();
+        assert!(view.join("def").is_dir());
+        // A restart keeps the mount it finds rather than stacking another.
+        assert_eq!(expose_rootfs(&images, &run, data.path()).unwrap(), view);
+        assert_eq!(mounts_at(&view), 1, "one mount");
+        let mode = std::fs::metadata(root.path().join("rootfs"))
+            .unwrap()
+            .mode();
+        assert_eq!(mode & 0o777, 0o711);
+
+        // While the data dir exists, its run dir and mount stay.
+        collect_stale(root.path());
+        assert_eq!(mounts_at(&view), 1);
+        // Once it is gone (here: moved away, so its files still exist),
+        // both go, and nothing is removed through the mount.
+        let moved = root.path().join("moved");
+        std::fs::rename(data.path(), &moved).unwrap();
+        collect_stale(root.path());
+        assert_eq!(mounts_at(&view), 0, "the stale mount is taken down");
+        assert_eq!(
+            std::fs::read(moved.join("images/rootfs/abc/marker")).unwrap(),
+            b"seen",
+            "the images are untouched"
+        );
+        assert!(!view.exists() && !run.exists());
+    }
+}

@@ -118,13 +118,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let data = &opts.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let data = data.canonicalize()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Every tenant's sources, state and logs: nobody else may list or
-        // read them; machines may only pass through (see below).
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o711))
-            .with_context(|| format!("making {} private", data.display()))?;
-    }
+    // Every tenant's sources, state and logs: nobody else may list, read or
+    // pass through them. Machines reach their root filesystems through a
+    // mount under the run dir instead (see `expose_rootfs`).
+    set_mode(&data, 0o700)?;
     let store = Store::open(&data.join("state.db")).context("opening the state store")?;
     let images = ImageStore::open(&data.join("images")).context("opening the image store")?;
 
@@ -151,9 +148,11 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         eprintln!("\n!!! WARNING: {w}\n");
         warn!("{w}");
     }
-    if let Driver::Runc { .. } = &driver {
-        check_traversable(&data)?;
-    }
+    let run_dir = crate::run_dir::run_dir(&data);
+    let rootfs_view = match &driver {
+        Driver::Runc { .. } => Some(machines_view_of_images(&images, &run_dir, &data)?),
+        Driver::Process => None,
+    };
     let network = match &driver {
         Driver::Runc { .. } => Some(Arc::new(
             machine_network(&store, &data, opts.machine_subnet, opts.egress).await?,
@@ -187,7 +186,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             },
             stop_grace: Duration::from_secs(10),
             region: "local".to_owned(),
-            run_dir: crate::run_dir::run_dir(&data),
+            run_dir,
+            rootfs_view,
             log_limits: Some(hangar_node::LogLimits {
                 cap: opts.app_log_max_mb.saturating_mul(1 << 20),
                 rate: opts.app_log_rate_kb.saturating_mul(1024),
@@ -553,6 +553,41 @@ fn remember_for_cli(api_url: &str, token: &str) {
 /// they must be able to pass through the data dir (0711) and every
 /// directory above it to reach their root filesystems (`images/rootfs`):
 /// a parent that is not is reported, not changed.
+fn set_mode(dir: &std::path::Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {} to {mode:o}", dir.display()))
+}
+
+/// Where runc machines find the unpacked images: a bind mount of them in
+/// the run dir, after the run dirs of data dirs that are gone are
+/// collected. When the run dir could only be had inside the data dir, the
+/// data dir is opened for passing through (0711) instead, loudly.
+fn machines_view_of_images(
+    images: &ImageStore,
+    run_dir: &std::path::Path,
+    data: &std::path::Path,
+) -> Result<PathBuf> {
+    if run_dir.starts_with(data) {
+        let w = format!(
+            "no tmpfs run dir: {} is opened for passing through (0711) so machines reach their root filesystems",
+            data.display()
+        );
+        eprintln!("\n!!! WARNING: {w}\n");
+        warn!("{w}");
+        set_mode(data, 0o711)?;
+        check_traversable(data)?;
+        return Ok(images.rootfs_root());
+    }
+    if let Some(root) = run_dir.parent() {
+        crate::run_dir::collect_stale(root);
+    }
+    let view = crate::run_dir::expose_rootfs(&images.rootfs_root(), run_dir, data)
+        .map_err(|e| anyhow::anyhow!("making images reachable by machines: {e}"))?;
+    check_traversable(&view)?;
+    Ok(view)
+}
+
 fn check_traversable(data: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for dir in data.ancestors().skip(1) {

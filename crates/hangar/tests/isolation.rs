@@ -7,6 +7,8 @@
 mod support;
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 
 use serde_json::{Value, json};
 use support::{TestPlatform, example, wait_for};
@@ -504,5 +506,25 @@ fn root_in_a_machine_is_not_root_on_the_host() {
         map.split_whitespace().collect::<Vec<_>>(),
         ["0", &uid.to_string(), "65536"],
         "its user namespace maps 65536 uids from the org's base"
+    );
+    // That uid (or any other host user) cannot pass through the data dir,
+    // though the machine runs from an image unpacked inside it: machines
+    // see the images through a mount in the run dir.
+    let data = p.data_dir();
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "the data dir is private");
+    let token = data.join("admin-token");
+    assert!(token.is_file());
+    let read = std::process::Command::new("cat")
+        .arg(&token)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("cat as the machine's uid");
+    assert!(
+        !read.status.success()
+            && String::from_utf8_lossy(&read.stderr).contains("Permission denied"),
+        "the machine's host uid read {}: {read:?}",
+        token.display()
     );
 }

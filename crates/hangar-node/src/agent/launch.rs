@@ -25,6 +25,13 @@ impl Agent {
         })
         .await
         .map_err(|e| NodeError::NotFound(format!("image task: {e}")))??;
+        let rootfs = match &self.inner.cfg.rootfs_view {
+            Some(view) => match rootfs.strip_prefix(self.inner.images.rootfs_root()) {
+                Ok(rest) => view.join(rest),
+                Err(_) => rootfs,
+            },
+            None => rootfs,
+        };
         let mut env = image.config.env.clone().unwrap_or_default();
         env.extend(m.config.env.iter().map(|(k, v)| format!("{k}={v}")));
         Ok((rootfs, image, env))
