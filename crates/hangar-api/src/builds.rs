@@ -6,16 +6,16 @@
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hangar_build::{BuildError, Cancel};
 use hangar_core::name::AppName;
-use hangar_store::{App, Build, StoreError};
+use hangar_store::{Build, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::Caller;
+use crate::access::{AuditNote, Caller, find_build, noted};
 use crate::routes::{save_upload, text};
 use crate::tail::{Done, DoneFuture, tail};
 use crate::{ApiError, ApiState};
@@ -103,12 +103,16 @@ async fn deploy(
         Err(BuildError::Store(e)) => return Err(e.into()),
         Err(e) => return Err(ApiError::internal(e)),
     };
+    let note = AuditNote {
+        summary: format!("build {} of source {}", build.id, build.source_digest),
+        ..AuditNote::default()
+    };
     let body = json!({
         "app": app.name,
         "url": state.cfg.app_url(&app.name),
         "build": build_json(&build),
     });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(noted((StatusCode::ACCEPTED, Json(body)), note))
 }
 
 /// A build as the API sends it.
@@ -126,22 +130,12 @@ pub(crate) fn build_json(b: &Build) -> Value {
     })
 }
 
-/// The caller's build `id`, or 404.
-async fn find_build(state: &ApiState, caller: &Caller, id: &str) -> Result<(Build, App), ApiError> {
-    let not_found = || ApiError::not_found(format!("no build {id:?} in your organisation"));
-    let build = state.store.build(id).await?.ok_or_else(not_found)?;
-    match state.store.app(&build.app_id).await? {
-        Some(app) if app.org_id == caller.org.id => Ok((build, app)),
-        _ => Err(not_found()),
-    }
-}
-
 async fn build_status(
     caller: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (build, app) = find_build(&state, &caller, &id).await?;
+    let (build, app) = find_build(&state, &caller, &id, false).await?;
     let release = state.store.release_for_build(&build.id).await?;
     Ok(Json(json!({
         "app": app.name,
@@ -163,7 +157,7 @@ async fn build_log(
     Path(id): Path<String>,
     Query(q): Query<FollowQuery>,
 ) -> Result<Response, ApiError> {
-    let (build, _) = find_build(&state, &caller, &id).await?;
+    let (build, _) = find_build(&state, &caller, &id, false).await?;
     let path = state.builder.log_path(&build.id);
     let done: Option<Done> = q.follow.then(|| {
         let store = state.store.clone();
@@ -187,14 +181,18 @@ async fn cancel_build(
     caller: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let (build, app) = find_build(&state, &caller, &id).await?;
+) -> Result<Response, ApiError> {
+    let (build, app) = find_build(&state, &caller, &id, true).await?;
     match state.builder.cancel(&build.id).await {
-        Ok(Cancel::Cancelled { was, build }) => Ok(Json(json!({
-            "app": app.name,
-            "was": was,
-            "build": build_json(&build),
-        }))),
+        Ok(Cancel::Cancelled { was, build }) => {
+            let note = AuditNote {
+                app: Some(app.name.clone()),
+                summary: format!("was {was}"),
+                ..AuditNote::default()
+            };
+            let body = json!({"app": app.name, "was": was, "build": build_json(&build)});
+            Ok(noted(Json(body), note))
+        }
         Ok(Cancel::Finished(build)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::auth::Caller;
+use crate::access::{AuditNote, Caller, find_app, noted};
 use crate::{ApiError, ApiState};
 
 /// The Fly-compatible routes.
@@ -78,14 +78,6 @@ pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-/// The caller's app named `name`, or 404.
-async fn find_app(state: &ApiState, caller: &Caller, name: &str) -> Result<App, ApiError> {
-    match state.store.app_by_name(name).await? {
-        Some(app) if app.org_id == caller.org.id => Ok(app),
-        _ => Err(ApiError::not_found(format!("app not found: {name}"))),
-    }
-}
-
 /// The app's machine `id` (destroyed ones too), or 404.
 async fn find_machine(
     state: &ApiState,
@@ -136,11 +128,18 @@ async fn create_app(
         .store
         .get_or_create_app(&caller.org.id, name.as_str())
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": app.id, "name": app.name})),
-    )
-        .into_response())
+    let note = AuditNote {
+        app: Some(app.name.clone()),
+        summary: app.id.clone(),
+        ..AuditNote::default()
+    };
+    Ok(noted(
+        (
+            StatusCode::CREATED,
+            Json(json!({"id": app.id, "name": app.name})),
+        ),
+        note,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -162,6 +161,9 @@ async fn list_apps(
     }
     let mut apps = Vec::new();
     for app in state.store.apps(&caller.org.id).await? {
+        if !caller.sees(&app.name) {
+            continue;
+        }
         let count = state.store.machines_for_app(&app.id).await?.len();
         apps.push(
             json!({"id": app.id, "name": app.name, "machine_count": count, "network": "default"}),
@@ -300,7 +302,7 @@ async fn create_machine(
     State(state): State<ApiState>,
     Path(app): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let app = find_app(&state, &caller, &app).await?;
     let (req, digest) = checked_request(&state, &caller, &body).await?;
     crate::quota::check_machine(&state, &caller.org, req.config.guest().memory_mb, None).await?;
@@ -308,7 +310,12 @@ async fn create_machine(
         .agent
         .create(&app, None, req.name, req.config, digest, req.skip_launch)
         .await?;
-    Ok(Json(machine_json(&state, &m).await?))
+    let note = AuditNote {
+        target: Some(m.id.clone()),
+        summary: format!("image {}", m.config.image),
+        ..AuditNote::default()
+    };
+    Ok(noted(Json(machine_json(&state, &m).await?), note))
 }
 
 async fn update_machine(

@@ -5,9 +5,11 @@
 //! errors, and this crate maps those errors to status codes (a user's
 //! mistake is a 4xx with a message naming what to fix, never a 500).
 //!
-//! Every route but `/api/v1/health` requires `Authorization: Bearer <token>`
-//! and is scoped to the token's org: another org's apps answer 404, exactly
-//! as apps that do not exist.
+//! Every route but `/api/v1/health` and the Shuttle routes requires
+//! `Authorization: Bearer <token>` and is scoped to the token's org: another
+//! org's apps answer 404, exactly as apps that do not exist. The token's
+//! scope (`admin`, `read`, `deploy:APP`) decides what it may do, and every
+//! mutation is recorded in the org's audit log (see [`access`]).
 //!
 //! Routes (Hangar's own API lives under `/api/v1`; `/v1` is kept for the
 //! Fly-compatible Machines API):
@@ -21,13 +23,14 @@
 //!   (`{"version": N}`, optional): 202 + the new release;
 //!   `POST /api/v1/apps/{app}/scale` (`{"count": N}`): once N machines run
 //! - `POST /api/v1/orgs` — admin org only: a new org and its first token
+//! - `/api/v1/tokens`, `/api/v1/audit` — the org's tokens and audit log (see [`tokens`])
 //! - `POST /api/v1/images?name=NAME[:TAG]` — body: an OCI layout or `docker save` tar
 //! - `/v1/apps…` — the Fly-compatible Machines API (see [`fly`])
 //! - `/shuttle/projects/{project}/resources…` — what Shuttle's runtime
 //!   calls at start (see [`shuttle`]); authenticated with the app's own
 //!   token, not an org token
 
-mod auth;
+pub mod access;
 mod builds;
 mod error;
 mod fly;
@@ -36,6 +39,7 @@ pub mod quota;
 mod routes;
 mod shuttle;
 mod tail;
+mod tokens;
 
 use std::path::PathBuf;
 use std::sync::Arc;

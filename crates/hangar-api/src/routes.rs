@@ -14,17 +14,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::auth::Caller;
+use crate::access::{AuditNote, Caller, find_app, noted};
 use crate::tail::{Done, DoneFuture, tail};
 use crate::{ApiError, ApiState};
 
 /// The API's router.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/health",
-            get(|| async { Json(json!({"ok": true})) }),
-        )
+    // Every org route is behind the guard (token, scope, audit log).
+    let org_routes = Router::new()
         .route("/api/v1/apps", get(list_apps))
         .route("/api/v1/apps/{app}", get(app_status).delete(destroy_app))
         .route("/api/v1/apps/{app}/logs", get(app_logs))
@@ -43,20 +40,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/orgs", post(create_org))
         .route("/api/v1/images", post(import_image))
         .merge(crate::builds::routes())
+        .merge(crate::tokens::routes())
         .merge(crate::fly::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::guard,
+        ));
+    Router::new()
+        .route(
+            "/api/v1/health",
+            get(|| async { Json(json!({"ok": true})) }),
+        )
+        .merge(org_routes)
         .merge(crate::shuttle::routes())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .with_state(state)
-}
-
-/// The caller's app named `name`, or 404 (also for other orgs' apps).
-async fn find_app(state: &ApiState, caller: &Caller, name: &str) -> Result<App, ApiError> {
-    match state.store.app_by_name(name).await? {
-        Some(app) if app.org_id == caller.org.id => Ok(app),
-        _ => Err(ApiError::not_found(format!(
-            "no app named {name:?} in your organisation"
-        ))),
-    }
 }
 
 /// Streams the upload into `uploads_dir`, enforcing the size cap. An
@@ -270,14 +268,19 @@ async fn rollback(
                 )
             })?,
     };
+    let to = target.version;
     let release = state.store.rollback_release(target).await?;
     state.agent.spawn_rollout(release.id.clone());
+    let note = AuditNote {
+        summary: format!("v{} with the image and config of v{to}", release.version),
+        ..AuditNote::default()
+    };
     let body = json!({
         "app": app.name,
         "url": state.cfg.app_url(&app.name),
         "release": release,
     });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(noted((StatusCode::ACCEPTED, Json(body)), note))
 }
 
 #[derive(Deserialize)]
@@ -297,7 +300,7 @@ async fn scale(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
     let req: ScaleBody = crate::fly::parse(&body)?;
     if !(1..=MAX_SCALE).contains(&req.count) {
@@ -317,12 +320,19 @@ async fn scale(
     crate::quota::check_scale(&state, &caller.org, &app.id, req.count, memory_mb).await?;
     state.agent.scale(&app, req.count).await?;
     let app = find_app(&state, &caller, &name).await?;
-    Ok(Json(app_json(&state, &app).await?))
+    let note = AuditNote {
+        summary: format!("to {} machines", req.count),
+        ..AuditNote::default()
+    };
+    Ok(noted(Json(app_json(&state, &app).await?), note))
 }
 
 async fn list_apps(caller: Caller, State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let mut apps = Vec::new();
     for app in state.store.apps(&caller.org.id).await? {
+        if !caller.sees(&app.name) {
+            continue;
+        }
         apps.push(app_json(&state, &app).await?);
     }
     Ok(Json(json!({ "apps": apps })))
@@ -397,7 +407,7 @@ async fn set_secrets(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     // Secrets may be set before the first deploy (as `hangar deploy` does
     // with a Shuttle project's Secrets.toml): the app is created if need be.
     let name = AppName::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -424,7 +434,12 @@ async fn set_secrets(
         .get_or_create_app(&caller.org.id, name.as_str())
         .await?;
     state.resources.set_secrets(&app.id, values).await?;
-    Ok(Json(json!({ "set": names })))
+    // Names only: a value never reaches the audit log.
+    let note = AuditNote {
+        summary: names.join(", "),
+        ..AuditNote::default()
+    };
+    Ok(noted(Json(json!({ "set": names })), note))
 }
 
 /// `DELETE /api/v1/apps/{app}/secrets/{name}`.
@@ -531,11 +546,18 @@ async fn create_org(
         .store
         .create_org_with_token(name.as_str(), "first", &hangar_core::id::hash_token(&token))
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"org": org.name, "id": org.id, "token": token})),
-    )
-        .into_response())
+    let note = AuditNote {
+        target: Some(org.name.clone()),
+        summary: format!("organisation {} ({})", org.name, org.id),
+        ..AuditNote::default()
+    };
+    Ok(noted(
+        (
+            StatusCode::CREATED,
+            Json(json!({"org": org.name, "id": org.id, "token": token})),
+        ),
+        note,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -633,9 +655,16 @@ async fn import_image(
         .store
         .set_image_ref(&caller.org.id, &name, &digest)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"name": name, "digest": digest})),
-    )
-        .into_response())
+    let note = AuditNote {
+        target: Some(name.clone()),
+        summary: digest.clone(),
+        ..AuditNote::default()
+    };
+    Ok(noted(
+        (
+            StatusCode::CREATED,
+            Json(json!({"name": name, "digest": digest})),
+        ),
+        note,
+    ))
 }

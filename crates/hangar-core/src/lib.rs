@@ -7,6 +7,7 @@
 //! - [`archive`]: the one safe tar unpacker, used for uploaded sources and image layers.
 //! - [`duration`]: the one parser and the bounds of durations tenants write.
 //! - [`route`]: the [`route::RouteSink`] seam between the node agent and the edge proxy.
+//! - [`scope`]: what an API token may do (`admin`, `read`, `deploy:APP`).
 //! - [`machine`]: a machine's configuration (Fly Machines API shape) and its validation.
 //! - [`check`]: the one health check type both hangar.toml and the Machines API resolve to.
 //! - [`app_config`]: hangar.toml (Fly's fly.toml keys), parsed with spans for errors.
@@ -29,6 +30,7 @@ pub mod machine;
 pub mod name;
 pub mod resource;
 pub mod route;
+pub mod scope;
 pub mod status;
 pub mod supervise;
 

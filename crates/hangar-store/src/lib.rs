@@ -5,6 +5,7 @@
 //! - [`model`]: the rows (orgs, tokens, apps, builds, releases, machines).
 //! - `schema.sql`, `schema2.sql`…: the schema, applied by numbered
 //!   migrations on open.
+//! - `sqlite::access`: orgs, scoped tokens and the audit log.
 //! - `sqlite::builds`: the durable build queue (fair claims, superseding,
 //!   cancelling, crash recovery).
 //!
@@ -43,6 +44,8 @@ pub enum StoreError {
         id: String,
         status: hangar_core::status::BuildStatus,
     },
+    #[error("the organisation holds {limit} live tokens already; revoke some first")]
+    TooManyTokens { limit: u64 },
     #[error("state store schema version {found} is newer than this hangar ({supported})")]
     TooNew { found: i64, supported: i64 },
 }

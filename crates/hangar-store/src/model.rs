@@ -213,3 +213,44 @@ pub struct ResourceRow {
     /// Unix seconds of the last change (ignored on write).
     pub updated_at: i64,
 }
+
+/// An API token of an org. The secret itself is never stored, only its
+/// hash; `id` names the token in lists, the audit log and revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// Random id, `tok_…`.
+    pub id: String,
+    /// The org the token acts for.
+    pub org_id: String,
+    /// A label its maker chose (`CI`, `first`…).
+    pub name: String,
+    /// What it may do: `admin`, `read` or `deploy:<app>`
+    /// ([`hangar_core::scope::Scope`]).
+    pub scope: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds after which it is refused; `None`: never.
+    pub expires_at: Option<i64>,
+    /// Unix seconds of its revocation; `None`: live.
+    pub revoked_at: Option<i64>,
+}
+
+/// One recorded mutation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Increasing; the newest is the largest.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// The acting token's id and name (kept after it is revoked).
+    pub token_id: String,
+    pub token_name: String,
+    /// What was done: `deploy`, `secrets.set`, `machine.create`…
+    pub action: String,
+    /// The app's name when the target belongs to one.
+    pub app: Option<String>,
+    /// What it was done to: an app, machine, build, token or org.
+    pub target: String,
+    /// Details, never a secret value.
+    pub summary: String,
+}

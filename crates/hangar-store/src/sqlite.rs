@@ -1,6 +1,7 @@
 //! SQLite implementation of the state store. The build queue's methods
 //! live in [`builds`].
 
+mod access;
 mod builds;
 
 use std::path::Path;
@@ -12,8 +13,7 @@ use hangar_core::status::{BuildStatus, MachineState, ReleaseStatus};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    App, Build, Lease, Machine, MachineEvent, NewMachine, Org, Release, ResourceRow, Result,
-    StoreError,
+    App, Build, Lease, Machine, MachineEvent, NewMachine, Release, ResourceRow, Result, StoreError,
 };
 
 /// Migrations, applied in order; the index + 1 is the schema version.
@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema5.sql"),
     include_str!("schema6.sql"),
     include_str!("schema7.sql"),
+    include_str!("schema8.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.
@@ -85,79 +86,6 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Join(e.to_string()))?
-    }
-
-    // ---- orgs and tokens ----
-
-    /// True once any org exists (the first start creates the admin org).
-    pub async fn has_orgs(&self) -> Result<bool> {
-        self.call(|c| Ok(c.query_row("SELECT EXISTS(SELECT 1 FROM orgs)", [], |r| r.get(0))?))
-            .await
-    }
-
-    /// Creates an org with one token (given as its hash) in one transaction.
-    /// The first org of a platform is its admin.
-    pub async fn create_org_with_token(
-        &self,
-        name: &str,
-        token_name: &str,
-        token_hash: &str,
-    ) -> Result<Org> {
-        let (name, token_name, token_hash) = (
-            name.to_owned(),
-            token_name.to_owned(),
-            token_hash.to_owned(),
-        );
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let taken: bool = tx.query_row(
-                "SELECT EXISTS(SELECT 1 FROM orgs WHERE name = ?1)",
-                [&name],
-                |r| r.get(0),
-            )?;
-            if taken {
-                return Err(StoreError::OrgExists(name));
-            }
-            let first: bool =
-                tx.query_row("SELECT NOT EXISTS(SELECT 1 FROM orgs)", [], |r| r.get(0))?;
-            let org = Org {
-                id: new_id("org"),
-                name,
-                admin: first,
-            };
-            tx.execute(
-                "INSERT INTO orgs (id, name, created_at, admin) VALUES (?1, ?2, ?3, ?4)",
-                params![org.id, org.name, now_unix(), org.admin],
-            )?;
-            tx.execute(
-                "INSERT INTO tokens (hash, org_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![token_hash, org.id, token_name, now_unix()],
-            )?;
-            tx.commit()?;
-            Ok(org)
-        })
-        .await
-    }
-
-    /// The org a token (given as its hash) belongs to.
-    pub async fn org_for_token(&self, token_hash: &str) -> Result<Option<Org>> {
-        let hash = token_hash.to_owned();
-        self.call(move |c| {
-            Ok(c.query_row(
-                "SELECT o.id, o.name, o.admin FROM tokens t JOIN orgs o ON o.id = t.org_id
-                 WHERE t.hash = ?1",
-                [hash],
-                |r| {
-                    Ok(Org {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        admin: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
-        })
-        .await
     }
 
     // ---- apps ----

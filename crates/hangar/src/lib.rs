@@ -7,6 +7,7 @@
 //! - [`pack`]: packing a cargo project into a `.tar.gz` (respects .gitignore).
 //! - [`up`]: `hangar up`, which wires every role into one process.
 //! - [`secrets_file`]: a project's `Secrets.toml`.
+//! - [`tokens`]: `hangar tokens` and `hangar audit`.
 //! - [`commands`]: the other subcommands.
 //!
 //! This crate is thin: it parses arguments and wires the library crates.
@@ -19,4 +20,5 @@ pub mod run;
 pub mod run_dir;
 pub mod runtime_src;
 pub mod secrets_file;
+pub mod tokens;
 pub mod up;

@@ -216,6 +216,20 @@ enum Command {
     },
     /// List the resources an app's code declares and their state.
     Resources { app: String },
+    /// Manage the organisation's API tokens (admin scope).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// What was changed, when and with which token (newest first).
+    Audit {
+        /// Only what concerns this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// How many entries (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Run the hangar-runtime app in DIR on this machine, without Docker,
     /// with the resources it declares: a local Postgres cluster (or
     /// --postgres-url), in-memory cache and pub/sub unless --redis-url /
@@ -273,6 +287,27 @@ enum SecretsCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a token; it is printed once and stored only as a hash.
+    Create {
+        /// admin (everything), read (every read), or deploy:APP (deploy
+        /// and read APP only).
+        #[arg(long)]
+        scope: String,
+        /// A label for lists and the audit log, e.g. CI.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Refused after this long, e.g. 30d, 12h (at most 3650d).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token by id (`tok_…`): its next request is refused.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -429,6 +464,16 @@ async fn run(cli: Cli) -> Result<()> {
             SecretsCommand::Unset { app, names } => commands::secrets_unset(&app, &names).await,
         },
         Command::Resources { app } => commands::resources(&app).await,
+        Command::Tokens { command } => match command {
+            TokensCommand::Create {
+                scope,
+                name,
+                expires,
+            } => hangar::tokens::create(&scope, &name, expires.as_deref()).await,
+            TokensCommand::List => hangar::tokens::list().await,
+            TokensCommand::Revoke { id } => hangar::tokens::revoke(&id).await,
+        },
+        Command::Audit { app, limit } => hangar::tokens::audit(app.as_deref(), limit).await,
         Command::Run {
             dir,
             port,

@@ -523,8 +523,13 @@ impl TestPlatform {
             if let Some(h) = host {
                 req = req.header(http::header::HOST, h);
             }
+            // A token with a space is a whole header value (`FlyV1 …`).
             if let Some(t) = token {
-                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+                let value = match t.contains(' ') {
+                    true => t.to_owned(),
+                    false => format!("Bearer {t}"),
+                };
+                req = req.header(http::header::AUTHORIZATION, value);
             }
             if !body.is_empty() {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");

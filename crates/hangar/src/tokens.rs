@@ -1,0 +1,133 @@
+//! `hangar tokens …` and `hangar audit`: the org's API tokens and the
+//! record of what each changed.
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::commands::api;
+
+/// `hangar tokens create --scope S [--name N] [--expires 30d]`: prints the
+/// token once; the server keeps only its hash.
+pub async fn create(scope: &str, name: &str, expires: Option<&str>) -> Result<()> {
+    let scope: hangar_core::scope::Scope = scope.parse()?;
+    let expires_in_secs = match expires {
+        None => None,
+        Some(text) => Some(lifetime_secs(text)?),
+    };
+    let body =
+        json!({"name": name, "scope": scope.to_string(), "expires_in_secs": expires_in_secs});
+    let answer = api()?
+        .json(
+            Method::POST,
+            "/api/v1/tokens",
+            Bytes::from(body.to_string()),
+            "application/json",
+        )
+        .await?;
+    let field = |k: &str| answer[k].as_str().unwrap_or("?").to_owned();
+    println!(
+        "Created token {} ({}, scope {})",
+        field("id"),
+        field("name"),
+        field("scope")
+    );
+    if let Some(at) = answer["expires_at"].as_str() {
+        println!("It expires at {at}.");
+    }
+    println!(
+        "Store it now; it is not shown again:\n\n{}\n",
+        field("token")
+    );
+    Ok(())
+}
+
+/// `30d` (days), or a duration as hangar.toml writes them (`12h`, `90m`).
+fn lifetime_secs(text: &str) -> Result<u64> {
+    let days = text
+        .strip_suffix('d')
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(|n| n.saturating_mul(24 * 3600));
+    let secs = match days {
+        Some(s) => s,
+        None => hangar_core::duration::parse(text)
+            .with_context(|| format!("--expires {text:?}: a duration such as 30d, 12h or 90m"))?
+            .as_secs(),
+    };
+    Ok(secs.max(1))
+}
+
+/// `hangar tokens list`.
+pub async fn list() -> Result<()> {
+    let answer = api()?.get("/api/v1/tokens").await?;
+    let tokens = answer["tokens"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<22} {:<16} {:<24} {:<8} {:<21} EXPIRES",
+        "ID", "NAME", "SCOPE", "STATUS", "CREATED"
+    );
+    let s = |t: &Value, k: &str| t[k].as_str().unwrap_or("-").to_owned();
+    for t in &tokens {
+        println!(
+            "{:<22} {:<16} {:<24} {:<8} {:<21} {}",
+            s(t, "id"),
+            s(t, "name"),
+            s(t, "scope"),
+            s(t, "status"),
+            s(t, "created_at"),
+            s(t, "expires_at"),
+        );
+    }
+    Ok(())
+}
+
+/// `hangar tokens revoke ID`.
+pub async fn revoke(id: &str) -> Result<()> {
+    let answer = api()?.delete(&format!("/api/v1/tokens/{id}")).await?;
+    println!(
+        "Revoked {} ({}): its next request is refused",
+        answer["id"].as_str().unwrap_or(id),
+        answer["name"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// `hangar audit [--app APP] [--limit N]`: newest first.
+pub async fn audit(app: Option<&str>, limit: u32) -> Result<()> {
+    let mut path = format!("/api/v1/audit?limit={limit}");
+    if let Some(app) = app {
+        path.push_str(&format!("&app={app}"));
+    }
+    let answer = api()?.get(&path).await?;
+    let entries = answer["entries"].as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        println!("nothing recorded yet");
+        return Ok(());
+    }
+    println!(
+        "{:<21} {:<16} {:<24} {:<24} SUMMARY",
+        "TIME", "TOKEN", "ACTION", "TARGET"
+    );
+    for e in &entries {
+        let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+        println!(
+            "{:<21} {:<16} {:<24} {:<24} {}",
+            s("at"),
+            e["token"]["name"].as_str().unwrap_or("?"),
+            s("action"),
+            s("target"),
+            s("summary"),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lifetimes_read_days_and_durations() {
+        assert_eq!(super::lifetime_secs("30d").unwrap(), 30 * 86_400);
+        assert_eq!(super::lifetime_secs("12h").unwrap(), 12 * 3600);
+        assert!(super::lifetime_secs("soon").is_err());
+    }
+}
