@@ -103,3 +103,48 @@ impl From<hangar_resources::ResourceError> for ApiError {
         }
     }
 }
+
+/// Makes every error answer `{"error": "..."}` JSON: axum's own (a 405 for
+/// a wrong method, a query or path that does not parse) are plain text or
+/// empty. Answers that are JSON already pass untouched.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            match parts
+                .headers
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+            {
+                Some(allow) => format!("method not allowed on this route; it allows {allow}"),
+                None => "method not allowed on this route".to_owned(),
+            }
+        }
+        (_, true) => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_lowercase(),
+        (_, false) => text,
+    };
+    let mut answer = ApiError::new(status, message).into_response();
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow.clone());
+    }
+    answer
+}

@@ -54,6 +54,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(org_routes)
         .merge(crate::shuttle::routes())
         .fallback(|| async { ApiError::not_found("no such API route") })
+        .layer(axum::middleware::map_response(crate::error::json_errors))
         .with_state(state)
 }
 

@@ -25,6 +25,24 @@ fn bad_input_gets_clear_4xx_answers() {
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("invalid token"), "{body}");
 
+    // The router's own refusals are JSON errors too: an unknown route, a
+    // wrong method, a query or path
+    // that does not parse.
+    let json_error = |method: &str, path: &str, want: u16| {
+        let (code, body) = p.api_request(method, path, Some(&token), vec![]);
+        assert_eq!(code, want, "{method} {path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body:?}"));
+        let error = v["error"].as_str().unwrap_or_default().to_owned();
+        assert!(!error.is_empty(), "{method} {path}: {body}");
+        error
+    };
+    json_error("GET", "/api/v1/nowhere", 404);
+    let wrong = json_error("PATCH", "/api/v1/apps", 405);
+    assert!(wrong.contains("method not allowed"), "{wrong}");
+    json_error("GET", "/api/v1/audit?limit=many", 400);
+    json_error("GET", "/api/v1/apps/x/logs?follow=perhaps", 400);
+
     // An invalid app name → 400 naming the rule.
     for bad in ["Bad_Name", "-x", "a.b"] {
         let (code, body) = p.api_request("POST", &deploys(bad), Some(&token), ok_archive.clone());
