@@ -113,6 +113,7 @@ pub fn action_of(method: &Method, path: &str) -> String {
         ("DELETE", "/api/v1/apps/{app}/secrets/{name}") => "secrets.unset",
         ("POST", "/api/v1/apps/{app}/rollback") => "rollback",
         ("POST", "/api/v1/apps/{app}/scale") => "scale",
+        ("POST", "/api/v1/apps/{app}/shuttle-token/rotate") => "shuttle-token.rotate",
         ("POST", "/api/v1/orgs") => "org.create",
         ("POST", "/api/v1/images") => "image.import",
         ("POST", "/api/v1/builds/{id}/cancel") => "build.cancel",

@@ -134,10 +134,7 @@ pub async fn json_errors(response: Response) -> Response {
                 None => "method not allowed on this route".to_owned(),
             }
         }
-        (_, true) => status
-            .canonical_reason()
-            .unwrap_or("error")
-            .to_lowercase(),
+        (_, true) => status.canonical_reason().unwrap_or("error").to_lowercase(),
         (_, false) => text,
     };
     let mut answer = ApiError::new(status, message).into_response();

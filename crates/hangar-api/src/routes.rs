@@ -34,6 +34,10 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::delete(unset_secret),
         )
         .route("/api/v1/apps/{app}/resources", get(list_resources))
+        .route(
+            "/api/v1/apps/{app}/shuttle-token/rotate",
+            post(rotate_shuttle_token),
+        )
         .route("/api/v1/apps/{app}/releases", get(list_releases))
         .route("/api/v1/apps/{app}/rollback", post(rollback))
         .route("/api/v1/apps/{app}/scale", post(scale))
@@ -472,6 +476,28 @@ async fn list_resources(
     let app = find_app(&state, &caller, &name).await?;
     let list = state.resources.list(&app.id).await?;
     Ok(Json(json!({ "resources": list })))
+}
+
+/// `POST /api/v1/apps/{app}/shuttle-token/rotate`: a new token for the
+/// Shuttle runtime of the app's machines; the old one is refused at once,
+/// and machines get the new one at their next start.
+async fn rotate_shuttle_token(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let app = find_app(&state, &caller, &name).await?;
+    let generation = state.resources.rotate_shuttle_token(&app.id).await?;
+    let note = AuditNote {
+        summary: format!("generation {generation}"),
+        ..AuditNote::default()
+    };
+    let body = json!({
+        "app": app.name,
+        "generation": generation,
+        "note": "machines running now hold the old token until they restart (`hangar deploy` or a machine restart hands the new one over)",
+    });
+    Ok(noted(Json(body), note))
 }
 
 #[derive(Deserialize)]

@@ -53,7 +53,11 @@ async fn authorised(state: &ApiState, project: &str, headers: &HeaderMap) -> Res
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(denied)?;
-    if !state.resources.verify_shuttle_token(project, token.trim()) {
+    if !state
+        .resources
+        .verify_shuttle_token(project, token.trim())
+        .await
+    {
         return Err(denied());
     }
     match state.store.app(project).await {

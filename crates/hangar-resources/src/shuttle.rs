@@ -47,28 +47,44 @@ impl Resources {
         self
     }
 
-    fn shuttle_context(app_id: &str) -> String {
-        format!("{app_id}/shuttle-api")
+    /// What the app's token is derived from: its id and the token's
+    /// generation (0, the first, has no number, as before rotation existed).
+    async fn shuttle_context(&self, app_id: &str) -> Result<String> {
+        Ok(match self.store.shuttle_token_generation(app_id).await? {
+            0 => format!("{app_id}/shuttle-api"),
+            n => format!("{app_id}/shuttle-api/{n}"),
+        })
     }
 
     /// The per-machine part of a Shuttle app's environment: where the
     /// platform API is, the app's token for it, and the port to serve on.
-    pub fn shuttle_env(&self, app_id: &str, port: impl std::fmt::Display) -> Vec<String> {
+    pub async fn shuttle_env(
+        &self,
+        app_id: &str,
+        port: impl std::fmt::Display,
+    ) -> Result<Vec<String>> {
         let mut env = vec![format!("SHUTTLE_RUNTIME_PORT={port}")];
         if let Some(api) = &self.platform_api {
             env.push(format!("SHUTTLE_API={api}{API_PREFIX}"));
-            env.push(format!(
-                "SHUTTLE_API_KEY={}",
-                self.vault.token(&Self::shuttle_context(app_id))
-            ));
+            let context = self.shuttle_context(app_id).await?;
+            env.push(format!("SHUTTLE_API_KEY={}", self.vault.token(&context)));
         }
-        env
+        Ok(env)
     }
 
-    /// Whether `token` is the app's token for the Shuttle API.
-    pub fn verify_shuttle_token(&self, app_id: &str, token: &str) -> bool {
-        self.vault
-            .verify_token(&Self::shuttle_context(app_id), token)
+    /// Whether `token` is the app's current token for the Shuttle API.
+    pub async fn verify_shuttle_token(&self, app_id: &str, token: &str) -> bool {
+        match self.shuttle_context(app_id).await {
+            Ok(context) => self.vault.verify_token(&context, token),
+            Err(_) => false,
+        }
+    }
+
+    /// Replaces the app's Shuttle runtime token: the old one is refused
+    /// from now on; machines get the new one at their next start. Returns
+    /// the new generation.
+    pub async fn rotate_shuttle_token(&self, app_id: &str) -> Result<i64> {
+        Ok(self.store.rotate_shuttle_token(app_id).await?)
     }
 
     /// The app's shared Postgres database as a connection URL, provisioned

@@ -26,3 +26,10 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_org ON audit(org_id, id);
 CREATE INDEX audit_org_app ON audit(org_id, app, id);
+-- The generation of each app's Shuttle runtime token (derived from the
+-- vault key, the app id and this number): rotating bumps it, and the old
+-- token stops verifying at once. No row: generation 0.
+CREATE TABLE shuttle_tokens (
+    app_id TEXT PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    generation INTEGER NOT NULL
+);

@@ -308,6 +308,9 @@ enum TokensCommand {
     List,
     /// Revoke a token by id (`tok_…`): its next request is refused.
     Revoke { id: String },
+    /// Replace the token a Shuttle app's runtime uses for its resources;
+    /// machines get the new one at their next start.
+    RotateShuttle { app: String },
 }
 
 #[derive(Subcommand)]
@@ -472,6 +475,7 @@ async fn run(cli: Cli) -> Result<()> {
             } => hangar::tokens::create(&scope, &name, expires.as_deref()).await,
             TokensCommand::List => hangar::tokens::list().await,
             TokensCommand::Revoke { id } => hangar::tokens::revoke(&id).await,
+            TokensCommand::RotateShuttle { app } => hangar::tokens::rotate_shuttle(&app).await,
         },
         Command::Audit { app, limit } => hangar::tokens::audit(app.as_deref(), limit).await,
         Command::Run {

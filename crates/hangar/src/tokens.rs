@@ -92,6 +92,24 @@ pub async fn revoke(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// `hangar tokens rotate-shuttle APP`.
+pub async fn rotate_shuttle(app: &str) -> Result<()> {
+    let answer = api()?
+        .json(
+            Method::POST,
+            &format!("/api/v1/apps/{app}/shuttle-token/rotate"),
+            Bytes::new(),
+            "application/json",
+        )
+        .await?;
+    println!(
+        "Rotated {app}'s Shuttle runtime token (generation {}); the old one is refused from now on.",
+        answer["generation"]
+    );
+    println!("Machines running now get the new one at their next start: redeploy or restart them.");
+    Ok(())
+}
+
 /// `hangar audit [--app APP] [--limit N]`: newest first.
 pub async fn audit(app: Option<&str>, limit: u32) -> Result<()> {
     let mut path = format!("/api/v1/audit?limit={limit}");

@@ -118,9 +118,25 @@ fn a_shuttle_app_deploys_unchanged() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("not supported"), "{body}");
 
+    // The runtime's token is rotated: the old one is refused at once, and
+    // the machines of the next deploy get the new one.
+    let out = p.hangar(&["tokens", "rotate-shuttle", app]);
+    assert!(out.status.success());
+    let (code, body) = p.api_request("GET", &path, Some(&key), Vec::new());
+    assert_eq!(code, 401, "the rotated-out token: {body}");
+
     // Redeploy: the guestbook survives; destroy drops the database.
     let out = p.deploy(&example(app));
     assert!(out.contains("is live"), "{out}");
+    let env = environ_of(&p, app);
+    let new_key = env
+        .iter()
+        .find(|(n, _)| n == "SHUTTLE_API_KEY")
+        .map(|(_, v)| v.clone())
+        .expect("SHUTTLE_API_KEY is set");
+    assert_ne!(new_key, key, "a new token after the rotation");
+    let (code, body) = p.api_request("GET", &path, Some(&new_key), Vec::new());
+    assert_eq!(code, 200, "the new token: {body}");
     let (_, body) = p.get(app, "/guests");
     assert!(body.contains("\"ada\""), "{body}");
     let out = p.hangar(&["destroy", app, "--yes"]);

@@ -98,7 +98,10 @@ impl Agent {
         if hangar_resources::shuttle::is_shuttle_image(&env)
             && let Some(resources) = inner.resources.get()
         {
-            let mut shuttle = resources.shuttle_env(&m.app_id, m.port);
+            let mut shuttle = resources
+                .shuttle_env(&m.app_id, m.port)
+                .await
+                .map_err(|e| NodeError::Resources(e.to_string()))?;
             self.expose_platform_api(m, &mut shuttle).await?;
             env.extend(shuttle);
         }

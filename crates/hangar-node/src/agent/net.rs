@@ -129,7 +129,10 @@ impl Agent {
         self.expose_resources(m, &app.name, &mut content).await?;
         let (_, _, env) = self.image_of(m).await?;
         if hangar_resources::shuttle::is_shuttle_image(&env) {
-            let mut shuttle = resources.shuttle_env(&m.app_id, m.port);
+            let mut shuttle = resources
+                .shuttle_env(&m.app_id, m.port)
+                .await
+                .map_err(|e| NodeError::Resources(e.to_string()))?;
             self.expose_platform_api(m, &mut shuttle).await?;
         }
         Ok(())

@@ -224,6 +224,37 @@ impl Store {
         .await
     }
 
+    /// The generation of the app's Shuttle runtime token (0 until rotated).
+    pub async fn shuttle_token_generation(&self, app_id: &str) -> Result<i64> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT generation FROM shuttle_tokens WHERE app_id = ?1",
+                [app_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Moves the app's Shuttle runtime token to its next generation;
+    /// returns it.
+    pub async fn rotate_shuttle_token(&self, app_id: &str) -> Result<i64> {
+        let app_id = app_id.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "INSERT INTO shuttle_tokens (app_id, generation) VALUES (?1, 1)
+                 ON CONFLICT(app_id) DO UPDATE SET generation = generation + 1
+                 RETURNING generation",
+                [app_id],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     /// Records one mutation of `org_id`'s; the org keeps its newest
     /// [`AUDIT_KEPT_PER_ORG`] entries.
     pub async fn record_audit(&self, org_id: &str, entry: AuditEntry) -> Result<()> {
