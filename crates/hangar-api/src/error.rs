@@ -13,6 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// What went wrong and, for 4xx, what to do about it.
     pub message: String,
+    /// A machine-readable reason, sent as `status` (Fly's `name_taken`…).
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -20,7 +22,13 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            code: None,
         }
+    }
+    /// The same error with a machine-readable reason.
+    pub fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -39,11 +47,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let body = match self.code {
+            Some(code) => serde_json::json!({ "error": self.message, "status": code }),
+            None => serde_json::json!({ "error": self.message }),
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 

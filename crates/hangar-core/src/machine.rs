@@ -17,34 +17,54 @@ use crate::duration::{self, Bounds};
 pub struct MachineConfig {
     /// Image reference in Hangar's image store: `name:tag`, `name` or a
     /// manifest digest `sha256:…`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub image: String,
     /// Environment variables, added to the image's.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env: BTreeMap<String, String>,
     /// CPU, memory and GPU size; enforced with cgroups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<Guest>,
     /// Network services (used by the proxy).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub services: Vec<Service>,
     /// Machine-level health checks (monitoring only).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub checks: BTreeMap<String, Check>,
     /// What happens when the main process exits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<Restart>,
     /// Destroy the machine once its process exits (and is not restarted).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub auto_destroy: bool,
     /// Free-form key/value pairs, filterable in list calls.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub metadata: BTreeMap<String, String>,
     /// Overrides of the image's entrypoint and command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<Init>,
     /// Processes; the first one's command is the machine's main process.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub processes: Vec<Process>,
     /// How the machine is asked to stop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,16 +75,23 @@ pub struct MachineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Guest {
     /// `shared` or `performance` (both are a CPU quota here).
-    #[serde(default = "default_cpu_kind")]
+    #[serde(
+        default = "default_cpu_kind",
+        deserialize_with = "null_default_cpu_kind"
+    )]
     pub cpu_kind: String,
     /// Whole CPUs of quota.
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "null_one")]
     pub cpus: u32,
     /// Memory limit in MiB.
-    #[serde(default = "default_memory")]
+    #[serde(default = "default_memory", deserialize_with = "null_default_memory")]
     pub memory_mb: u64,
     /// Number of GPUs passed in.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub gpus: u32,
     /// GPU model wanted (e.g. `a100-pcie-40gb`); informational here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,16 +123,72 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+// ---- JSON null is "not given" ----
+//
+// Fly's own answers (and clients that copy them) send `"env": null`,
+// `"services": null`, `"guest": {"cpus": null}`: each means the default.
+
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn null_or<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    default: fn() -> T,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_else(default))
+}
+
+fn null_default_cpu_kind<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    null_or(d, default_cpu_kind)
+}
+fn null_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    null_or(d, one)
+}
+fn null_default_memory<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    null_or(d, default_memory)
+}
+fn null_tcp<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    null_or(d, tcp)
+}
+fn null_requests<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    null_or(d, requests)
+}
+
+/// A check's duration as given: a string is kept as written (validated
+/// later, naming the field); a number is nanoseconds, as Fly's clients
+/// send `time.Duration`, kept as its Go string.
+fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(v @ serde_json::Value::Number(_)) => parse_duration_value(&v)
+            .map(|d| Some(duration::format(d)))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("{v} is not a duration in nanoseconds"))
+            }),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a duration such as \"10s\", not {other}"
+        ))),
+    }
+}
+
 /// A network service of a machine.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Service {
     /// `tcp` (HTTP is a handler on a tcp service, as in Fly).
-    #[serde(default = "tcp")]
+    #[serde(default = "tcp", deserialize_with = "null_tcp")]
     pub protocol: String,
     /// The port the app listens on inside the machine.
     pub internal_port: u16,
     /// Public ports and their handlers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ports: Vec<Port>,
     /// Start the machine when a request arrives and none runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,7 +208,11 @@ pub struct Service {
     pub idle_timeout: Option<String>,
     /// Checks that gate routing: a machine gets the service's traffic only
     /// while they pass (a new deploy machine, only once they have passed).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub checks: Vec<Check>,
 }
 
@@ -154,7 +241,11 @@ fn tcp() -> String {
 pub struct Port {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub handlers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_https: Option<bool>,
@@ -164,7 +255,11 @@ pub struct Port {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Concurrency {
     /// `connections` or `requests`.
-    #[serde(rename = "type", default = "requests")]
+    #[serde(
+        rename = "type",
+        default = "requests",
+        deserialize_with = "null_requests"
+    )]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_limit: Option<u32>,
@@ -222,15 +317,27 @@ impl<'de> Deserialize<'de> for Autostop {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Check {
     /// `http` or `tcp`.
-    #[serde(rename = "type", default = "tcp")]
+    #[serde(rename = "type", default = "tcp", deserialize_with = "null_tcp")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "duration_text"
+    )]
     pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "duration_text"
+    )]
     pub timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "duration_text"
+    )]
     pub grace_period: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -331,7 +438,7 @@ impl Check {
 /// Restart policy.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Restart {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub policy: RestartPolicy,
     /// Consecutive restarts tried before giving up (on-failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -363,7 +470,7 @@ pub struct Init {
     pub entrypoint: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub tty: bool,
 }
 
@@ -378,7 +485,11 @@ pub struct Process {
     pub cmd: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -387,7 +498,8 @@ pub struct Process {
 /// How a machine is asked to stop.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StopConfig {
-    /// Grace before SIGKILL, e.g. `"10s"` (a number is seconds).
+    /// Grace before SIGKILL, e.g. `"10s"` (a number is nanoseconds, as
+    /// Fly's clients send Go's `time.Duration`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<serde_json::Value>,
     /// `SIGTERM` (default), `SIGINT`, `SIGQUIT`, `SIGUSR1`, `SIGUSR2`, `SIGHUP`.
@@ -597,9 +709,19 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     duration::parse(s)
 }
 
+/// A duration as the Machines API carries it: a Go duration string
+/// (`"10s"`, `"1m0s"`), or a number of **nanoseconds** (Go's
+/// `time.Duration`, as Fly's clients read and write bare numbers).
+pub fn fly_duration(v: &serde_json::Value) -> Option<Duration> {
+    parse_duration_value(v)
+}
+
 fn parse_duration_value(v: &serde_json::Value) -> Option<Duration> {
     match v {
-        serde_json::Value::Number(n) => n.as_f64().and_then(duration::seconds),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_nanos)
+            .or_else(|| n.as_f64().and_then(|f| duration::seconds(f / 1e9))),
         serde_json::Value::String(s) => duration::parse(s),
         // Fly also sends {"Duration": nanoseconds}.
         serde_json::Value::Object(o) => o
@@ -613,6 +735,54 @@ fn parse_duration_value(v: &serde_json::Value) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_numbers_are_nanoseconds_as_in_go() {
+        let c: MachineConfig = serde_json::from_value(serde_json::json!({
+            "image": "x",
+            "stop_config": {"timeout": 5_000_000_000u64},
+            "checks": {"c": {"type": "tcp", "port": 80, "interval": 15_000_000_000u64,
+                             "timeout": "2s", "grace_period": null}},
+        }))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.checks["c"].interval.as_deref(), Some("15s"));
+        assert_eq!(c.checks["c"].spec().interval, Duration::from_secs(15));
+        assert_eq!(
+            fly_duration(&serde_json::json!(5_000_000_000u64)),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            fly_duration(&serde_json::json!("1m0s")),
+            Some(Duration::from_secs(60))
+        );
+        let bad: Result<MachineConfig, _> = serde_json::from_value(serde_json::json!({
+            "image": "x", "checks": {"c": {"interval": -1}}
+        }));
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn json_null_is_the_default_everywhere_fly_sends_it() {
+        let c: MachineConfig = serde_json::from_value(serde_json::json!({
+            "image": "app:v1", "env": null, "metadata": null, "services": null,
+            "checks": null, "processes": null, "auto_destroy": null, "init": null,
+            "guest": {"cpu_kind": null, "cpus": null, "memory_mb": null, "gpus": null},
+            "restart": {"policy": null, "max_retries": null},
+            "stop_config": null,
+        }))
+        .unwrap();
+        assert!(c.env.is_empty() && c.metadata.is_empty() && c.services.is_empty());
+        assert!(!c.auto_destroy);
+        assert_eq!(c.guest(), Guest::default());
+        let s: Service = serde_json::from_value(serde_json::json!({
+            "protocol": null, "internal_port": 8080, "ports": null, "checks": null,
+            "concurrency": {"type": null}
+        }))
+        .unwrap();
+        assert_eq!(s.protocol, "tcp");
+        assert!(s.ports.is_empty());
+    }
 
     #[test]
     fn parses_fly_json_and_ignores_unknown_fields() {

@@ -37,6 +37,7 @@ mod health;
 mod launch;
 mod logs;
 mod net;
+mod procs;
 mod rollout;
 mod wake;
 
@@ -44,6 +45,14 @@ pub use health::{CheckReport, HealthReport, HealthStatus};
 pub use logs::LogLimits;
 use rollout::Gate;
 pub use rollout::plan;
+
+/// What a new machine is called: its name, and the region it was asked
+/// for (default: this node's).
+#[derive(Debug, Clone, Default)]
+pub struct Naming {
+    pub name: Option<String>,
+    pub region: Option<String>,
+}
 
 /// Settings of the node agent.
 #[derive(Debug, Clone)]
@@ -393,7 +402,7 @@ impl Agent {
         &self,
         app: &App,
         release_id: Option<String>,
-        name: Option<String>,
+        naming: Naming,
         config: MachineConfig,
         image_digest: String,
         skip_launch: bool,
@@ -406,8 +415,12 @@ impl Agent {
             .create_machine(NewMachine {
                 app_id: app.id.clone(),
                 release_id,
-                name,
-                region: self.inner.cfg.region.clone(),
+                name: naming.name,
+                // Placed on this node whatever was asked; the request is
+                // kept and shown, as a client that chose it expects.
+                region: naming
+                    .region
+                    .unwrap_or_else(|| self.inner.cfg.region.clone()),
                 config,
                 image_digest,
                 driver: self.inner.driver.name().to_owned(),

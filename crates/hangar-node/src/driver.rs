@@ -10,8 +10,11 @@ use tokio::process::Command;
 
 mod exec;
 mod oci;
+mod procs;
+
 pub use exec::{EXEC_OUTPUT_MAX, ExecOutput};
 use oci::oci_config;
+pub use procs::{ProcInfo, proc_info};
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,6 @@ pub mod driver;
 pub mod network;
 pub mod seccomp;
 
-pub use agent::{Agent, LogLimits, NodeConfig, NodeError};
+pub use agent::{Agent, LogLimits, Naming, NodeConfig, NodeError};
 pub use driver::{Driver, DriverChoice, Limits};
 pub use network::{Egress, Network, NetworkConfig, Subnet};

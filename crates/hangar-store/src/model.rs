@@ -194,6 +194,12 @@ pub struct MachineEvent {
     pub source: String,
     /// Unix milliseconds.
     pub timestamp: i64,
+    /// Increasing per platform; `from_event_id` of a wait.
+    pub id: i64,
+    /// For an `exit`: the process's exit code (none when killed by a
+    /// signal) and whether the OOM killer ended it.
+    pub exit_code: Option<i64>,
+    pub oom_killed: Option<bool>,
 }
 
 /// A resource of an app as stored: its credentials stay sealed here.

@@ -33,3 +33,7 @@ CREATE TABLE shuttle_tokens (
     app_id TEXT PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
     generation INTEGER NOT NULL
 );
+-- A machine's exit event carries how it exited, so a job's exit code
+-- outlives the machine (auto_destroy) in its event log.
+ALTER TABLE machine_events ADD COLUMN exit_code INTEGER;
+ALTER TABLE machine_events ADD COLUMN oom_killed INTEGER;

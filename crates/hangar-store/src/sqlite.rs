@@ -564,6 +564,11 @@ impl Store {
                 params![id, exit_code, oom_killed, now_unix()],
             )?;
             insert_event(c, &id, "exit", "stopped", "hangar")?;
+            c.execute(
+                "UPDATE machine_events SET exit_code = ?2, oom_killed = ?3
+                 WHERE seq = last_insert_rowid() AND machine_id = ?1",
+                params![id, exit_code, oom_killed],
+            )?;
             Ok(())
         })
         .await
@@ -666,18 +671,32 @@ impl Store {
 
     /// The machine's most recent events, newest first.
     pub async fn machine_events(&self, id: &str, limit: i64) -> Result<Vec<MachineEvent>> {
+        self.machine_events_after(id, 0, limit).await
+    }
+
+    /// The machine's events newer than event `after` (its `id`), newest
+    /// first, at most `limit`.
+    pub async fn machine_events_after(
+        &self,
+        id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<MachineEvent>> {
         let id = id.to_owned();
         self.call(move |c| {
             let mut st = c.prepare(
-                "SELECT type, status, source, at_ms FROM machine_events WHERE machine_id = ?1
-                 ORDER BY seq DESC LIMIT ?2",
+                "SELECT type, status, source, at_ms, seq, exit_code, oom_killed FROM machine_events
+                 WHERE machine_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3",
             )?;
-            let rows = st.query_map(params![id, limit], |r| {
+            let rows = st.query_map(params![id, after, limit], |r| {
                 Ok(MachineEvent {
                     kind: r.get(0)?,
                     status: r.get(1)?,
                     source: r.get(2)?,
                     timestamp: r.get(3)?,
+                    id: r.get(4)?,
+                    exit_code: r.get(5)?,
+                    oom_killed: r.get::<_, Option<bool>>(6)?,
                 })
             })?;
             collect(rows)

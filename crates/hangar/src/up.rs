@@ -292,7 +292,12 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             work_dir: data.join("builds"),
             target_root: opts
                 .build_target_root
-                .clone()
+                .as_deref()
+                // Absolute: build containers bind-mount it from their
+                // bundle dir, where a relative path means something else.
+                .map(std::path::absolute)
+                .transpose()
+                .context("resolving --build-target-root")?
                 .unwrap_or_else(|| data.join("targets")),
             logs_dir: data.join("build-logs"),
             cargo: PathBuf::from(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),

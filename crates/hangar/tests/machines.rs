@@ -554,7 +554,7 @@ fn update_cordon_lease_metadata_and_exec() {
         &path("/lease"),
         json!({"ttl": 60, "description": "deploying"}),
     );
-    assert_eq!(code, 200, "{lease}");
+    assert_eq!(code, 201, "a new lease: {lease}");
     let nonce = lease["data"]["nonce"].as_str().unwrap().to_owned();
     let (code, body) = p.call("POST", &path("/stop"), Value::Null);
     assert_eq!(code, 409, "{body}");

@@ -399,7 +399,7 @@ impl Agent {
                     .create(
                         app,
                         Some(release.id.clone()),
-                        None,
+                        super::Naming::default(),
                         machine_config.clone(),
                         release.image_digest.clone(),
                         true,

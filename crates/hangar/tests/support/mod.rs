@@ -468,6 +468,38 @@ impl TestPlatform {
         )
     }
 
+    /// An API request with a whole `Authorization` value and extra headers.
+    pub fn api_request_headers(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(format!("{}{path}", self.api))
+                .header(http::header::AUTHORIZATION, authorization);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = client
+                .request(req.body(Full::new(Bytes::from(body))).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        })
+    }
+
     /// A JSON request with the admin token: (status, parsed body or Null).
     pub fn call(
         &self,

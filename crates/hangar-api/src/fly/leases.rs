@@ -1,0 +1,264 @@
+//! Cordons, leases and metadata.
+
+use super::*;
+
+pub(super) async fn cordon(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    set_cordon(&state, &caller, &app, &id, &headers, true).await
+}
+
+pub(super) async fn uncordon(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    set_cordon(&state, &caller, &app, &id, &headers, false).await
+}
+
+pub(super) async fn set_cordon(
+    state: &ApiState,
+    caller: &Caller,
+    app: &str,
+    id: &str,
+    headers: &HeaderMap,
+    cordoned: bool,
+) -> Result<Json<Value>, ApiError> {
+    machine_to_change(state, caller, app, id, headers).await?;
+    state.agent.cordon(id, cordoned).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+fn lease_json(m: &Machine) -> Value {
+    match &m.lease {
+        Some(l) => json!({"status": "success", "data": {
+            "nonce": l.nonce, "expires_at": l.expires_at, "owner": l.owner,
+            "description": l.description, "version": m.instance_id,
+        }}),
+        None => Value::Null,
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct LeaseRequest {
+    #[serde(default)]
+    ttl: Option<u64>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// Longest lease, in seconds.
+pub(super) const MAX_LEASE_TTL: u64 = 3600;
+
+#[derive(Deserialize)]
+pub(super) struct LeaseQuery {
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+/// `POST …/lease[?ttl=N]`: fly-go sends the ttl in the query and no body;
+/// Fly's spec puts `ttl` and `description` in a JSON body. 201 for a new
+/// lease, 200 for a refresh (the holder's nonce given).
+pub(super) async fn acquire_lease(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    Query(q): Query<LeaseQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    let req: LeaseRequest = parse(&body)?;
+    let ttl = req.ttl.or(q.ttl).unwrap_or(30);
+    if !(1..=MAX_LEASE_TTL).contains(&ttl) {
+        return Err(ApiError::bad_request(format!(
+            "ttl: must be 1 to {MAX_LEASE_TTL} seconds"
+        )));
+    }
+    // Held by someone else: 409. Held by the caller (nonce given): refreshed.
+    check_lease(&headers, &m)?;
+    let (nonce, status) = match (&m.lease, headers.get(LEASE_HEADER)) {
+        (Some(l), Some(_)) if l.expires_at > hangar_core::now_unix() => {
+            (l.nonce.clone(), StatusCode::OK)
+        }
+        _ => (
+            hangar_core::id::new_token().replace("hgr_", ""),
+            StatusCode::CREATED,
+        ),
+    };
+    let lease = hangar_store::Lease {
+        nonce,
+        owner: caller.org.name.clone(),
+        description: req.description.unwrap_or_default(),
+        expires_at: hangar_core::now_unix() + ttl as i64,
+    };
+    state.store.set_machine_lease(&id, Some(lease)).await?;
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    Ok((status, Json(lease_json(&m))).into_response())
+}
+
+pub(super) async fn get_lease(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    match &m.lease {
+        Some(l) if l.expires_at > hangar_core::now_unix() => Ok(Json(lease_json(&m))),
+        _ => Err(ApiError::not_found(format!("machine {id} has no lease"))),
+    }
+}
+
+pub(super) async fn release_lease(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    state.store.set_machine_lease(&id, None).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+pub(super) async fn get_metadata(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    Ok(Json(json!(m.config.metadata)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct MetadataValue {
+    value: String,
+}
+
+fn check_metadata_key(key: &str) -> Result<(), ApiError> {
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "metadata key {key:?}: use 1 to 128 letters, digits, '_', '-' or '.'"
+        )))
+    }
+}
+
+pub(super) async fn set_metadata(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    // Fly takes metadata writes without the lease's nonce.
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    check_metadata_key(&key)?;
+    let req: MetadataValue = parse(&body)?;
+    let mut metadata = m.config.metadata.clone();
+    metadata.insert(key, req.value);
+    check_metadata(&metadata)?;
+    state.store.set_machine_metadata(&id, metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Most keys a machine's metadata holds, and the longest value.
+const MAX_METADATA_KEYS: usize = 128;
+const MAX_METADATA_VALUE: usize = 4096;
+
+fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if metadata.len() > MAX_METADATA_KEYS {
+        return Err(ApiError::bad_request(format!(
+            "metadata: at most {MAX_METADATA_KEYS} keys"
+        )));
+    }
+    if let Some((k, _)) = metadata.iter().find(|(_, v)| v.len() > MAX_METADATA_VALUE) {
+        return Err(ApiError::bad_request(format!(
+            "metadata.{k}: at most {MAX_METADATA_VALUE} bytes"
+        )));
+    }
+    metadata.keys().try_for_each(|k| check_metadata_key(k))
+}
+
+/// `GET …/metadata/{key}`: `{"value": …}`, or 404.
+pub(super) async fn get_metadata_key(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    match m.config.metadata.get(&key) {
+        Some(v) => Ok(Json(json!({ "value": v }))),
+        None => Err(ApiError::not_found(format!(
+            "machine {id} has no metadata key {key:?}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct MetadataUpdate {
+    /// Keys to set; a null or empty value removes the key.
+    metadata: BTreeMap<String, Option<String>>,
+    /// When given, the update applies only to this version of the machine
+    /// (412 otherwise).
+    #[serde(default)]
+    machine_version: Option<String>,
+}
+
+/// `PUT`/`PATCH …/metadata` with `{"metadata": {…}}`: `PATCH` merges,
+/// `PUT` replaces; null or empty values remove keys. 204.
+pub(super) async fn update_metadata(
+    caller: Caller,
+    State(state): State<ApiState>,
+    method: axum::http::Method,
+    Path((app, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    let req: MetadataUpdate = parse(&body)?;
+    if let Some(v) = &req.machine_version
+        && v != &m.instance_id
+    {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!("machine {id} is at version {}, not {v}", m.instance_id),
+        ));
+    }
+    let mut metadata = match method {
+        axum::http::Method::PUT => BTreeMap::new(),
+        _ => m.config.metadata.clone(),
+    };
+    for (k, v) in req.metadata {
+        match v.filter(|v| !v.is_empty()) {
+            Some(v) => metadata.insert(k, v),
+            None => metadata.remove(&k),
+        };
+    }
+    check_metadata(&metadata)?;
+    state.store.set_machine_metadata(&id, metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn delete_metadata(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
+    let mut metadata = m.config.metadata.clone();
+    if metadata.remove(&key).is_none() {
+        return Err(ApiError::not_found(format!(
+            "machine {id} has no metadata key {key:?}"
+        )));
+    }
+    state.store.set_machine_metadata(&id, metadata).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,494 @@
+//! Machines: create, update, list, get, exec, start, stop, suspend,
+//! restart, destroy.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct CreateMachine {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    skip_launch: bool,
+    /// Seconds of a lease the creator holds at once (its nonce comes back
+    /// as `nonce`).
+    #[serde(default)]
+    lease_ttl: Option<u64>,
+    config: MachineConfig,
+}
+
+/// A region as Fly names them (`iad`, `lhr`, `ams`…): any short name is
+/// taken, since every machine runs on this node; it is recorded and echoed.
+fn check_region(region: &str) -> Result<(), ApiError> {
+    let ok = region.len() <= 32
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "region: {region:?} is not a region name (up to 32 lowercase letters, digits and '-')"
+            ),
+        ))
+    }
+}
+
+/// Validates a create/update body and resolves its image for the caller.
+async fn checked_request(
+    state: &ApiState,
+    caller: &Caller,
+    body: &Bytes,
+) -> Result<(CreateMachine, String), ApiError> {
+    let req: CreateMachine = parse(body)?;
+    req.config
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    if let Some(region) = req.region.as_deref().filter(|r| !r.is_empty()) {
+        check_region(region)?;
+    }
+    let digest = state
+        .store
+        .resolve_image(&caller.org.id, &req.config.image)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "config.image: no image {:?} in Hangar's store for your organisation; deploy an app (its images are <app>:vN) or `hangar image import` one",
+                    req.config.image
+                ),
+            )
+        })?;
+    Ok((req, digest))
+}
+
+pub(super) async fn create_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let app = find_app(&state, &caller, &app).await?;
+    let (req, digest) = checked_request(&state, &caller, &body).await?;
+    crate::quota::check_machine(&state, &caller.org, req.config.guest().memory_mb, None).await?;
+    let m = state
+        .agent
+        .create(
+            &app,
+            None,
+            hangar_node::Naming {
+                name: req.name,
+                region: req.region.filter(|r| !r.is_empty()),
+            },
+            req.config,
+            digest,
+            req.skip_launch,
+        )
+        .await?;
+    let mut answer = machine_json(&state, &m).await?;
+    if let Some(ttl) = req.lease_ttl.filter(|t| *t > 0) {
+        let ttl = ttl.min(MAX_LEASE_TTL);
+        let lease = hangar_store::Lease {
+            nonce: hangar_core::id::new_token().replace("hgr_", ""),
+            owner: caller.org.name.clone(),
+            description: "lease_ttl at create".to_owned(),
+            expires_at: hangar_core::now_unix() + ttl as i64,
+        };
+        answer["nonce"] = json!(lease.nonce);
+        state.store.set_machine_lease(&m.id, Some(lease)).await?;
+    }
+    let note = AuditNote {
+        target: Some(m.id.clone()),
+        summary: format!("image {}", m.config.image),
+        ..AuditNote::default()
+    };
+    Ok(noted(Json(answer), note))
+}
+
+pub(super) async fn update_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    let (req, digest) = checked_request(&state, &caller, &body).await?;
+    crate::quota::check_machine(&state, &caller.org, req.config.guest().memory_mb, Some(&id))
+        .await?;
+    let m = state
+        .agent
+        .update(&id, req.config, digest, req.name, req.skip_launch)
+        .await?;
+    Ok(Json(machine_json(&state, &m).await?))
+}
+
+/// The header a lease holder passes.
+#[derive(Deserialize)]
+pub(super) struct ExecRequest {
+    /// The command as argv (preferred).
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    /// The command as one string, split on whitespace (Fly's older field).
+    #[serde(default)]
+    cmd: Option<String>,
+    /// Seconds before the command is killed.
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+pub(super) async fn exec(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    let req: ExecRequest = parse(&body)?;
+    let argv: Vec<String> = match (req.command, req.cmd) {
+        (Some(c), _) if !c.is_empty() => c,
+        (_, Some(c)) if !c.trim().is_empty() => c.split_whitespace().map(str::to_owned).collect(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "cmd: give the command as \"command\": [argv] or \"cmd\": \"string\"",
+            ));
+        }
+    };
+    let timeout = req.timeout.unwrap_or(30);
+    if !(1..=600).contains(&timeout) {
+        return Err(ApiError::bad_request("timeout: must be 1 to 600 seconds"));
+    }
+    // Each stream is capped (the node keeps the first MiB of each).
+    let out = state
+        .agent
+        .exec(&id, &argv, Duration::from_secs(timeout))
+        .await?;
+    Ok(Json(json!({
+        "exit_code": out.code,
+        "exit_signal": 0,
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
+        "truncated": out.truncated,
+    })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListMachinesQuery {
+    #[serde(default)]
+    include_deleted: bool,
+    #[serde(default)]
+    region: Option<String>,
+    /// `metadata.{key}=value` filters.
+    #[serde(flatten)]
+    rest: BTreeMap<String, String>,
+}
+
+pub(super) async fn list_machines(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(q): Query<ListMachinesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let app = find_app(&state, &caller, &app).await?;
+    let wanted: Vec<(&str, &str)> = q
+        .rest
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("metadata.").map(|k| (k, v.as_str())))
+        .collect();
+    let mut out = Vec::new();
+    for m in state
+        .store
+        .machines_for_app_all(&app.id, q.include_deleted)
+        .await?
+    {
+        if q.region.as_ref().is_some_and(|r| r != &m.region) {
+            continue;
+        }
+        if !wanted
+            .iter()
+            .all(|(k, v)| m.config.metadata.get(*k).map(String::as_str) == Some(*v))
+        {
+            continue;
+        }
+        out.push(machine_json(&state, &m).await?);
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+pub(super) async fn get_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_machine(&state, &caller, &app, &id).await?;
+    Ok(Json(machine_json(&state, &m).await?))
+}
+
+pub(super) async fn start(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let before = machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    state.agent.start(&id).await?;
+    Ok(Json(
+        json!({"previous_state": before.state, "migrated": false, "new_host": ""}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct StopRequest {
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    timeout: Option<Value>,
+}
+
+impl StopRequest {
+    fn resolve(&self) -> Result<(Option<i32>, Option<Duration>), ApiError> {
+        let signal = match &self.signal {
+            None => None,
+            Some(s) => Some(
+                hangar_core::machine::STOP_SIGNALS
+                    .iter()
+                    .find(|(n, _)| n == s)
+                    .map(|(_, v)| *v)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("signal: {s:?} is not a signal Hangar sends"))
+                    })?,
+            ),
+        };
+        // A Go duration string, or nanoseconds (Go's time.Duration), as
+        // Fly's clients send it; fly-go sends "0s" when none was chosen,
+        // which means the machine's own stop_config, not an instant kill.
+        let timeout = match &self.timeout {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(hangar_core::machine::fly_duration(v).ok_or_else(|| {
+                ApiError::bad_request("timeout: must be a duration such as \"10s\", or nanoseconds")
+            })?),
+        }
+        .filter(|t| !t.is_zero());
+        if let Some(t) = timeout {
+            hangar_core::duration::Bounds::STOP_GRACE
+                .check(t)
+                .map_err(|why| ApiError::bad_request(format!("timeout: {why}")))?;
+        }
+        Ok((signal, timeout))
+    }
+}
+
+pub(super) async fn stop(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    let req: StopRequest = parse(&body)?;
+    let (signal, timeout) = req.resolve()?;
+    state.agent.stop(&id, signal, timeout).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+pub(super) async fn suspend(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    state.agent.suspend(&id).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+pub(super) async fn restart(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<StopRequestQuery>,
+) -> Result<Json<Value>, ApiError> {
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    // `timeout` is a Go duration string, or integer nanoseconds (older
+    // clients); `force_stop` is accepted (the stop is as forceful as the
+    // signal and timeout make it).
+    let req = StopRequest {
+        signal: q.signal,
+        timeout: q.timeout.map(|t| match t.parse::<u64>() {
+            Ok(ns) => json!(ns),
+            Err(_) => Value::String(t),
+        }),
+    };
+    let (signal, timeout) = req.resolve()?;
+    state.agent.stop(&id, signal, timeout).await?;
+    state.agent.start(&id).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+#[derive(Deserialize)]
+pub(super) struct StopRequestQuery {
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    force_stop: Option<bool>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteQuery {
+    /// Fly's spec names it `force`; fly-go sends `kill`: either destroys a
+    /// running machine.
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    kill: bool,
+}
+
+pub(super) async fn delete_machine(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Value>, ApiError> {
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    state.agent.destroy(&id, q.force || q.kill).await?;
+    Ok(Json(json!({"ok": true})))
+}
+
+/// Signals a machine may be sent (Fly's list), by name and number.
+const SIGNALS: &[(&str, i32)] = &[
+    ("SIGABRT", libc_signal::ABRT),
+    ("SIGALRM", libc_signal::ALRM),
+    ("SIGFPE", libc_signal::FPE),
+    ("SIGHUP", libc_signal::HUP),
+    ("SIGILL", libc_signal::ILL),
+    ("SIGINT", libc_signal::INT),
+    ("SIGKILL", libc_signal::KILL),
+    ("SIGPIPE", libc_signal::PIPE),
+    ("SIGQUIT", libc_signal::QUIT),
+    ("SIGSEGV", libc_signal::SEGV),
+    ("SIGTERM", libc_signal::TERM),
+    ("SIGTRAP", libc_signal::TRAP),
+    ("SIGUSR1", libc_signal::USR1),
+    ("SIGUSR2", libc_signal::USR2),
+];
+
+/// Linux's signal numbers (x86_64 and aarch64 agree on these).
+mod libc_signal {
+    pub const HUP: i32 = 1;
+    pub const INT: i32 = 2;
+    pub const QUIT: i32 = 3;
+    pub const ILL: i32 = 4;
+    pub const TRAP: i32 = 5;
+    pub const ABRT: i32 = 6;
+    pub const FPE: i32 = 8;
+    pub const KILL: i32 = 9;
+    pub const USR1: i32 = 10;
+    pub const SEGV: i32 = 11;
+    pub const USR2: i32 = 12;
+    pub const PIPE: i32 = 13;
+    pub const ALRM: i32 = 14;
+    pub const TERM: i32 = 15;
+}
+
+#[derive(Deserialize)]
+pub(super) struct SignalRequest {
+    /// A name (`"SIGUSR1"`, Fly's spec) or a number (`9`, what fly-go sends).
+    signal: Value,
+}
+
+/// `POST …/signal` with `{"signal": "SIGUSR1"}` or `{"signal": 9}`.
+pub(super) async fn signal(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    machine_to_change(&state, &caller, &app, &id, &headers).await?;
+    let req: SignalRequest = parse(&body)?;
+    let found = match &req.signal {
+        Value::String(name) => SIGNALS.iter().find(|(n, _)| n == name),
+        Value::Number(n) => SIGNALS
+            .iter()
+            .find(|(_, v)| Some(i64::from(*v)) == n.as_i64()),
+        _ => None,
+    };
+    let Some((name, number)) = found else {
+        return Err(ApiError::bad_request(format!(
+            "signal: {} is not one of {}",
+            req.signal,
+            SIGNALS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    state.agent.signal(&id, *number).await?;
+    let note = AuditNote {
+        summary: (*name).to_owned(),
+        ..AuditNote::default()
+    };
+    Ok(noted(Json(json!({"ok": true})), note))
+}
+
+/// `GET …/ps`: the machine's processes, main process first.
+pub(super) async fn ps(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    find_live_machine(&state, &caller, &app, &id).await?;
+    let now_ms = hangar_core::now_unix().saturating_mul(1000);
+    let boot_ms = now_ms.saturating_sub(uptime_ms());
+    let list: Vec<Value> = state
+        .agent
+        .processes(&id)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let started = boot_ms.saturating_add(p.start_ms as i64);
+            json!({
+                "pid": p.pid, "command": p.command, "directory": p.directory,
+                "cpu": p.cpu_ms, "rss": p.rss,
+                // Start time (Unix ms) and how long it has run (ms).
+                "stime": started, "rtime": now_ms.saturating_sub(started),
+                "listen_sockets": [],
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+/// Milliseconds since the host booted.
+fn uptime_ms() -> i64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|secs| (secs * 1000.0) as i64)
+        .unwrap_or(0)
+}
+
+/// `GET …/versions`: the machine's versions, newest first. Hangar keeps
+/// the current one only.
+pub(super) async fn versions(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, m) = find_machine(&state, &caller, &app, &id).await?;
+    Ok(Json(
+        json!([{"version": m.instance_id, "user_config": m.config}]),
+    ))
+}
