@@ -104,40 +104,49 @@ fn ensure_tmpfs(root: &Path) -> Result<(), String> {
 /// start can tell a dir whose data dir is gone.
 const OWNER_FILE: &str = "data-dir";
 
-/// Makes `images_rootfs` (the unpacked images, inside the data dir) reachable
-/// by machines at `/run/hangar/rootfs/<tag>`, through a bind mount.
+/// What is reached through a view: the unpacked images (by machines, as
+/// their user-namespaced uids) and the dirs of Hangar's own servers (by
+/// the unprivileged users they run as).
+pub const VIEWS: &[&str] = &["rootfs", "postgres", "redis", "nats"];
+
+/// Makes `source` (a dir inside the private data dir) reachable at
+/// `/run/hangar/<kind>/<tag>`, through a bind mount.
 ///
-/// Why: a machine in a user namespace runs as an unprivileged host uid, and
-/// runc looks its root filesystem up by path as that uid, so every
-/// directory above it must be passable by others. Through the mount, only
-/// `/run/hangar/rootfs` (0711) lies above it, and the data dir stays 0700
-/// (as does the run dir: runc hands machines their resources files by
-/// descriptor). An existing mount of the same directory is kept (a
-/// restart); a stale one is replaced.
-pub fn expose_rootfs(images_rootfs: &Path, run: &Path, data: &Path) -> Result<PathBuf, String> {
+/// Why: the data dir is 0700, but some of what is in it is opened by path
+/// by other users: a machine in a user namespace runs as an unprivileged
+/// host uid, and runc looks its root filesystem up as that uid; Postgres,
+/// Redis and NATS run as their own users. Every directory above such a
+/// path must be passable by them. Through the mount, only
+/// `/run/hangar/<kind>` (0711, on tmpfs) lies above it. The run dir stays
+/// 0700 (runc hands machines their resources files by descriptor). An
+/// existing mount of the same directory is kept (a restart); a stale one
+/// is replaced.
+pub fn expose(source: &Path, kind: &str, run: &Path, data: &Path) -> Result<PathBuf, String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let (Some(root), Some(tag)) = (run.parent(), run.file_name()) else {
         return Err(format!("{} has no parent", run.display()));
     };
-    let views = root.join("rootfs");
+    if !VIEWS.contains(&kind) {
+        return Err(format!("{kind} is not a view the start collects"));
+    }
+    let views = root.join(kind);
     let view = views.join(tag);
     let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", view.display());
     std::fs::write(run.join(OWNER_FILE), data.as_os_str().as_bytes())
         .map_err(|e| err("recording the owner of", e))?;
+    std::fs::create_dir_all(source).map_err(|e| err("creating the source of", e))?;
     std::fs::create_dir_all(&view).map_err(|e| err("creating", e))?;
     std::fs::set_permissions(&views, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| err("opening the way to", e))?;
-    std::fs::set_permissions(images_rootfs, std::fs::Permissions::from_mode(0o711))
-        .map_err(|e| err("opening the images for", e))?;
-    let source = std::fs::metadata(images_rootfs).map_err(|e| err("reading the source of", e))?;
+    let source_meta = std::fs::metadata(source).map_err(|e| err("reading the source of", e))?;
     let seen = std::fs::metadata(&view).map_err(|e| err("reading", e))?;
-    if (seen.dev(), seen.ino()) == (source.dev(), source.ino()) {
+    if (seen.dev(), seen.ino()) == (source_meta.dev(), source_meta.ino()) {
         return Ok(view);
     }
     if is_mount_point(&view) {
         unmount(&view).map_err(|e| err("unmounting a stale", e))?;
     }
-    let src = CString::new(images_rootfs.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let src = CString::new(source.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
     let dst = CString::new(view.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
     // SAFETY: mount(2) with valid NUL-terminated paths and no data.
     let r = unsafe {
@@ -150,15 +159,21 @@ pub fn expose_rootfs(images_rootfs: &Path, run: &Path, data: &Path) -> Result<Pa
         )
     };
     if r != 0 {
-        return Err(err(
-            "bind-mounting the images at",
-            std::io::Error::last_os_error(),
-        ));
+        return Err(err("bind-mounting", std::io::Error::last_os_error()));
     }
     Ok(view)
 }
 
-/// Removes the run dirs (and their rootfs mounts) of data dirs that no
+/// [`expose`] for the unpacked images, which machines only pass through.
+pub fn expose_rootfs(images_rootfs: &Path, run: &Path, data: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(images_rootfs).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(images_rootfs, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("opening {} for machines: {e}", images_rootfs.display()))?;
+    expose(images_rootfs, "rootfs", run, data)
+}
+
+/// Removes the run dirs (and their views' mounts) of data dirs that no
 /// longer exist: a test's or a removed install's. A mount that cannot be
 /// taken down is left, and its dir with it: nothing is ever removed through
 /// a mount.
@@ -173,16 +188,24 @@ pub fn collect_stale(root: &Path) {
         if Path::new(std::ffi::OsStr::from_bytes(&owner)).exists() {
             continue;
         }
-        if let Some(tag) = dir.file_name() {
-            let view = root.join("rootfs").join(tag);
+        let Some(tag) = dir.file_name() else {
+            continue;
+        };
+        let mut held = false;
+        for kind in VIEWS {
+            let view = root.join(kind).join(tag);
             if is_mount_point(&view) {
                 let _ = unmount(&view);
             }
             if is_mount_point(&view) {
                 warn!("cannot unmount {}: left in place", view.display());
+                held = true;
                 continue;
             }
             let _ = std::fs::remove_dir(&view);
+        }
+        if held {
+            continue;
         }
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             warn!("cannot remove the stale run dir {}: {e}", dir.display());

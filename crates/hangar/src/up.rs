@@ -149,8 +149,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         warn!("{w}");
     }
     let run_dir = crate::run_dir::run_dir(&data);
+    let views = Views::new(&run_dir, &data)?;
     let rootfs_view = match &driver {
-        Driver::Runc { .. } => Some(machines_view_of_images(&images, &run_dir, &data)?),
+        Driver::Runc { .. } => {
+            let view = views.rootfs(&images.rootfs_root())?;
+            check_traversable(&view)?;
+            Some(view)
+        }
         Driver::Process => None,
     };
     let network = match &driver {
@@ -212,7 +217,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
                     version = %bins.version,
                     "no --postgres-url: apps that declare a database get it on Hangar's own cluster (started on first need)"
                 );
-                resources = resources.with_local_postgres(bins, data.join("postgres"));
+                let dir = views.daemon(&data.join("postgres"), "postgres")?;
+                resources = resources.with_local_postgres(bins, dir);
             }
             None => tracing::info!(
                 "no --postgres-url and no PostgreSQL installed: apps that declare a database will fail to deploy"
@@ -230,7 +236,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
                 );
                 resources = resources.with_local_redis(
                     bin,
-                    data.join("redis"),
+                    views.daemon(&data.join("redis"), "redis")?,
                     hangar_resources::local_redis::LocalRedisOptions::default(),
                 );
             }
@@ -248,7 +254,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
                     version = %bin.version,
                     "no --nats-url: apps that declare PubSub get a user on Hangar's own NATS server (started on first need)"
                 );
-                resources = resources.with_local_nats(bin, data.join("nats"));
+                let dir = views.daemon(&data.join("nats"), "nats")?;
+                resources = resources.with_local_nats(bin, dir);
             }
             None => tracing::info!(
                 "no --nats-url and no nats-server installed: apps that declare PubSub will fail to deploy"
@@ -564,33 +571,59 @@ fn set_mode(dir: &std::path::Path, mode: u32) -> Result<()> {
         .with_context(|| format!("setting the mode of {} to {mode:o}", dir.display()))
 }
 
-/// Where runc machines find the unpacked images: a bind mount of them in
-/// the run dir, after the run dirs of data dirs that are gone are
-/// collected. When the run dir could only be had inside the data dir, the
-/// data dir is opened for passing through (0711) instead, loudly.
-fn machines_view_of_images(
-    images: &ImageStore,
-    run_dir: &std::path::Path,
-    data: &std::path::Path,
-) -> Result<PathBuf> {
-    if run_dir.starts_with(data) {
-        let w = format!(
-            "no tmpfs run dir: {} is opened for passing through (0711) so machines reach their root filesystems",
-            data.display()
-        );
-        eprintln!("\n!!! WARNING: {w}\n");
-        warn!("{w}");
-        set_mode(data, 0o711)?;
-        check_traversable(data)?;
-        return Ok(images.rootfs_root());
+/// How others reach what they need inside the private data dir: through
+/// bind mounts under `/run/hangar` (see `run_dir::expose`), after the
+/// mounts of data dirs that are gone are collected. When the run dir could
+/// only be had inside the data dir, the data dir is opened for passing
+/// through (0711) instead, loudly, and paths are used as they are.
+struct Views {
+    run_dir: PathBuf,
+    data: PathBuf,
+    mounted: bool,
+}
+
+impl Views {
+    fn new(run_dir: &std::path::Path, data: &std::path::Path) -> Result<Views> {
+        let mounted = !run_dir.starts_with(data);
+        if mounted {
+            if let Some(root) = run_dir.parent() {
+                crate::run_dir::collect_stale(root);
+            }
+        } else {
+            let w = format!(
+                "no tmpfs run dir: {} is opened for passing through (0711) so machines and Hangar's own servers reach what they need in it",
+                data.display()
+            );
+            eprintln!("\n!!! WARNING: {w}\n");
+            warn!("{w}");
+            set_mode(data, 0o711)?;
+            check_traversable(data)?;
+        }
+        Ok(Views {
+            run_dir: run_dir.to_owned(),
+            data: data.to_owned(),
+            mounted,
+        })
     }
-    if let Some(root) = run_dir.parent() {
-        crate::run_dir::collect_stale(root);
+
+    /// Where machines see the unpacked images.
+    fn rootfs(&self, images_rootfs: &std::path::Path) -> Result<PathBuf> {
+        if !self.mounted {
+            return Ok(images_rootfs.to_owned());
+        }
+        crate::run_dir::expose_rootfs(images_rootfs, &self.run_dir, &self.data)
+            .map_err(|e| anyhow::anyhow!("making images reachable by machines: {e}"))
     }
-    let view = crate::run_dir::expose_rootfs(&images.rootfs_root(), run_dir, data)
-        .map_err(|e| anyhow::anyhow!("making images reachable by machines: {e}"))?;
-    check_traversable(&view)?;
-    Ok(view)
+
+    /// Where one of Hangar's own servers (`postgres`, `redis`, `nats`)
+    /// keeps its files.
+    fn daemon(&self, dir: &std::path::Path, kind: &str) -> Result<PathBuf> {
+        if !self.mounted {
+            return Ok(dir.to_owned());
+        }
+        crate::run_dir::expose(dir, kind, &self.run_dir, &self.data)
+            .map_err(|e| anyhow::anyhow!("making {} reachable by its server: {e}", dir.display()))
+    }
 }
 
 fn check_traversable(data: &std::path::Path) -> Result<()> {

@@ -240,7 +240,7 @@ impl Drop for StopOwnServers {
             if let Some(bin) = local_redis::RedisBinary::find() {
                 let redis = local_redis::LocalRedis::new(
                     bin,
-                    data.join("redis"),
+                    support::view_of(&data.join("redis")).unwrap_or_else(|| data.join("redis")),
                     local_redis::LocalRedisOptions::default(),
                 );
                 let _ = redis.stop_all().await;
@@ -248,14 +248,19 @@ impl Drop for StopOwnServers {
             if let Some(bin) = local_nats::NatsBinary::find() {
                 let nats = local_nats::LocalNats::new(
                     bin,
-                    data.join("nats"),
+                    support::view_of(&data.join("nats")).unwrap_or_else(|| data.join("nats")),
                     local_nats::LocalNatsOptions::default(),
                 );
                 let _ = nats.stop().await;
             }
             if let Some(bins) = local_pg::PostgresBinaries::find()
                 && data.join("postgres/data/postmaster.pid").exists()
-                && let Ok(pg) = local_pg::LocalPostgres::start(&bins, &data.join("postgres")).await
+                && let Ok(pg) = local_pg::LocalPostgres::start(
+                    &bins,
+                    &support::view_of(&data.join("postgres"))
+                        .unwrap_or_else(|| data.join("postgres")),
+                )
+                .await
             {
                 let _ = pg.stop().await;
             }

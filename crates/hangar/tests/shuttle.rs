@@ -158,7 +158,10 @@ fn without_a_postgres_url_hangar_runs_its_own_cluster() {
         bins: bins.clone(),
         dir: cluster.clone(),
     };
-    assert!(!cluster.exists(), "not started before an app needs it");
+    assert!(
+        !cluster.join("data/PG_VERSION").exists(),
+        "not set up before an app needs it"
+    );
     let app = "shuttle-compat";
     let out = p.deploy(&example(app));
     assert!(out.contains("is live"), "{out}");
@@ -174,10 +177,12 @@ fn without_a_postgres_url_hangar_runs_its_own_cluster() {
         .unwrap();
     assert_ne!(port, 5432);
     // The cluster outlives hangar (machines may still use it): stop it
-    // while its directory is still there.
+    // while its directory is still there. Postgres reaches it through its
+    // view (the data dir is 0700 and Postgres is not root).
+    let view = support::view_of(&cluster).expect("the cluster's dir is reached through a mount");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let pg = hangar_resources::local_pg::LocalPostgres::start(&bins, &cluster)
+        let pg = hangar_resources::local_pg::LocalPostgres::start(&bins, &view)
             .await
             .unwrap();
         assert_eq!(pg.port(), port, "the running cluster");

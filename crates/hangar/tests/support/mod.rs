@@ -35,6 +35,19 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// A port nothing listens on now.
+/// Where `dir` (inside a platform's private data dir) is mounted for the
+/// users who reach it (`/run/hangar/<kind>/<tag>`, see `run_dir::expose`).
+#[allow(dead_code)]
+pub fn view_of(dir: &Path) -> Option<PathBuf> {
+    let dir = dir.canonicalize().ok()?;
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(3) == Some(&dir.to_str()?) && f.get(4)?.starts_with("/run/hangar/"))
+            .then(|| PathBuf::from(f[4]))
+    })
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -61,7 +74,9 @@ impl Drop for StopCluster {
             .build()
             .unwrap();
         rt.block_on(async {
-            match hangar_resources::local_pg::LocalPostgres::start(&self.bins, &self.dir).await {
+            // Postgres reaches its dir through its view when it has one.
+            let dir = view_of(&self.dir).unwrap_or_else(|| self.dir.clone());
+            match hangar_resources::local_pg::LocalPostgres::start(&self.bins, &dir).await {
                 Ok(pg) => {
                     if let Err(e) = pg.stop().await {
                         eprintln!("stopping the local cluster: {e}");
