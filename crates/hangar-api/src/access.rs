@@ -229,10 +229,25 @@ pub async fn guard(
     let app = param("app").map(str::to_owned);
     let path = matched.as_str().to_owned();
     let method = parts.method.clone();
-    if let Rule::Need(need) = need_of(&method, &path, app.as_deref())
-        && let Err(e) = caller.require(need)
-    {
-        return e.into_response();
+    match need_of(&method, &path, app.as_deref()) {
+        Rule::Need(need) => {
+            if let Err(e) = caller.require(need) {
+                return e.into_response();
+            }
+        }
+        // A read token never changes a build, whatever its app: refused
+        // before the lookup, as every other change of a read token is.
+        Rule::Build { deploy: true } if caller.scope == Scope::Read => {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this token ({}, scope read) lacks the scope deploy:APP (of the build's app)",
+                    caller.token.name
+                ),
+            )
+            .into_response();
+        }
+        Rule::Build { .. } | Rule::List => {}
     }
     let target = param("id").or(param("name")).map(str::to_owned);
     parts.extensions.insert(caller.clone());

@@ -11,14 +11,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hangar_build::{BuildError, Cancel};
 use hangar_core::name::AppName;
-use hangar_store::{Build, StoreError};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use hangar_store::StoreError;
 
 use crate::access::{AuditNote, Caller, find_build, noted};
 use crate::routes::{save_upload, text};
 use crate::tail::{Done, DoneFuture, tail};
+use crate::wire;
 use crate::{ApiError, ApiState};
+use hangar_api_types::ErrorBody;
+use hangar_api_types::hangar as api;
 
 /// The build routes.
 pub(crate) fn routes() -> Router<ApiState> {
@@ -29,7 +30,15 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/api/v1/builds/{id}/cancel", post(cancel_build))
 }
 
-async fn deploy(
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/deploys",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    request_body(content = crate::openapi::Archive, content_type = "application/octet-stream", description = "the source, as a .tar.gz"),
+    responses((status = 202, body = api::Deployed), (status = 409, body = ErrorBody, description = "the app name is another organisation's"), (status = 413, body = ErrorBody, description = "the upload is over the cap"), (status = 429, body = ErrorBody, description = "the organisation's build queue is full, or too many uploads are being checked"), crate::openapi::Refusals),
+)]
+pub(crate) async fn deploy(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -54,10 +63,7 @@ async fn deploy(
     // At most a few of one org's uploads are checked at once; the slot goes
     // with the blocking check, so a client that disconnects frees nothing
     // early.
-    let slot = state
-        .builder
-        .validation_slot(&caller.org.id)
-        .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
+    let slot = state.builder.validation_slot(&caller.org.id)?;
     let upload = save_upload(
         &state,
         &headers,
@@ -78,16 +84,7 @@ async fn deploy(
         Ok(d) => d,
         Err(e) => {
             let _ = tokio::fs::remove_file(&upload).await;
-            return Err(match e {
-                hangar_build::BuildError::Archive(a) if a.is_too_large() => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the source archive was refused: {a}"),
-                ),
-                hangar_build::BuildError::Archive(a) if a.is_client_error() => {
-                    ApiError::bad_request(format!("the source archive was refused: {a}"))
-                }
-                other => ApiError::internal(other),
-            });
+            return Err(e.into());
         }
     };
     crate::quota::check_new_app(&state, &caller.org, name.as_str()).await?;
@@ -100,62 +97,54 @@ async fn deploy(
         Err(BuildError::Store(StoreError::QueueFull { queued, limit })) => {
             return Err(crate::quota::queue_full(&caller.org, queued, limit));
         }
-        Err(BuildError::Store(e)) => return Err(e.into()),
-        Err(e) => return Err(ApiError::internal(e)),
+        Err(e) => return Err(e.into()),
     };
     let note = AuditNote {
         summary: format!("build {} of source {}", build.id, build.source_digest),
         ..AuditNote::default()
     };
-    let body = json!({
-        "app": app.name,
-        "url": state.cfg.app_url(&app.name),
-        "build": build_json(&build),
-    });
+    let body = api::Deployed {
+        url: state.cfg.app_url(&app.name),
+        app: app.name,
+        build: wire::build(&build),
+    };
     Ok(noted((StatusCode::ACCEPTED, Json(body)), note))
 }
 
-/// A build as the API sends it.
-pub(crate) fn build_json(b: &Build) -> Value {
-    json!({
-        "id": b.id,
-        "status": b.status,
-        "source_digest": b.source_digest,
-        "image_digest": b.image_digest,
-        "error": b.error,
-        "attempts": b.attempts,
-        "created_at": b.created_at,
-        "started_at": b.started_at,
-        "finished_at": b.finished_at,
-    })
-}
-
-async fn build_status(
+#[utoipa::path(
+    get,
+    path = "/api/v1/builds/{id}",
+    tag = "hangar",
+    params(("id" = String, Path, description = "the build's id")),
+    responses((status = 200, body = api::BuildDetail), crate::openapi::Refusals),
+)]
+pub(crate) async fn build_status(
     caller: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::BuildDetail>, ApiError> {
     let (build, app) = find_build(&state, &caller, &id, false).await?;
     let release = state.store.release_for_build(&build.id).await?;
-    Ok(Json(json!({
-        "app": app.name,
-        "url": state.cfg.app_url(&app.name),
-        "build": build_json(&build),
-        "release": release,
-    })))
+    Ok(Json(api::BuildDetail {
+        url: state.cfg.app_url(&app.name),
+        app: app.name,
+        build: wire::build(&build),
+        release: release.as_ref().map(wire::release),
+    }))
 }
 
-#[derive(Deserialize)]
-struct FollowQuery {
-    #[serde(default)]
-    follow: bool,
-}
-
-async fn build_log(
+#[utoipa::path(
+    get,
+    path = "/api/v1/builds/{id}/log",
+    tag = "hangar",
+    params(("id" = String, Path, description = "the build's id"), api::FollowQuery),
+    responses((status = 200, body = String, content_type = "text/plain", description = "the build log; streamed while ?follow=true"), crate::openapi::Refusals),
+)]
+pub(crate) async fn build_log(
     caller: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<FollowQuery>,
+    Query(q): Query<api::FollowQuery>,
 ) -> Result<Response, ApiError> {
     let (build, _) = find_build(&state, &caller, &id, false).await?;
     let path = state.builder.log_path(&build.id);
@@ -177,7 +166,14 @@ async fn build_log(
 
 /// `POST /api/v1/builds/{id}/cancel`: a queued build is cancelled at once,
 /// a running one once its processes are gone; a finished one is a 409.
-async fn cancel_build(
+#[utoipa::path(
+    post,
+    path = "/api/v1/builds/{id}/cancel",
+    tag = "hangar",
+    params(("id" = String, Path, description = "the build's id")),
+    responses((status = 200, body = api::BuildCancelled), (status = 409, body = ErrorBody, description = "the build has finished"), crate::openapi::Refusals),
+)]
+pub(crate) async fn cancel_build(
     caller: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -190,7 +186,11 @@ async fn cancel_build(
                 summary: format!("was {was}"),
                 ..AuditNote::default()
             };
-            let body = json!({"app": app.name, "was": was, "build": build_json(&build)});
+            let body = api::BuildCancelled {
+                app: app.name,
+                was,
+                build: wire::build(&build),
+            };
             Ok(noted(Json(body), note))
         }
         Ok(Cancel::Finished(build)) => Err(ApiError::new(

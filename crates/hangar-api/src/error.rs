@@ -47,9 +47,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.code {
-            Some(code) => serde_json::json!({ "error": self.message, "status": code }),
-            None => serde_json::json!({ "error": self.message }),
+        let body = hangar_api_types::ErrorBody {
+            error: self.message,
+            status: self.code.map(str::to_owned),
         };
         (self.status, Json(body)).into_response()
     }
@@ -108,6 +108,44 @@ impl From<hangar_resources::ResourceError> for ApiError {
             // Provisioning and key problems are the platform's, not the
             // caller's, but their message is what the operator needs.
             other => ApiError::new(StatusCode::BAD_GATEWAY, other.to_string()),
+        }
+    }
+}
+
+impl From<hangar_build::BuildError> for ApiError {
+    fn from(e: hangar_build::BuildError) -> ApiError {
+        use hangar_build::BuildError as B;
+        match e {
+            B::Archive(a) if a.is_too_large() => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the source archive was refused: {a}"),
+            ),
+            B::Archive(a) if a.is_client_error() => {
+                ApiError::bad_request(format!("the source archive was refused: {a}"))
+            }
+            e @ B::Busy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+            B::Store(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// A refused image import: 429 past the org's concurrent imports, 413 past
+/// the image's size or time caps, 422 for a bad archive.
+impl From<hangar_image::ImageError> for ApiError {
+    fn from(e: hangar_image::ImageError) -> ApiError {
+        use hangar_image::ImageError as I;
+        match e {
+            e @ I::Busy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+            e if e.is_too_large() => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the image archive was refused: {e}"),
+            ),
+            e @ I::Io { .. } => ApiError::internal(e),
+            other => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the image archive was refused: {other}"),
+            ),
         }
     }
 }

@@ -35,11 +35,13 @@ mod builds;
 mod error;
 mod fly;
 pub mod listen;
+pub mod openapi;
 pub mod quota;
 mod routes;
 mod shuttle;
 mod tail;
 mod tokens;
+mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;

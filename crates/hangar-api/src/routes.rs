@@ -10,13 +10,14 @@ use futures_util::StreamExt;
 use hangar_core::name::AppName;
 use hangar_core::status::{MachineState, ReleaseStatus};
 use hangar_store::App;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::access::{AuditNote, Caller, find_app, noted};
 use crate::tail::{Done, DoneFuture, tail};
+use crate::wire;
 use crate::{ApiError, ApiState};
+use hangar_api_types::ErrorBody;
+use hangar_api_types::hangar as api;
 
 /// The API's router.
 pub fn router(state: ApiState) -> Router {
@@ -51,10 +52,8 @@ pub fn router(state: ApiState) -> Router {
             crate::access::guard,
         ));
     Router::new()
-        .route(
-            "/api/v1/health",
-            get(|| async { Json(json!({"ok": true})) }),
-        )
+        .route("/api/v1/health", get(health))
+        .route("/openapi.json", get(crate::openapi::serve))
         .merge(org_routes)
         .merge(crate::shuttle::routes())
         .fallback(|| async { ApiError::not_found("no such API route") })
@@ -152,7 +151,20 @@ pub(crate) fn text(body: Body) -> Response {
         .into_response()
 }
 
-async fn app_json(state: &ApiState, app: &App) -> Result<Value, ApiError> {
+/// `GET /api/v1/health`: no token needed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "hangar",
+    responses((status = 200, body = api::Health)),
+    security(()),
+)]
+pub(crate) async fn health() -> Json<api::Health> {
+    Json(api::Health { ok: true })
+}
+
+/// An app's status: its releases, machines (with their checks) and builds.
+async fn app_status_of(state: &ApiState, app: &App) -> Result<api::AppStatus, ApiError> {
     let releases = state.store.releases_for_app(&app.id).await?;
     let machines = state.store.machines_for_app(&app.id).await?;
     let builds = state.store.builds_for_app(&app.id, 5).await?;
@@ -161,78 +173,67 @@ async fn app_json(state: &ApiState, app: &App) -> Result<Value, ApiError> {
         .iter()
         .filter(|m| m.state == MachineState::Started)
         .count();
-    // Each machine with what its checks say (started machines only).
-    let machines: Vec<Value> = machines
-        .iter()
-        .map(|m| {
-            let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
-            let started = m.state == MachineState::Started;
-            let health = if started {
-                state.agent.health(&m.id)
-            } else {
-                None
-            };
-            if let Value::Object(fields) = &mut v {
-                let (status, checks) = match health {
-                    Some(h) => (json!(h.status), json!(h.checks)),
-                    None if started => (json!("unknown"), json!([])),
-                    None => (json!(m.state), json!([])),
-                };
-                fields.insert("health".into(), status);
-                fields.insert("checks".into(), checks);
-            }
-            v
-        })
-        .collect();
-    Ok(json!({
-        "name": app.name,
-        "url": state.cfg.app_url(&app.name),
-        "created_at": app.created_at,
-        "scale": app.scale,
-        "status": match (active, started) {
-            (Some(_), n) if n > 0 => "running",
-            (Some(_), _) => "down",
-            (None, _) => "not deployed",
+    Ok(api::AppStatus {
+        name: app.name.clone(),
+        url: state.cfg.app_url(&app.name),
+        created_at: app.created_at,
+        scale: app.scale,
+        status: match (active, started) {
+            (Some(_), n) if n > 0 => api::AppState::Running,
+            (Some(_), _) => api::AppState::Down,
+            (None, _) => api::AppState::NotDeployed,
         },
-        "active_release": active,
-        "releases": releases.iter().take(10).collect::<Vec<_>>(),
-        "machines": machines,
-        "builds": builds.iter().map(crate::builds::build_json).collect::<Vec<_>>(),
-        "driver": state.agent.driver().name(),
-    }))
+        active_release: active.map(wire::release),
+        releases: wire::releases(releases.iter().take(10)),
+        machines: machines
+            .iter()
+            .map(|m| wire::app_machine(m, state.agent.health(&m.id).as_ref()))
+            .collect(),
+        builds: builds.iter().map(wire::build).collect(),
+        driver: state.agent.driver().name().to_owned(),
+    })
 }
 
 /// `GET /api/v1/apps/{app}/releases`: every release, newest first.
-async fn list_releases(
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/releases",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    responses((status = 200, body = api::ReleaseList), crate::openapi::Refusals),
+)]
+pub(crate) async fn list_releases(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::ReleaseList>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
     let releases = state.store.releases_for_app(&app.id).await?;
-    Ok(Json(json!({ "app": app.name, "releases": releases })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RollbackBody {
-    /// The release to go back to; default: the newest one that served
-    /// before the live one.
-    #[serde(default)]
-    version: Option<i64>,
+    Ok(Json(api::ReleaseList {
+        app: app.name,
+        releases: wire::releases(&releases),
+    }))
 }
 
 /// `POST /api/v1/apps/{app}/rollback` with `{"version": N}` (optional):
 /// a new release with vN's image and config, rolled out like a deploy
 /// (no build). 202 with the new release; poll it like a deploy's.
-async fn rollback(
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/rollback",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    request_body(content = api::RollbackRequest),
+    responses((status = 202, body = api::ReleaseStarted), (status = 409, body = ErrorBody, description = "nothing to roll back to, or that release is live or never served"), crate::openapi::Refusals),
+)]
+pub(crate) async fn rollback(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
-    let req: RollbackBody = crate::fly::parse(&body)?;
+    let req: api::RollbackRequest = crate::fly::parse(&body)?;
     let releases = state.store.releases_for_app(&app.id).await?;
     let active = releases.iter().find(|r| r.status == ReleaseStatus::Active);
     let target = match req.version {
@@ -280,19 +281,12 @@ async fn rollback(
         summary: format!("v{} with the image and config of v{to}", release.version),
         ..AuditNote::default()
     };
-    let body = json!({
-        "app": app.name,
-        "url": state.cfg.app_url(&app.name),
-        "release": release,
-    });
+    let body = api::ReleaseStarted {
+        url: state.cfg.app_url(&app.name),
+        app: app.name,
+        release: wire::release(&release),
+    };
     Ok(noted((StatusCode::ACCEPTED, Json(body)), note))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScaleBody {
-    /// Machines the app runs from now on.
-    count: u32,
 }
 
 /// Largest machine count `scale` accepts.
@@ -300,14 +294,22 @@ const MAX_SCALE: u32 = 100;
 
 /// `POST /api/v1/apps/{app}/scale` with `{"count": N}`: returns once the
 /// app runs N machines of its live release (new ones passing their checks).
-async fn scale(
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/scale",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    request_body(content = api::ScaleRequest),
+    responses((status = 200, body = api::AppStatus), (status = 409, body = ErrorBody, description = "the app is not deployed"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn scale(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
-    let req: ScaleBody = crate::fly::parse(&body)?;
+    let req: api::ScaleRequest = crate::fly::parse(&body)?;
     if !(1..=MAX_SCALE).contains(&req.count) {
         return Err(ApiError::bad_request(format!(
             "count: must be 1 to {MAX_SCALE}, not {}",
@@ -329,39 +331,63 @@ async fn scale(
         summary: format!("to {} machines", req.count),
         ..AuditNote::default()
     };
-    Ok(noted(Json(app_json(&state, &app).await?), note))
+    Ok(noted(Json(app_status_of(&state, &app).await?), note))
 }
 
-async fn list_apps(caller: Caller, State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps",
+    tag = "hangar",
+    responses((status = 200, body = api::AppList), crate::openapi::Refusals),
+)]
+pub(crate) async fn list_apps(
+    caller: Caller,
+    State(state): State<ApiState>,
+) -> Result<Json<api::AppList>, ApiError> {
     let mut apps = Vec::new();
     for app in state.store.apps(&caller.org.id).await? {
         if !caller.sees(&app.name) {
             continue;
         }
-        apps.push(app_json(&state, &app).await?);
+        apps.push(app_status_of(&state, &app).await?);
     }
-    Ok(Json(json!({ "apps": apps })))
+    Ok(Json(api::AppList { apps }))
 }
 
-async fn app_status(
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    responses((status = 200, body = api::AppStatus), crate::openapi::Refusals),
+)]
+pub(crate) async fn app_status(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::AppStatus>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
-    Ok(Json(app_json(&state, &app).await?))
+    Ok(Json(app_status_of(&state, &app).await?))
 }
 
-async fn destroy_app(
+#[utoipa::path(
+    delete,
+    path = "/api/v1/apps/{app}",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    responses((status = 200, body = api::Destroyed), (status = 502, body = ErrorBody, description = "a resource server (Postgres, Redis, NATS) failed"), crate::openapi::Refusals),
+)]
+pub(crate) async fn destroy_app(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::Destroyed>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
     let dropped = delete_app_everywhere(&state, &app).await?;
-    Ok(Json(
-        json!({ "destroyed": app.name, "resources_dropped": dropped }),
-    ))
+    Ok(Json(api::Destroyed {
+        destroyed: app.name,
+        resources_dropped: dropped,
+    }))
 }
 
 /// The one way an app is deleted, from either API: machines first (they
@@ -389,25 +415,43 @@ pub(crate) async fn delete_app_everywhere(
 
 /// `GET /api/v1/apps/{app}/secrets`: names and when each was set; values
 /// never leave the platform through the API.
-async fn list_secrets(
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/secrets",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    responses((status = 200, body = api::SecretList), (status = 502, body = ErrorBody, description = "a resource server (Postgres, Redis, NATS) failed"), crate::openapi::Refusals),
+)]
+pub(crate) async fn list_secrets(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::SecretList>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
-    let names: Vec<Value> = state
+    let secrets = state
         .resources
         .secret_names(&app.id)
         .await?
         .into_iter()
-        .map(|(n, t)| json!({"name": n, "updated_at": hangar_core::rfc3339(t)}))
+        .map(|(name, t)| api::SecretName {
+            name,
+            updated_at: hangar_core::rfc3339(t),
+        })
         .collect();
-    Ok(Json(json!({ "secrets": names })))
+    Ok(Json(api::SecretList { secrets }))
 }
 
 /// `PUT /api/v1/apps/{app}/secrets` with `{"NAME": "value", ...}`: sets
 /// them (sealed at rest); machines get them at their next start.
-async fn set_secrets(
+#[utoipa::path(
+    put,
+    path = "/api/v1/apps/{app}/secrets",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    request_body(content = std::collections::BTreeMap<String, String>, description = "secret names to values"),
+    responses((status = 200, body = api::SecretsSet), (status = 409, body = ErrorBody, description = "the app name is another organisation's"), (status = 502, body = ErrorBody, description = "a resource server (Postgres, Redis, NATS) failed"), crate::openapi::Refusals),
+)]
+pub(crate) async fn set_secrets(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -444,15 +488,22 @@ async fn set_secrets(
         summary: names.join(", "),
         ..AuditNote::default()
     };
-    Ok(noted(Json(json!({ "set": names })), note))
+    Ok(noted(Json(api::SecretsSet { set: names }), note))
 }
 
 /// `DELETE /api/v1/apps/{app}/secrets/{name}`.
-async fn unset_secret(
+#[utoipa::path(
+    delete,
+    path = "/api/v1/apps/{app}/secrets/{name}",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name"), ("name" = String, Path, description = "the secret's name")),
+    responses((status = 200, body = api::SecretsUnset), (status = 502, body = ErrorBody, description = "a resource server (Postgres, Redis, NATS) failed"), crate::openapi::Refusals),
+)]
+pub(crate) async fn unset_secret(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app_name, secret)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::SecretsUnset>, ApiError> {
     let app = find_app(&state, &caller, &app_name).await?;
     let removed = state
         .resources
@@ -463,25 +514,51 @@ async fn unset_secret(
             "app {app_name:?} has no secret named {secret:?}"
         )));
     }
-    Ok(Json(json!({ "unset": removed })))
+    Ok(Json(api::SecretsUnset { unset: removed }))
 }
 
 /// `GET /api/v1/apps/{app}/resources`: what the app's code declared and
 /// its state; never credentials.
-async fn list_resources(
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/resources",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    responses((status = 200, body = api::ResourceList), (status = 502, body = ErrorBody, description = "a resource server (Postgres, Redis, NATS) failed"), crate::openapi::Refusals),
+)]
+pub(crate) async fn list_resources(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::ResourceList>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
-    let list = state.resources.list(&app.id).await?;
-    Ok(Json(json!({ "resources": list })))
+    let resources = state
+        .resources
+        .list(&app.id)
+        .await?
+        .into_iter()
+        .map(|r| api::Resource {
+            kind: r.kind,
+            name: r.name,
+            status: r.status,
+            detail: r.detail,
+            updated_at: r.updated_at,
+        })
+        .collect();
+    Ok(Json(api::ResourceList { resources }))
 }
 
 /// `POST /api/v1/apps/{app}/shuttle-token/rotate`: a new token for the
 /// Shuttle runtime of the app's machines; the old one is refused at once,
 /// and machines get the new one at their next start.
-async fn rotate_shuttle_token(
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{app}/shuttle-token/rotate",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name")),
+    responses((status = 200, body = api::ShuttleTokenRotated), (status = 502, body = ErrorBody, description = "a resource server (Postgres, Redis, NATS) failed"), crate::openapi::Refusals),
+)]
+pub(crate) async fn rotate_shuttle_token(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -492,27 +569,26 @@ async fn rotate_shuttle_token(
         summary: format!("generation {generation}"),
         ..AuditNote::default()
     };
-    let body = json!({
-        "app": app.name,
-        "generation": generation,
-        "note": "machines running now hold the old token until they restart (`hangar deploy` or a machine restart hands the new one over)",
-    });
+    let body = api::ShuttleTokenRotated {
+        app: app.name,
+        generation,
+        note: "machines running now hold the old token until they restart (`hangar deploy` or a machine restart hands the new one over)".to_owned(),
+    };
     Ok(noted(Json(body), note))
 }
 
-#[derive(Deserialize)]
-struct LogsQuery {
-    #[serde(default)]
-    follow: bool,
-    /// Only the last this many bytes of existing output (default 64 KiB).
-    tail_bytes: Option<u64>,
-}
-
-async fn app_logs(
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{app}/logs",
+    tag = "hangar",
+    params(("app" = String, Path, description = "the app's name"), api::LogsQuery),
+    responses((status = 200, body = String, content_type = "text/plain", description = "the newest machine's output; streamed while ?follow=true"), crate::openapi::Refusals),
+)]
+pub(crate) async fn app_logs(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    Query(q): Query<api::LogsQuery>,
 ) -> Result<Response, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
     let machines = state.store.machines_for_app(&app.id).await?;
@@ -538,18 +614,20 @@ async fn app_logs(
     Ok(text(tail(path, start, done)))
 }
 
-#[derive(Deserialize)]
-struct CreateOrg {
-    name: String,
-}
-
 /// Creates an org and its first token (the platform's admin org only).
-async fn create_org(
+#[utoipa::path(
+    post,
+    path = "/api/v1/orgs",
+    tag = "hangar",
+    request_body(content = api::CreateOrg),
+    responses((status = 201, body = api::OrgCreated), (status = 409, body = ErrorBody, description = "the name is taken, or this Hangar serves one organisation"), crate::openapi::Refusals),
+)]
+pub(crate) async fn create_org(
     caller: Caller,
     State(state): State<ApiState>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let req: CreateOrg = crate::fly::parse(&body)?;
+    let req: api::CreateOrg = crate::fly::parse(&body)?;
     if !caller.org.admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -581,34 +659,14 @@ async fn create_org(
     Ok(noted(
         (
             StatusCode::CREATED,
-            Json(json!({"org": org.name, "id": org.id, "token": token})),
+            Json(api::OrgCreated {
+                org: org.name,
+                id: org.id,
+                token,
+            }),
         ),
         note,
     ))
-}
-
-#[derive(Deserialize)]
-struct ImportQuery {
-    name: String,
-}
-
-/// The answer to a refused import: 429 past the org's concurrent imports,
-/// 413 past the image's size or time caps, 422 for a bad archive.
-fn import_refused(e: hangar_image::ImageError) -> ApiError {
-    match e {
-        e @ hangar_image::ImageError::Busy { .. } => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
-        }
-        e if e.is_too_large() => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the image archive was refused: {e}"),
-        ),
-        e @ hangar_image::ImageError::Io { .. } => ApiError::internal(e),
-        other => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the image archive was refused: {other}"),
-        ),
-    }
 }
 
 /// `name[:tag]` of an imported image; the tag defaults to `latest`.
@@ -635,19 +693,24 @@ fn image_name(raw: &str) -> Result<String, ApiError> {
 }
 
 /// Imports an image archive under a name of the caller's org.
-async fn import_image(
+#[utoipa::path(
+    post,
+    path = "/api/v1/images",
+    tag = "hangar",
+    params(api::ImportQuery),
+    request_body(content = crate::openapi::Archive, content_type = "application/octet-stream", description = "an OCI layout or `docker save` tar"),
+    responses((status = 201, body = api::ImageImported), (status = 413, body = ErrorBody, description = "the archive is over the image cap"), (status = 429, body = ErrorBody, description = "too many imports of this organisation at once"), crate::openapi::Refusals),
+)]
+pub(crate) async fn import_image(
     caller: Caller,
     State(state): State<ApiState>,
-    Query(q): Query<ImportQuery>,
+    Query(q): Query<api::ImportQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = image_name(&q.name)?;
     // A few imports per org at once, refused before the body is read.
-    let slot = state
-        .images
-        .import_slot(&caller.org.id)
-        .map_err(import_refused)?;
+    let slot = state.images.import_slot(&caller.org.id)?;
     let upload = save_upload(
         &state,
         &headers,
@@ -677,7 +740,7 @@ async fn import_image(
     })
     .await
     .map_err(ApiError::internal)?;
-    let digest = imported.map_err(import_refused)?;
+    let digest = imported?;
     state
         .store
         .set_image_ref(&caller.org.id, &name, &digest)
@@ -690,7 +753,7 @@ async fn import_image(
     Ok(noted(
         (
             StatusCode::CREATED,
-            Json(json!({"name": name, "digest": digest})),
+            Json(api::ImageImported { name, digest }),
         ),
         note,
     ))

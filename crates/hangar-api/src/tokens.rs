@@ -12,12 +12,11 @@ use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use hangar_core::scope::Scope;
-use hangar_store::{AuditEntry, Token};
-use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::access::{AuditNote, Caller, noted};
+use crate::wire;
 use crate::{ApiError, ApiState};
+use hangar_api_types::hangar as api;
 
 /// Longest a token may be made to last: ten years.
 pub const MAX_TOKEN_LIFETIME_SECS: u64 = 3650 * 24 * 3600;
@@ -35,39 +34,19 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/api/v1/audit", get(audit))
 }
 
-fn token_json(t: &Token) -> Value {
-    let now = hangar_core::now_unix();
-    let status = match (t.revoked_at, t.expires_at) {
-        (Some(_), _) => "revoked",
-        (None, Some(at)) if at <= now => "expired",
-        _ => "active",
-    };
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "scope": t.scope,
-        "status": status,
-        "created_at": hangar_core::rfc3339(t.created_at),
-        "expires_at": t.expires_at.map(hangar_core::rfc3339),
-        "revoked_at": t.revoked_at.map(hangar_core::rfc3339),
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateToken {
-    name: String,
-    scope: String,
-    #[serde(default)]
-    expires_in_secs: Option<u64>,
-}
-
-async fn create(
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    request_body(content = api::CreateToken),
+    responses((status = 201, body = api::TokenCreated), crate::openapi::Refusals),
+)]
+pub(crate) async fn create(
     caller: Caller,
     State(state): State<ApiState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: CreateToken = crate::fly::parse(&body)?;
+    let req: api::CreateToken = crate::fly::parse(&body)?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(format!(
@@ -100,8 +79,10 @@ async fn create(
             expires_at,
         )
         .await?;
-    let mut body = token_json(&token);
-    body["token"] = json!(secret);
+    let body = api::TokenCreated {
+        info: wire::token(&token),
+        token: secret,
+    };
     let note = AuditNote {
         app: scope.app().map(str::to_owned),
         target: Some(token.id.clone()),
@@ -110,14 +91,30 @@ async fn create(
     Ok(noted((StatusCode::CREATED, Json(body)), note))
 }
 
-async fn list(caller: Caller, State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    responses((status = 200, body = api::TokenList), crate::openapi::Refusals),
+)]
+pub(crate) async fn list(
+    caller: Caller,
+    State(state): State<ApiState>,
+) -> Result<Json<api::TokenList>, ApiError> {
     let tokens = state.store.tokens(&caller.org.id).await?;
-    Ok(Json(
-        json!({"tokens": tokens.iter().map(token_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(api::TokenList {
+        tokens: tokens.iter().map(wire::token).collect(),
+    }))
 }
 
-async fn revoke(
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    params(("id" = String, Path, description = "the token's id")),
+    responses((status = 200, body = api::Token), crate::openapi::Refusals),
+)]
+pub(crate) async fn revoke(
     caller: Caller,
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -131,34 +128,21 @@ async fn revoke(
         summary: format!("{} ({})", token.name, token.scope),
         ..AuditNote::default()
     };
-    Ok(noted(Json(token_json(&token)), note))
+    Ok(noted(Json(wire::token(&token)), note))
 }
 
-#[derive(Deserialize)]
-struct AuditQuery {
-    #[serde(default)]
-    app: Option<String>,
-    #[serde(default)]
-    limit: Option<u32>,
-}
-
-fn entry_json(e: &AuditEntry) -> Value {
-    json!({
-        "id": e.id,
-        "at": hangar_core::rfc3339(e.at),
-        "token": {"id": e.token_id, "name": e.token_name},
-        "action": e.action,
-        "app": e.app,
-        "target": e.target,
-        "summary": e.summary,
-    })
-}
-
-async fn audit(
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "tokens",
+    params(api::AuditQuery),
+    responses((status = 200, body = api::AuditList), crate::openapi::Refusals),
+)]
+pub(crate) async fn audit(
     caller: Caller,
     State(state): State<ApiState>,
-    Query(q): Query<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<api::AuditQuery>,
+) -> Result<Json<api::AuditList>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_AUDIT_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -169,7 +153,7 @@ async fn audit(
         .store
         .audit(&caller.org.id, q.app.as_deref(), limit)
         .await?;
-    Ok(Json(
-        json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(api::AuditList {
+        entries: entries.iter().map(wire::audit_entry).collect(),
+    }))
 }

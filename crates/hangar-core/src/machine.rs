@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::duration::{self, Bounds};
 
 /// A machine's configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct MachineConfig {
     /// Image reference in Hangar's image store: `name:tag`, `name` or a
     /// manifest digest `sha256:…`.
@@ -72,7 +72,7 @@ pub struct MachineConfig {
 }
 
 /// CPU, memory and GPU size of a machine.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct Guest {
     /// `shared` or `performance` (both are a CPU quota here).
     #[serde(
@@ -176,7 +176,7 @@ fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 }
 
 /// A network service of a machine.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct Service {
     /// `tcp` (HTTP is a handler on a tcp service, as in Fly).
     #[serde(default = "tcp", deserialize_with = "null_tcp")]
@@ -237,7 +237,7 @@ fn tcp() -> String {
 }
 
 /// A public port of a service.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct Port {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -252,7 +252,7 @@ pub struct Port {
 }
 
 /// Concurrency limits of a service.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct Concurrency {
     /// `connections` or `requests`.
     #[serde(
@@ -279,6 +279,23 @@ pub enum Autostop {
     Stop,
     Suspend,
 }
+
+/// `true`/`false` or `"off"`/`"stop"`/`"suspend"`; answers use the strings.
+impl utoipa::PartialSchema for Autostop {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["off", "stop", "suspend"])),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Autostop {}
 
 impl Serialize for Autostop {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -314,7 +331,7 @@ impl<'de> Deserialize<'de> for Autostop {
 }
 
 /// A health check.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct Check {
     /// `http` or `tcp`.
     #[serde(rename = "type", default = "tcp", deserialize_with = "null_tcp")]
@@ -436,7 +453,7 @@ impl Check {
 }
 
 /// Restart policy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct Restart {
     #[serde(default, deserialize_with = "null_default")]
     pub policy: RestartPolicy,
@@ -446,7 +463,7 @@ pub struct Restart {
 }
 
 /// When a machine whose process exited is started again.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq, Eq)]
 pub enum RestartPolicy {
     /// Never.
     #[serde(rename = "no")]
@@ -461,7 +478,7 @@ pub enum RestartPolicy {
 }
 
 /// Overrides of the image's entrypoint and command.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct Init {
     /// Replaces entrypoint and cmd entirely.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -475,7 +492,7 @@ pub struct Init {
 }
 
 /// A process of the machine.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct Process {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -496,7 +513,7 @@ pub struct Process {
 }
 
 /// How a machine is asked to stop.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema, PartialEq)]
 pub struct StopConfig {
     /// Grace before SIGKILL, e.g. `"10s"` (a number is nanoseconds, as
     /// Fly's clients send Go's `time.Duration`).

@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// A client bound to one API and token.
@@ -40,10 +41,9 @@ impl std::error::Error for ApiFailure {}
 impl ApiFailure {
     /// From an error answer: its `{"error": "..."}` message, else its body.
     fn from_answer(status: StatusCode, body: &[u8]) -> ApiFailure {
-        let message = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
+        let message = serde_json::from_slice::<hangar_api_types::ErrorBody>(body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_owned());
         ApiFailure { status, message }
     }
 }
@@ -103,13 +103,42 @@ impl Api {
         serde_json::from_slice(&bytes).context("the API answered with invalid JSON")
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value> {
-        self.json(Method::GET, path, Bytes::new(), "application/json")
+    /// Like [`Api::json`], with the answer read into the wire type `T`
+    /// (one of `hangar_api_types`).
+    pub async fn json_as<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<T> {
+        let what = format!("{method} {path}");
+        let value = self.json(method, path, body, content_type).await?;
+        serde_json::from_value(value)
+            .with_context(|| format!("the API's answer to {what} is not what this CLI expects"))
+    }
+
+    /// Sends `body` as JSON and reads the answer into `T`.
+    pub async fn send_json_as<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let body = serde_json::to_vec(body).context("encoding the request body")?;
+        self.json_as(method, path, body.into(), "application/json")
             .await
     }
 
-    pub async fn delete(&self, path: &str) -> Result<Value> {
-        self.json(Method::DELETE, path, Bytes::new(), "application/json")
+    /// GET `path`, read into `T`.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.json_as(Method::GET, path, Bytes::new(), "application/json")
+            .await
+    }
+
+    /// DELETE `path`, read into `T`.
+    pub async fn delete_as<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.json_as(Method::DELETE, path, Bytes::new(), "application/json")
             .await
     }
 

@@ -6,8 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use hangar_api_types::hangar::{
+    AppList, AppState, AppStatus, BuildCancelled, BuildDetail, Deployed, Destroyed, ImageImported,
+    ReleaseList, ReleaseStarted, ResourceList, RollbackRequest, ScaleRequest, SecretList,
+    SecretsSet, SecretsUnset,
+};
+use hangar_core::status::{BuildStatus, MachineState, ReleaseStatus};
 use http::Method;
-use serde_json::Value;
 
 use crate::client::{Api, get_url};
 use crate::config::CliConfig;
@@ -74,13 +79,13 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
             path.display(),
             names.join(", ")
         );
-        api.json(
-            Method::PUT,
-            &format!("/api/v1/apps/{name}/secrets"),
-            serde_json::to_vec(&secrets)?.into(),
-            "application/json",
-        )
-        .await?;
+        let _: SecretsSet = api
+            .send_json_as(
+                Method::PUT,
+                &format!("/api/v1/apps/{name}/secrets"),
+                &secrets,
+            )
+            .await?;
     }
     // A broken hangar.toml is refused here, before anything is uploaded
     // (the builder checks it again).
@@ -95,19 +100,16 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
         packed.files,
         api.base()
     );
-    let answer = api
-        .json(
+    let answer: Deployed = api
+        .json_as(
             Method::POST,
             &format!("/api/v1/apps/{name}/deploys"),
             Bytes::from(packed.data),
             "application/gzip",
         )
         .await?;
-    let build_id = answer["build"]["id"]
-        .as_str()
-        .context("the API returned no build id")?
-        .to_owned();
-    let url = answer["url"].as_str().unwrap_or_default().to_owned();
+    let build_id = answer.build.id;
+    let url = answer.url;
     println!("==> Build {build_id} queued");
     if !wait {
         println!("    follow it with `hangar status {name}`");
@@ -126,21 +128,25 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
     // The build is over; follow the release it created, if any.
     let deadline = Instant::now() + Duration::from_secs(300);
     let version = loop {
-        let status = api.get(&format!("/api/v1/builds/{build_id}")).await?;
-        let reason = status["build"]["error"].as_str();
-        match status["build"]["status"].as_str() {
-            Some("failed") => bail!("build failed: {}", reason.unwrap_or("see the log above")),
-            Some("superseded") => bail!(
+        let detail: BuildDetail = api.get_as(&format!("/api/v1/builds/{build_id}")).await?;
+        let reason = detail.build.error.as_deref();
+        match detail.build.status {
+            BuildStatus::Failed => {
+                bail!("build failed: {}", reason.unwrap_or("see the log above"))
+            }
+            BuildStatus::Superseded => bail!(
                 "build {build_id} was not deployed: {}",
                 reason.unwrap_or("a newer deploy of this app superseded it")
             ),
-            Some("cancelled") => bail!("build {build_id} was {}", reason.unwrap_or("cancelled")),
-            Some("succeeded") => {}
+            BuildStatus::Cancelled => {
+                bail!("build {build_id} was {}", reason.unwrap_or("cancelled"))
+            }
+            BuildStatus::Succeeded => {}
             // The log stream ended early (e.g. the server restarted): wait.
-            _ => {}
+            BuildStatus::Queued | BuildStatus::Building => {}
         }
-        if let Some(version) = status["release"]["version"].as_i64() {
-            break version;
+        if let Some(release) = &detail.release {
+            break release.version;
         }
         if Instant::now() > deadline {
             bail!("gave up waiting for the build's release; see `hangar status {name}`");
@@ -193,30 +199,28 @@ async fn wait_release(api: &Api, app: &str, version: i64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(3600);
     let mut last = String::new();
     loop {
-        let a = api.get(&format!("/api/v1/apps/{app}")).await?;
-        let release = a["releases"]
-            .as_array()
-            .and_then(|rs| rs.iter().find(|r| r["version"].as_i64() == Some(version)))
-            .cloned()
-            .unwrap_or(Value::Null);
-        match release["status"].as_str() {
-            Some("active") | Some("superseded") => return Ok(()),
-            Some("failed") => bail!(
+        let a: AppStatus = api.get_as(&format!("/api/v1/apps/{app}")).await?;
+        let release = a.releases.iter().find(|r| r.version == version);
+        match release.map(|r| r.status) {
+            Some(ReleaseStatus::Active) | Some(ReleaseStatus::Superseded) => return Ok(()),
+            Some(ReleaseStatus::Failed) => bail!(
                 "release v{version} failed, the previous release keeps serving:\n{}",
-                release["error"].as_str().unwrap_or("no reason recorded")
+                release
+                    .and_then(|r| r.error.as_deref())
+                    .unwrap_or("no reason recorded")
             ),
-            _ => {}
+            Some(ReleaseStatus::Pending) | Some(ReleaseStatus::Deploying) | None => {}
         }
-        let mine: Vec<&Value> = a["machines"]
-            .as_array()
-            .map(|ms| {
-                ms.iter()
-                    .filter(|m| m["release_id"] == release["id"] && m["state"] == "started")
-                    .collect()
-            })
-            .unwrap_or_default();
+        // A release not listed (yet) has no id: the machines of no release
+        // count then, as they always have.
+        let release_id = release.map(|r| r.id.as_str());
+        let mine: Vec<_> = a
+            .machines
+            .iter()
+            .filter(|m| m.release_id.as_deref() == release_id && m.state == MachineState::Started)
+            .collect();
         if !mine.is_empty() {
-            let passing = mine.iter().filter(|m| m["health"] == "passing").count();
+            let passing = mine.iter().filter(|m| m.health == "passing").count();
             let line = format!(
                 "    v{version}: {} machine(s) started, {passing} passing checks",
                 mine.len()
@@ -235,8 +239,10 @@ async fn wait_release(api: &Api, app: &str, version: i64) -> Result<()> {
 
 /// `hangar releases APP`.
 pub async fn releases(app: &str) -> Result<()> {
-    let a = api()?.get(&format!("/api/v1/apps/{app}/releases")).await?;
-    let releases = a["releases"].as_array().cloned().unwrap_or_default();
+    let list: ReleaseList = api()?
+        .get_as(&format!("/api/v1/apps/{app}/releases"))
+        .await?;
+    let releases = list.releases;
     if releases.is_empty() {
         println!("{app} has no releases yet: `hangar deploy` it.");
         return Ok(());
@@ -248,13 +254,13 @@ pub async fn releases(app: &str) -> Result<()> {
     for r in releases {
         println!(
             "{:<8} {:<11} {:<9} {:<20} {}",
-            format!("v{}", r["version"].as_i64().unwrap_or_default()),
-            r["status"].as_str().unwrap_or_default(),
-            ago(r["created_at"].as_i64().unwrap_or_default()),
-            r["description"].as_str().unwrap_or_default(),
-            short_digest(&r["image_digest"]),
+            format!("v{}", r.version),
+            r.status.as_str(),
+            ago(r.created_at),
+            r.description,
+            short_digest(&r.image_digest),
         );
-        if let Some(e) = r["error"].as_str() {
+        if let Some(e) = &r.error {
             for line in e.lines().take(3) {
                 println!("         {line}");
             }
@@ -267,23 +273,15 @@ pub async fn releases(app: &str) -> Result<()> {
 pub async fn rollback(app: &str, version: Option<i64>) -> Result<()> {
     let api = api()?;
     let started = Instant::now();
-    let body = match version {
-        Some(v) => serde_json::json!({ "version": v }),
-        None => serde_json::json!({}),
-    };
-    let answer = api
-        .json(
+    let answer: ReleaseStarted = api
+        .send_json_as(
             Method::POST,
             &format!("/api/v1/apps/{app}/rollback"),
-            serde_json::to_vec(&body)?.into(),
-            "application/json",
+            &RollbackRequest { version },
         )
         .await?;
-    let release = &answer["release"];
-    let new_version = release["version"]
-        .as_i64()
-        .context("the API returned no release")?;
-    let what = release["description"].as_str().unwrap_or("rollback");
+    let new_version = answer.release.version;
+    let what = answer.release.description.as_str();
     println!("==> v{new_version} ({what}) of {app}: no build, the image is reused");
     wait_release(&api, app, new_version).await?;
     println!(
@@ -298,13 +296,13 @@ pub async fn scale(app: &str, count: u32) -> Result<()> {
     let api = api()?;
     let started = Instant::now();
     println!("==> Scaling {app} to {count} machine(s)");
-    api.json(
-        Method::POST,
-        &format!("/api/v1/apps/{app}/scale"),
-        serde_json::to_vec(&serde_json::json!({ "count": count }))?.into(),
-        "application/json",
-    )
-    .await?;
+    let _: AppStatus = api
+        .send_json_as(
+            Method::POST,
+            &format!("/api/v1/apps/{app}/scale"),
+            &ScaleRequest { count },
+        )
+        .await?;
     println!(
         "==> {app} runs {count} machine{} ({:.1} s)",
         if count == 1 { "" } else { "s" },
@@ -315,29 +313,34 @@ pub async fn scale(app: &str, count: u32) -> Result<()> {
 
 /// `hangar builds cancel BUILD`.
 pub async fn builds_cancel(build: &str) -> Result<()> {
-    let answer = api()?
-        .json(
+    let answer: BuildCancelled = api()?
+        .json_as(
             Method::POST,
             &format!("/api/v1/builds/{build}/cancel"),
             Bytes::new(),
             "application/json",
         )
         .await?;
-    let how = match answer["was"].as_str() {
-        Some("building") => "it was running; its processes were killed",
+    let how = match answer.was {
+        BuildStatus::Building => "it was running; its processes were killed",
         _ => "it had not started",
     };
-    println!(
-        "Cancelled build {build} of {} ({how})",
-        answer["app"].as_str().unwrap_or_default()
-    );
+    println!("Cancelled build {build} of {} ({how})", answer.app);
     Ok(())
 }
 
 /// `sha256:` and the first 12 hex digits of an image digest.
-fn short_digest(digest: &Value) -> &str {
-    let d = digest.as_str().unwrap_or_default();
-    d.get(..19).unwrap_or(d)
+fn short_digest(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+/// An app's state as the API names it (`running`, `down`, `not deployed`).
+fn app_state(state: AppState) -> &'static str {
+    match state {
+        AppState::Running => "running",
+        AppState::Down => "down",
+        AppState::NotDeployed => "not deployed",
+    }
 }
 
 fn ago(unix: i64) -> String {
@@ -352,24 +355,25 @@ fn ago(unix: i64) -> String {
 
 /// `hangar apps`.
 pub async fn apps() -> Result<()> {
-    let answer = api()?.get("/api/v1/apps").await?;
-    let apps = answer["apps"].as_array().cloned().unwrap_or_default();
+    let answer: AppList = api()?.get_as("/api/v1/apps").await?;
+    let apps = answer.apps;
     if apps.is_empty() {
         println!("No apps yet: `hangar deploy` one.");
         return Ok(());
     }
     println!("{:<24} {:<13} {:<8} URL", "NAME", "STATUS", "RELEASE");
     for a in apps {
-        let release = a["active_release"]["version"]
-            .as_i64()
-            .map(|v| format!("v{v}"))
+        let release = a
+            .active_release
+            .as_ref()
+            .map(|r| format!("v{}", r.version))
             .unwrap_or_else(|| "-".into());
         println!(
             "{:<24} {:<13} {:<8} {}",
-            a["name"].as_str().unwrap_or_default(),
-            a["status"].as_str().unwrap_or_default(),
+            a.name,
+            app_state(a.status),
             release,
-            a["url"].as_str().unwrap_or_default()
+            a.url
         );
     }
     Ok(())
@@ -377,41 +381,35 @@ pub async fn apps() -> Result<()> {
 
 /// `hangar status APP`.
 pub async fn status(app: &str) -> Result<()> {
-    let a = api()?.get(&format!("/api/v1/apps/{app}")).await?;
-    println!("App:     {}", a["name"].as_str().unwrap_or_default());
-    println!("URL:     {}", a["url"].as_str().unwrap_or_default());
-    println!("Status:  {}", a["status"].as_str().unwrap_or_default());
-    println!("Driver:  {}", a["driver"].as_str().unwrap_or_default());
-    print_rows("Machines", &a["machines"], |m| {
+    let a: AppStatus = api()?.get_as(&format!("/api/v1/apps/{app}")).await?;
+    println!("App:     {}", a.name);
+    println!("URL:     {}", a.url);
+    println!("Status:  {}", app_state(a.status));
+    println!("Driver:  {}", a.driver);
+    print_rows("Machines", &a.machines, |m| {
         format!(
             "  {}  {:<9} {:<8} port {:<5} pid {:<7} {}",
-            m["id"].as_str().unwrap_or_default(),
-            m["state"].as_str().unwrap_or_default(),
-            if m["state"] == "started" {
-                m["health"].as_str().unwrap_or_default()
+            m.id,
+            m.state.as_str(),
+            if m.state == MachineState::Started {
+                m.health.as_str()
             } else {
                 ""
             },
-            m["port"].as_i64().unwrap_or_default(),
-            m["pid"]
-                .as_i64()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-            m["exit_code"]
-                .as_i64()
-                .map(|c| format!("exit {c}"))
-                .unwrap_or_default()
+            m.port,
+            m.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            m.exit_code.map(|c| format!("exit {c}")).unwrap_or_default()
         )
     });
-    print_rows("Releases", &a["releases"], |r| {
+    print_rows("Releases", &a.releases, |r| {
         let mut line = format!(
             "  v{:<4} {:<11} {}  {}",
-            r["version"].as_i64().unwrap_or_default(),
-            r["status"].as_str().unwrap_or_default(),
-            ago(r["created_at"].as_i64().unwrap_or_default()),
-            short_digest(&r["image_digest"]),
+            r.version,
+            r.status.as_str(),
+            ago(r.created_at),
+            short_digest(&r.image_digest),
         );
-        if let Some(e) = r["error"].as_str() {
+        if let Some(e) = &r.error {
             line.push_str(&format!(
                 "\n         reason: {}",
                 e.lines().next().unwrap_or_default()
@@ -419,14 +417,14 @@ pub async fn status(app: &str) -> Result<()> {
         }
         line
     });
-    print_rows("Builds", &a["builds"], |b| {
+    print_rows("Builds", &a.builds, |b| {
         let mut line = format!(
             "  {}  {:<10} {}",
-            b["id"].as_str().unwrap_or_default(),
-            b["status"].as_str().unwrap_or_default(),
-            ago(b["created_at"].as_i64().unwrap_or_default())
+            b.id,
+            b.status.as_str(),
+            ago(b.created_at)
         );
-        if let Some(e) = b["error"].as_str() {
+        if let Some(e) = &b.error {
             line.push_str(&format!("  ({e})"));
         }
         line
@@ -434,10 +432,9 @@ pub async fn status(app: &str) -> Result<()> {
     Ok(())
 }
 
-fn print_rows(title: &str, rows: &Value, line: impl Fn(&Value) -> String) {
-    let rows = rows.as_array().cloned().unwrap_or_default();
+fn print_rows<T>(title: &str, rows: &[T], line: impl Fn(&T) -> String) {
     println!("{title}:{}", if rows.is_empty() { " none" } else { "" });
-    for r in &rows {
+    for r in rows {
         println!("{}", line(r));
     }
 }
@@ -474,12 +471,10 @@ pub async fn destroy(app: &str, yes: bool) -> Result<()> {
             bail!("not confirmed; nothing was destroyed");
         }
     }
-    let answer = api.delete(&format!("/api/v1/apps/{app}")).await?;
+    let answer: Destroyed = api.delete_as(&format!("/api/v1/apps/{app}")).await?;
     println!("Destroyed {app}");
-    for dropped in answer["resources_dropped"].as_array().into_iter().flatten() {
-        if let Some(what) = dropped.as_str() {
-            println!("  dropped {what}");
-        }
+    for what in &answer.resources_dropped {
+        println!("  dropped {what}");
     }
     Ok(())
 }
@@ -487,7 +482,7 @@ pub async fn destroy(app: &str, yes: bool) -> Result<()> {
 /// `hangar secrets set APP NAME=VALUE...`.
 pub async fn secrets_set(app: &str, pairs: &[String]) -> Result<()> {
     let api = api()?;
-    let mut values = serde_json::Map::new();
+    let mut values = std::collections::BTreeMap::new();
     for pair in pairs {
         let Some((name, value)) = pair.split_once('=') else {
             bail!("{pair:?} is not NAME=VALUE (use NAME=- to read the value from stdin)");
@@ -499,45 +494,31 @@ pub async fn secrets_set(app: &str, pairs: &[String]) -> Result<()> {
         } else {
             value.to_owned()
         };
-        values.insert(name.to_owned(), Value::String(value));
+        values.insert(name.to_owned(), value);
     }
-    let body = serde_json::to_vec(&values)?;
-    let answer = api
-        .json(
-            hyper::Method::PUT,
-            &format!("/api/v1/apps/{app}/secrets"),
-            body.into(),
-            "application/json",
-        )
+    let answer: SecretsSet = api
+        .send_json_as(Method::PUT, &format!("/api/v1/apps/{app}/secrets"), &values)
         .await?;
-    let names: Vec<&str> = answer["set"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
     println!(
         "Set {} on {app}; machines get them at their next start (deploy or restart).",
-        names.join(", ")
+        answer.set.join(", ")
     );
     Ok(())
 }
 
 /// `hangar secrets list APP`: names only.
 pub async fn secrets_list(app: &str) -> Result<()> {
-    let answer = api()?.get(&format!("/api/v1/apps/{app}/secrets")).await?;
-    let list = answer["secrets"].as_array().cloned().unwrap_or_default();
+    let answer: SecretList = api()?
+        .get_as(&format!("/api/v1/apps/{app}/secrets"))
+        .await?;
+    let list = answer.secrets;
     if list.is_empty() {
         println!("{app} has no secrets (set some with `hangar secrets set {app} NAME=VALUE`)");
         return Ok(());
     }
     println!("{:<32} UPDATED", "NAME");
     for s in list {
-        println!(
-            "{:<32} {}",
-            s["name"].as_str().unwrap_or("?"),
-            s["updated_at"].as_str().unwrap_or("?")
-        );
+        println!("{:<32} {}", s.name, s.updated_at);
     }
     Ok(())
 }
@@ -546,7 +527,8 @@ pub async fn secrets_list(app: &str) -> Result<()> {
 pub async fn secrets_unset(app: &str, names: &[String]) -> Result<()> {
     let api = api()?;
     for name in names {
-        api.delete(&format!("/api/v1/apps/{app}/secrets/{name}"))
+        let _: SecretsUnset = api
+            .delete_as(&format!("/api/v1/apps/{app}/secrets/{name}"))
             .await?;
         println!("Unset {name} on {app}");
     }
@@ -555,23 +537,21 @@ pub async fn secrets_unset(app: &str, names: &[String]) -> Result<()> {
 
 /// `hangar resources APP`.
 pub async fn resources(app: &str) -> Result<()> {
-    let answer = api()?.get(&format!("/api/v1/apps/{app}/resources")).await?;
-    let list = answer["resources"].as_array().cloned().unwrap_or_default();
+    let answer: ResourceList = api()?
+        .get_as(&format!("/api/v1/apps/{app}/resources"))
+        .await?;
+    let list = answer.resources;
     if list.is_empty() {
         println!("{app} declares no resources");
         return Ok(());
     }
     println!("{:<10} {:<32} STATUS", "KIND", "NAME");
     for r in list {
-        let mut status = r["status"].as_str().unwrap_or("?").to_owned();
-        if let Some(detail) = r["detail"].as_str() {
+        let mut status = r.status;
+        if let Some(detail) = &r.detail {
             status.push_str(&format!(": {detail}"));
         }
-        println!(
-            "{:<10} {:<32} {status}",
-            r["kind"].as_str().unwrap_or("?"),
-            r["name"].as_str().unwrap_or("?")
-        );
+        println!("{:<10} {:<32} {status}", r.kind, r.name);
     }
     Ok(())
 }
@@ -598,19 +578,15 @@ pub async fn image_import(path: &Path, name: &str) -> Result<()> {
         human_bytes(data.len() as u64),
         api.base()
     );
-    let answer = api
-        .json(
+    let answer: ImageImported = api
+        .json_as(
             Method::POST,
             &format!("/api/v1/images?name={}", query_escape(name)),
             Bytes::from(data),
             "application/x-tar",
         )
         .await?;
-    println!(
-        "==> Imported {} ({})",
-        answer["name"].as_str().unwrap_or(name),
-        answer["digest"].as_str().unwrap_or_default()
-    );
+    println!("==> Imported {} ({})", answer.name, answer.digest);
     Ok(())
 }
 

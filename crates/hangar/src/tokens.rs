@@ -3,8 +3,10 @@
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use hangar_api_types::hangar::{
+    AuditList, CreateToken, ShuttleTokenRotated, Token, TokenCreated, TokenList, TokenStatus,
+};
 use http::Method;
-use serde_json::{Value, json};
 
 use crate::commands::api;
 
@@ -16,30 +18,23 @@ pub async fn create(scope: &str, name: &str, expires: Option<&str>) -> Result<()
         None => None,
         Some(text) => Some(lifetime_secs(text)?),
     };
-    let body =
-        json!({"name": name, "scope": scope.to_string(), "expires_in_secs": expires_in_secs});
-    let answer = api()?
-        .json(
-            Method::POST,
-            "/api/v1/tokens",
-            Bytes::from(body.to_string()),
-            "application/json",
-        )
+    let body = CreateToken {
+        name: name.to_owned(),
+        scope: scope.to_string(),
+        expires_in_secs,
+    };
+    let answer: TokenCreated = api()?
+        .send_json_as(Method::POST, "/api/v1/tokens", &body)
         .await?;
-    let field = |k: &str| answer[k].as_str().unwrap_or("?").to_owned();
+    let info = &answer.info;
     println!(
         "Created token {} ({}, scope {})",
-        field("id"),
-        field("name"),
-        field("scope")
+        info.id, info.name, info.scope
     );
-    if let Some(at) = answer["expires_at"].as_str() {
+    if let Some(at) = &info.expires_at {
         println!("It expires at {at}.");
     }
-    println!(
-        "Store it now; it is not shown again:\n\n{}\n",
-        field("token")
-    );
+    println!("Store it now; it is not shown again:\n\n{}\n", answer.token);
     Ok(())
 }
 
@@ -60,42 +55,48 @@ fn lifetime_secs(text: &str) -> Result<u64> {
 
 /// `hangar tokens list`.
 pub async fn list() -> Result<()> {
-    let answer = api()?.get("/api/v1/tokens").await?;
-    let tokens = answer["tokens"].as_array().cloned().unwrap_or_default();
+    let answer: TokenList = api()?.get_as("/api/v1/tokens").await?;
     println!(
         "{:<22} {:<16} {:<24} {:<8} {:<21} EXPIRES",
         "ID", "NAME", "SCOPE", "STATUS", "CREATED"
     );
-    let s = |t: &Value, k: &str| t[k].as_str().unwrap_or("-").to_owned();
-    for t in &tokens {
+    for t in &answer.tokens {
         println!(
             "{:<22} {:<16} {:<24} {:<8} {:<21} {}",
-            s(t, "id"),
-            s(t, "name"),
-            s(t, "scope"),
-            s(t, "status"),
-            s(t, "created_at"),
-            s(t, "expires_at"),
+            t.id,
+            t.name,
+            t.scope,
+            token_status(t.status),
+            t.created_at,
+            t.expires_at.as_deref().unwrap_or("-"),
         );
     }
     Ok(())
 }
 
+/// A token's status as the API names it.
+fn token_status(status: TokenStatus) -> &'static str {
+    match status {
+        TokenStatus::Active => "active",
+        TokenStatus::Expired => "expired",
+        TokenStatus::Revoked => "revoked",
+    }
+}
+
 /// `hangar tokens revoke ID`.
 pub async fn revoke(id: &str) -> Result<()> {
-    let answer = api()?.delete(&format!("/api/v1/tokens/{id}")).await?;
+    let answer: Token = api()?.delete_as(&format!("/api/v1/tokens/{id}")).await?;
     println!(
         "Revoked {} ({}): its next request is refused",
-        answer["id"].as_str().unwrap_or(id),
-        answer["name"].as_str().unwrap_or("?")
+        answer.id, answer.name
     );
     Ok(())
 }
 
 /// `hangar tokens rotate-shuttle APP`.
 pub async fn rotate_shuttle(app: &str) -> Result<()> {
-    let answer = api()?
-        .json(
+    let answer: ShuttleTokenRotated = api()?
+        .json_as(
             Method::POST,
             &format!("/api/v1/apps/{app}/shuttle-token/rotate"),
             Bytes::new(),
@@ -104,7 +105,7 @@ pub async fn rotate_shuttle(app: &str) -> Result<()> {
         .await?;
     println!(
         "Rotated {app}'s Shuttle runtime token (generation {}); the old one is refused from now on.",
-        answer["generation"]
+        answer.generation
     );
     println!("Machines running now get the new one at their next start: redeploy or restart them.");
     Ok(())
@@ -116,8 +117,8 @@ pub async fn audit(app: Option<&str>, limit: u32) -> Result<()> {
     if let Some(app) = app {
         path.push_str(&format!("&app={app}"));
     }
-    let answer = api()?.get(&path).await?;
-    let entries = answer["entries"].as_array().cloned().unwrap_or_default();
+    let answer: AuditList = api()?.get_as(&path).await?;
+    let entries = answer.entries;
     if entries.is_empty() {
         println!("nothing recorded yet");
         return Ok(());
@@ -127,14 +128,9 @@ pub async fn audit(app: Option<&str>, limit: u32) -> Result<()> {
         "TIME", "TOKEN", "ACTION", "TARGET"
     );
     for e in &entries {
-        let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
         println!(
             "{:<21} {:<16} {:<24} {:<24} {}",
-            s("at"),
-            e["token"]["name"].as_str().unwrap_or("?"),
-            s("action"),
-            s("target"),
-            s("summary"),
+            e.at, e.token.name, e.action, e.target, e.summary,
         );
     }
     Ok(())

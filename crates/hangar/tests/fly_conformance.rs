@@ -6,6 +6,7 @@
 
 mod support;
 
+use hangar_api_types::fly;
 use serde_json::{Value, json};
 use support::{TestPlatform, example};
 
@@ -124,6 +125,9 @@ fn fly_go_shaped_requests_get_answers_fly_go_can_read() {
     );
     assert_eq!(code, 200, "{m}");
     conforms("machine", &m, MACHINE);
+    // And it reads back into the server's own wire type.
+    let typed: fly::Machine = serde_json::from_value(m.clone()).expect("a fly::Machine");
+    assert_eq!(typed.region, "iad");
     conforms("machine", &m, &[("nonce", "string")]);
     assert_eq!(
         m["region"], "iad",

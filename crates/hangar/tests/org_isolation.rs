@@ -423,8 +423,10 @@ fn another_org_gets_404_everywhere_and_changes_nothing() {
         serde_json::to_vec(&json!({ A_SECRET: "overwritten-by-b" })).unwrap(),
     );
     taken(code, &body, "PUT /api/v1/apps/hello/secrets");
+    // The Machines API answers a taken name as Fly does: 422 name_taken.
     let (code, body) = p.call_as(&b, "POST", "/v1/apps", json!({"app_name": APP}));
-    assert_eq!(code, 409, "POST /v1/apps {APP}: {body}");
+    assert_eq!(code, 422, "POST /v1/apps {APP}: {body}");
+    assert_eq!(body["status"], "name_taken", "{body}");
     assert_no_leak("POST /v1/apps", "", &body.to_string(), &a.private);
     tried += 3;
 

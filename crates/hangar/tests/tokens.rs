@@ -5,6 +5,7 @@
 
 mod support;
 
+use hangar_api_types::hangar as api;
 use serde_json::{Value, json};
 use support::{TestPlatform, copy_example};
 
@@ -169,54 +170,50 @@ fn scoped_tokens_do_what_their_scope_says_and_every_change_is_audited() {
     }
 
     // The list shows every token without a secret.
-    let tokens = p.api_get("/api/v1/tokens");
-    let text = tokens.to_string();
-    assert!(!text.contains("hgr_"), "no secret in the list: {text}");
-    let ci_row = tokens["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == ci_id.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(ci_row["status"], "revoked");
-    assert_eq!(ci_row["scope"], "deploy:web");
+    let raw = p.api_get("/api/v1/tokens");
+    assert!(
+        !raw.to_string().contains("hgr_"),
+        "no secret in the list: {raw}"
+    );
+    let tokens: api::TokenList = serde_json::from_value(raw).expect("a token list");
+    let ci_row = tokens.tokens.iter().find(|t| t.id == ci_id).unwrap();
+    assert_eq!(ci_row.status, api::TokenStatus::Revoked);
+    assert_eq!(ci_row.scope, "deploy:web");
 
     // The audit log: who did what, newest first.
-    let audit = p.api_get("/api/v1/audit");
-    let entries = audit["entries"].as_array().unwrap();
+    let raw = p.api_get("/api/v1/audit");
+    assert!(!raw.to_string().contains("hunter2-7d1c"), "no secret value");
+    let audit: api::AuditList = serde_json::from_value(raw).expect("an audit list");
     let find = |action: &str| {
-        entries
+        audit
+            .entries
             .iter()
-            .find(|e| e["action"] == action)
-            .unwrap_or_else(|| panic!("no {action} in {audit}"))
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("no {action} in {audit:?}"))
             .clone()
     };
     let deploy = find("deploy");
-    assert_eq!(
-        deploy["token"]["id"],
-        ci_id.as_str(),
-        "the CI token deployed"
-    );
-    assert_eq!(deploy["token"]["name"], "CI");
-    assert_eq!(deploy["app"], "web");
-    assert!(deploy["summary"].as_str().unwrap().contains(&build));
-    let secrets = find("secrets.set");
-    assert_eq!(secrets["summary"], "AUDIT_CANARY");
-    assert_eq!(find("token.revoke")["target"], ci_id.as_str());
+    assert_eq!(deploy.token.id, ci_id, "the CI token deployed");
+    assert_eq!(deploy.token.name, "CI");
+    assert_eq!(deploy.app.as_deref(), Some("web"));
+    assert!(deploy.summary.contains(&build));
+    assert_eq!(find("secrets.set").summary, "AUDIT_CANARY");
+    assert_eq!(find("token.revoke").target, ci_id);
     assert!(
-        entries
+        audit
+            .entries
             .iter()
-            .any(|e| e["action"] == "token.create" && e["summary"] == "CI (deploy:web)"),
-        "{audit}"
+            .any(|e| e.action == "token.create" && e.summary == "CI (deploy:web)"),
+        "{audit:?}"
     );
-    assert_eq!(find("app.create")["app"], "api");
-    assert!(
-        !audit.to_string().contains("hunter2-7d1c"),
-        "no secret value"
-    );
+    assert_eq!(find("app.create").app.as_deref(), Some("api"));
+    let ids: Vec<i64> = audit.entries.iter().map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
     // No refused request is recorded as a change.
-    assert!(entries.iter().all(|e| e["action"] != "scale"), "{audit}");
+    assert!(
+        audit.entries.iter().all(|e| e.action != "scale"),
+        "{audit:?}"
+    );
     // Only web's, through the CLI.
     let out = p.hangar(&["audit", "--app", "web"]);
     assert!(out.status.success());

@@ -4,24 +4,19 @@ use super::*;
 
 // ---- apps ----
 
-#[derive(Deserialize)]
-pub(super) struct CreateApp {
-    /// Fly's current name for it; `app_name` is the older one, still sent
-    /// by some clients.
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    app_name: Option<String>,
-    #[serde(default)]
-    org_slug: Option<String>,
-}
-
-pub(super) async fn create_app(
+#[utoipa::path(
+    post,
+    path = "/v1/apps",
+    tag = "machines",
+    request_body(content = fly::CreateApp),
+    responses((status = 201, body = fly::AppCreated), crate::openapi::Refusals),
+)]
+pub(crate) async fn create_app(
     caller: Caller,
     State(state): State<ApiState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: CreateApp = parse(&body)?;
+    let req: fly::CreateApp = parse(&body)?;
     let (field, raw) = match (&req.name, &req.app_name) {
         (Some(n), _) => ("name", n.as_str()),
         (None, Some(n)) => ("app_name", n.as_str()),
@@ -46,7 +41,11 @@ pub(super) async fn create_app(
     if state.store.app_by_name(name.as_str()).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{field}: an app named {name:?} exists already"),
+            // Fly's words, which its clients also match on.
+            format!(
+                "{field}: Name has already been taken (an app named {:?} exists)",
+                name.as_str()
+            ),
         )
         .with_code("name_taken"));
     }
@@ -63,30 +62,36 @@ pub(super) async fn create_app(
     Ok(noted(
         (
             StatusCode::CREATED,
-            Json(json!({"id": app.id, "name": app.name})),
+            Json(fly::AppCreated {
+                id: app.id,
+                name: app.name,
+            }),
         ),
         note,
     ))
 }
 
-#[derive(Deserialize)]
-pub(super) struct ListAppsQuery {
-    #[serde(default)]
-    org_slug: Option<String>,
-}
-
-pub(super) async fn list_apps(
+#[utoipa::path(
+    get,
+    path = "/v1/apps",
+    tag = "machines",
+    params(fly::ListAppsQuery),
+    responses((status = 200, body = fly::AppsPage), crate::openapi::Refusals),
+)]
+pub(crate) async fn list_apps(
     caller: Caller,
     State(state): State<ApiState>,
-    Query(q): Query<ListAppsQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<fly::ListAppsQuery>,
+) -> Result<Json<fly::AppsPage>, ApiError> {
     if let Some(slug) = &q.org_slug
         && slug != &caller.org.name
         && slug != "personal"
     {
-        return Ok(Json(
-            json!({"total_apps": 0, "apps": [], "next_cursor": null}),
-        ));
+        return Ok(Json(fly::AppsPage {
+            total_apps: 0,
+            apps: Vec::new(),
+            next_cursor: None,
+        }));
     }
     let mut apps = Vec::new();
     for app in state.store.apps(&caller.org.id).await? {
@@ -94,21 +99,33 @@ pub(super) async fn list_apps(
             continue;
         }
         let count = state.store.machines_for_app(&app.id).await?.len();
-        apps.push(
-            json!({"id": app.id, "name": app.name, "machine_count": count, "network": "default"}),
-        );
+        apps.push(fly::AppSummary {
+            id: app.id,
+            name: app.name,
+            machine_count: count as u64,
+            network: "default".to_owned(),
+        });
     }
     // One page holds them all: no cursor to follow.
-    Ok(Json(
-        json!({"total_apps": apps.len(), "apps": apps, "next_cursor": null}),
-    ))
+    Ok(Json(fly::AppsPage {
+        total_apps: apps.len() as u64,
+        apps,
+        next_cursor: None,
+    }))
 }
 
-pub(super) async fn get_app(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name")),
+    responses((status = 200, body = fly::App), crate::openapi::Refusals),
+)]
+pub(crate) async fn get_app(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<fly::App>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
     let machines = state.store.machines_for_app(&app.id).await?;
     let status = if machines.is_empty() {
@@ -116,15 +133,25 @@ pub(super) async fn get_app(
     } else {
         "deployed"
     };
-    Ok(Json(json!({
-        "id": app.id,
-        "name": app.name,
-        "organization": {"name": caller.org.name, "slug": caller.org.name},
-        "status": status,
-    })))
+    Ok(Json(fly::App {
+        id: app.id,
+        name: app.name,
+        organization: fly::Organization {
+            name: caller.org.name.clone(),
+            slug: caller.org.name,
+        },
+        status: status.to_owned(),
+    }))
 }
 
-pub(super) async fn delete_app(
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app}",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name")),
+    responses((status = 202, description = "deleted, with its machines and resources"), (status = 502, body = ErrorBody, description = "a resource server (Postgres, Redis, NATS) failed"), crate::openapi::Refusals),
+)]
+pub(crate) async fn delete_app(
     caller: Caller,
     State(state): State<ApiState>,
     Path(name): Path<String>,

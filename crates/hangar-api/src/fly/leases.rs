@@ -2,21 +2,35 @@
 
 use super::*;
 
-pub(super) async fn cordon(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/cordon",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = OkBody), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), crate::openapi::Refusals),
+)]
+pub(crate) async fn cordon(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkBody>, ApiError> {
     set_cordon(&state, &caller, &app, &id, &headers, true).await
 }
 
-pub(super) async fn uncordon(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/uncordon",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = OkBody), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), crate::openapi::Refusals),
+)]
+pub(crate) async fn uncordon(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkBody>, ApiError> {
     set_cordon(&state, &caller, &app, &id, &headers, false).await
 }
 
@@ -27,52 +41,36 @@ pub(super) async fn set_cordon(
     id: &str,
     headers: &HeaderMap,
     cordoned: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkBody>, ApiError> {
     machine_to_change(state, caller, app, id, headers).await?;
     state.agent.cordon(id, cordoned).await?;
-    Ok(Json(json!({"ok": true})))
-}
-
-fn lease_json(m: &Machine) -> Value {
-    match &m.lease {
-        Some(l) => json!({"status": "success", "data": {
-            "nonce": l.nonce, "expires_at": l.expires_at, "owner": l.owner,
-            "description": l.description, "version": m.instance_id,
-        }}),
-        None => Value::Null,
-    }
-}
-
-#[derive(Deserialize)]
-pub(super) struct LeaseRequest {
-    #[serde(default)]
-    ttl: Option<u64>,
-    #[serde(default)]
-    description: Option<String>,
+    Ok(Json(OkBody::YES))
 }
 
 /// Longest lease, in seconds.
 pub(super) const MAX_LEASE_TTL: u64 = 3600;
 
-#[derive(Deserialize)]
-pub(super) struct LeaseQuery {
-    #[serde(default)]
-    ttl: Option<u64>,
-}
-
 /// `POST …/lease[?ttl=N]`: fly-go sends the ttl in the query and no body;
 /// Fly's spec puts `ttl` and `description` in a JSON body. 201 for a new
 /// lease, 200 for a refresh (the holder's nonce given).
-pub(super) async fn acquire_lease(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/lease",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id"), fly::LeaseQuery),
+    request_body(content = Option<fly::LeaseRequest>),
+    responses((status = 201, body = fly::Lease, description = "a new lease"), (status = 200, body = fly::Lease, description = "the holder's lease, refreshed"), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), crate::openapi::Refusals),
+)]
+pub(crate) async fn acquire_lease(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
-    Query(q): Query<LeaseQuery>,
+    Query(q): Query<fly::LeaseQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    let req: LeaseRequest = parse(&body)?;
+    let req: fly::LeaseRequest = parse(&body)?;
     let ttl = req.ttl.or(q.ttl).unwrap_or(30);
     if !(1..=MAX_LEASE_TTL).contains(&ttl) {
         return Err(ApiError::bad_request(format!(
@@ -98,44 +96,60 @@ pub(super) async fn acquire_lease(
     };
     state.store.set_machine_lease(&id, Some(lease)).await?;
     let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    Ok((status, Json(lease_json(&m))).into_response())
+    Ok((status, Json(crate::wire::lease(&m))).into_response())
 }
 
-pub(super) async fn get_lease(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines/{id}/lease",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = fly::Lease), crate::openapi::Refusals),
+)]
+pub(crate) async fn get_lease(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<fly::Lease>, ApiError> {
     let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    match &m.lease {
-        Some(l) if l.expires_at > hangar_core::now_unix() => Ok(Json(lease_json(&m))),
+    match crate::wire::lease(&m) {
+        Some(l) if l.data.expires_at > hangar_core::now_unix() => Ok(Json(l)),
         _ => Err(ApiError::not_found(format!("machine {id} has no lease"))),
     }
 }
 
-pub(super) async fn release_lease(
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app}/machines/{id}/lease",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = OkBody), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), crate::openapi::Refusals),
+)]
+pub(crate) async fn release_lease(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OkBody>, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
     state.store.set_machine_lease(&id, None).await?;
-    Ok(Json(json!({"ok": true})))
+    Ok(Json(OkBody::YES))
 }
 
-pub(super) async fn get_metadata(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines/{id}/metadata",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = std::collections::BTreeMap<String, String>), crate::openapi::Refusals),
+)]
+pub(crate) async fn get_metadata(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BTreeMap<String, String>>, ApiError> {
     let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    Ok(Json(json!(m.config.metadata)))
-}
-
-#[derive(Deserialize)]
-pub(super) struct MetadataValue {
-    value: String,
+    Ok(Json(m.config.metadata))
 }
 
 fn check_metadata_key(key: &str) -> Result<(), ApiError> {
@@ -153,7 +167,15 @@ fn check_metadata_key(key: &str) -> Result<(), ApiError> {
     }
 }
 
-pub(super) async fn set_metadata(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/metadata/{key}",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id"), ("key" = String, Path, description = "the metadata key")),
+    request_body(content = fly::MetadataValue),
+    responses((status = 204, description = "set"), crate::openapi::Refusals),
+)]
+pub(crate) async fn set_metadata(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id, key)): Path<(String, String, String)>,
@@ -162,7 +184,7 @@ pub(super) async fn set_metadata(
     // Fly takes metadata writes without the lease's nonce.
     let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
     check_metadata_key(&key)?;
-    let req: MetadataValue = parse(&body)?;
+    let req: fly::MetadataValue = parse(&body)?;
     let mut metadata = m.config.metadata.clone();
     metadata.insert(key, req.value);
     check_metadata(&metadata)?;
@@ -189,33 +211,38 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
 }
 
 /// `GET …/metadata/{key}`: `{"value": …}`, or 404.
-pub(super) async fn get_metadata_key(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines/{id}/metadata/{key}",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id"), ("key" = String, Path, description = "the metadata key")),
+    responses((status = 200, body = fly::MetadataValue), crate::openapi::Refusals),
+)]
+pub(crate) async fn get_metadata_key(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id, key)): Path<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<fly::MetadataValue>, ApiError> {
     let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
     match m.config.metadata.get(&key) {
-        Some(v) => Ok(Json(json!({ "value": v }))),
+        Some(v) => Ok(Json(fly::MetadataValue { value: v.clone() })),
         None => Err(ApiError::not_found(format!(
             "machine {id} has no metadata key {key:?}"
         ))),
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct MetadataUpdate {
-    /// Keys to set; a null or empty value removes the key.
-    metadata: BTreeMap<String, Option<String>>,
-    /// When given, the update applies only to this version of the machine
-    /// (412 otherwise).
-    #[serde(default)]
-    machine_version: Option<String>,
-}
-
 /// `PUT`/`PATCH …/metadata` with `{"metadata": {…}}`: `PATCH` merges,
 /// `PUT` replaces; null or empty values remove keys. 204.
-pub(super) async fn update_metadata(
+#[utoipa::path(
+    method(put, patch),
+    path = "/v1/apps/{app}/machines/{id}/metadata",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    request_body(content = fly::MetadataUpdate),
+    responses((status = 204, description = "updated"), (status = 412, body = ErrorBody, description = "machine_version is not the machine's version"), crate::openapi::Refusals),
+)]
+pub(crate) async fn update_metadata(
     caller: Caller,
     State(state): State<ApiState>,
     method: axum::http::Method,
@@ -223,7 +250,7 @@ pub(super) async fn update_metadata(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;
-    let req: MetadataUpdate = parse(&body)?;
+    let req: fly::MetadataUpdate = parse(&body)?;
     if let Some(v) = &req.machine_version
         && v != &m.instance_id
     {
@@ -247,7 +274,14 @@ pub(super) async fn update_metadata(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(super) async fn delete_metadata(
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app}/machines/{id}/metadata/{key}",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id"), ("key" = String, Path, description = "the metadata key")),
+    responses((status = 204, description = "removed"), crate::openapi::Refusals),
+)]
+pub(crate) async fn delete_metadata(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id, key)): Path<(String, String, String)>,

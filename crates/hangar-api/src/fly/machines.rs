@@ -3,21 +3,6 @@
 
 use super::*;
 
-#[derive(Deserialize)]
-pub(super) struct CreateMachine {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    region: Option<String>,
-    #[serde(default)]
-    skip_launch: bool,
-    /// Seconds of a lease the creator holds at once (its nonce comes back
-    /// as `nonce`).
-    #[serde(default)]
-    lease_ttl: Option<u64>,
-    config: MachineConfig,
-}
-
 /// A region as Fly names them (`iad`, `lhr`, `ams`…): any short name is
 /// taken, since every machine runs on this node; it is recorded and echoed.
 fn check_region(region: &str) -> Result<(), ApiError> {
@@ -42,8 +27,8 @@ async fn checked_request(
     state: &ApiState,
     caller: &Caller,
     body: &Bytes,
-) -> Result<(CreateMachine, String), ApiError> {
-    let req: CreateMachine = parse(body)?;
+) -> Result<(fly::CreateMachine, String), ApiError> {
+    let req: fly::CreateMachine = parse(body)?;
     req.config
         .validate()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
@@ -66,7 +51,15 @@ async fn checked_request(
     Ok((req, digest))
 }
 
-pub(super) async fn create_machine(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name")),
+    request_body(content = fly::CreateMachine),
+    responses((status = 200, body = fly::Machine), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn create_machine(
     caller: Caller,
     State(state): State<ApiState>,
     Path(app): Path<String>,
@@ -98,7 +91,7 @@ pub(super) async fn create_machine(
             description: "lease_ttl at create".to_owned(),
             expires_at: hangar_core::now_unix() + ttl as i64,
         };
-        answer["nonce"] = json!(lease.nonce);
+        answer.nonce = Some(lease.nonce.clone());
         state.store.set_machine_lease(&m.id, Some(lease)).await?;
     }
     let note = AuditNote {
@@ -109,13 +102,21 @@ pub(super) async fn create_machine(
     Ok(noted(Json(answer), note))
 }
 
-pub(super) async fn update_machine(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    request_body(content = fly::CreateMachine),
+    responses((status = 200, body = fly::Machine), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn update_machine(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<fly::Machine>, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
     let (req, digest) = checked_request(&state, &caller, &body).await?;
     crate::quota::check_machine(&state, &caller.org, req.config.guest().memory_mb, Some(&id))
@@ -128,28 +129,24 @@ pub(super) async fn update_machine(
 }
 
 /// The header a lease holder passes.
-#[derive(Deserialize)]
-pub(super) struct ExecRequest {
-    /// The command as argv (preferred).
-    #[serde(default)]
-    command: Option<Vec<String>>,
-    /// The command as one string, split on whitespace (Fly's older field).
-    #[serde(default)]
-    cmd: Option<String>,
-    /// Seconds before the command is killed.
-    #[serde(default)]
-    timeout: Option<u64>,
-}
 
-pub(super) async fn exec(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/exec",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    request_body(content = fly::ExecRequest),
+    responses((status = 200, body = fly::ExecResult), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn exec(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<fly::ExecResult>, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
-    let req: ExecRequest = parse(&body)?;
+    let req: fly::ExecRequest = parse(&body)?;
     let argv: Vec<String> = match (req.command, req.cmd) {
         (Some(c), _) if !c.is_empty() => c,
         (_, Some(c)) if !c.trim().is_empty() => c.split_whitespace().map(str::to_owned).collect(),
@@ -168,17 +165,17 @@ pub(super) async fn exec(
         .agent
         .exec(&id, &argv, Duration::from_secs(timeout))
         .await?;
-    Ok(Json(json!({
-        "exit_code": out.code,
-        "exit_signal": 0,
-        "stdout": String::from_utf8_lossy(&out.stdout),
-        "stderr": String::from_utf8_lossy(&out.stderr),
-        "truncated": out.truncated,
-    })))
+    Ok(Json(fly::ExecResult {
+        exit_code: i64::from(out.code),
+        exit_signal: 0,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        truncated: out.truncated,
+    }))
 }
 
 #[derive(Deserialize)]
-pub(super) struct ListMachinesQuery {
+pub(crate) struct ListMachinesQuery {
     #[serde(default)]
     include_deleted: bool,
     #[serde(default)]
@@ -188,12 +185,19 @@ pub(super) struct ListMachinesQuery {
     rest: BTreeMap<String, String>,
 }
 
-pub(super) async fn list_machines(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), fly::ListMachinesQuery),
+    responses((status = 200, body = Vec<fly::Machine>), crate::openapi::Refusals),
+)]
+pub(crate) async fn list_machines(
     caller: Caller,
     State(state): State<ApiState>,
     Path(app): Path<String>,
     Query(q): Query<ListMachinesQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<fly::Machine>>, ApiError> {
     let app = find_app(&state, &caller, &app).await?;
     let wanted: Vec<(&str, &str)> = q
         .rest
@@ -217,42 +221,57 @@ pub(super) async fn list_machines(
         }
         out.push(machine_json(&state, &m).await?);
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
-pub(super) async fn get_machine(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines/{id}",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = fly::Machine), crate::openapi::Refusals),
+)]
+pub(crate) async fn get_machine(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<fly::Machine>, ApiError> {
     let (_, m) = find_machine(&state, &caller, &app, &id).await?;
     Ok(Json(machine_json(&state, &m).await?))
 }
 
-pub(super) async fn start(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/start",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = fly::Started), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn start(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<fly::Started>, ApiError> {
     let before = machine_to_change(&state, &caller, &app, &id, &headers).await?;
     state.agent.start(&id).await?;
-    Ok(Json(
-        json!({"previous_state": before.state, "migrated": false, "new_host": ""}),
-    ))
+    Ok(Json(fly::Started {
+        previous_state: before.state,
+        migrated: false,
+        new_host: String::new(),
+    }))
 }
 
-#[derive(Deserialize, Default)]
-pub(super) struct StopRequest {
-    #[serde(default)]
-    signal: Option<String>,
-    #[serde(default)]
-    timeout: Option<Value>,
+/// The signal and grace of a stop or restart.
+fn resolve_stop(req: &fly::StopRequest) -> Result<(Option<i32>, Option<Duration>), ApiError> {
+    StopParts(req).resolve()
 }
 
-impl StopRequest {
+struct StopParts<'a>(&'a fly::StopRequest);
+
+impl StopParts<'_> {
     fn resolve(&self) -> Result<(Option<i32>, Option<Duration>), ApiError> {
-        let signal = match &self.signal {
+        let signal = match &self.0.signal {
             None => None,
             Some(s) => Some(
                 hangar_core::machine::STOP_SIGNALS
@@ -267,7 +286,7 @@ impl StopRequest {
         // A Go duration string, or nanoseconds (Go's time.Duration), as
         // Fly's clients send it; fly-go sends "0s" when none was chosen,
         // which means the machine's own stop_config, not an instant kill.
-        let timeout = match &self.timeout {
+        let timeout = match &self.0.timeout {
             None | Some(Value::Null) => None,
             Some(v) => Some(hangar_core::machine::fly_duration(v).ok_or_else(|| {
                 ApiError::bad_request("timeout: must be a duration such as \"10s\", or nanoseconds")
@@ -283,86 +302,94 @@ impl StopRequest {
     }
 }
 
-pub(super) async fn stop(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/stop",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    request_body(content = fly::StopRequest),
+    responses((status = 200, body = OkBody), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn stop(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<hangar_api_types::OkBody>, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
-    let req: StopRequest = parse(&body)?;
-    let (signal, timeout) = req.resolve()?;
+    let req: fly::StopRequest = parse(&body)?;
+    let (signal, timeout) = resolve_stop(&req)?;
     state.agent.stop(&id, signal, timeout).await?;
-    Ok(Json(json!({"ok": true})))
+    Ok(Json(hangar_api_types::OkBody::YES))
 }
 
-pub(super) async fn suspend(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/suspend",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = OkBody), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn suspend(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<hangar_api_types::OkBody>, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
     state.agent.suspend(&id).await?;
-    Ok(Json(json!({"ok": true})))
+    Ok(Json(hangar_api_types::OkBody::YES))
 }
 
-pub(super) async fn restart(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/restart",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id"), fly::RestartQuery),
+    responses((status = 200, body = OkBody), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn restart(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
-    Query(q): Query<StopRequestQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<fly::RestartQuery>,
+) -> Result<Json<hangar_api_types::OkBody>, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
     // `timeout` is a Go duration string, or integer nanoseconds (older
     // clients); `force_stop` is accepted (the stop is as forceful as the
     // signal and timeout make it).
-    let req = StopRequest {
+    let req = fly::StopRequest {
         signal: q.signal,
         timeout: q.timeout.map(|t| match t.parse::<u64>() {
             Ok(ns) => json!(ns),
             Err(_) => Value::String(t),
         }),
     };
-    let (signal, timeout) = req.resolve()?;
+    let (signal, timeout) = resolve_stop(&req)?;
     state.agent.stop(&id, signal, timeout).await?;
     state.agent.start(&id).await?;
-    Ok(Json(json!({"ok": true})))
+    Ok(Json(hangar_api_types::OkBody::YES))
 }
 
-#[derive(Deserialize)]
-pub(super) struct StopRequestQuery {
-    #[serde(default)]
-    signal: Option<String>,
-    #[serde(default)]
-    timeout: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    force_stop: Option<bool>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct DeleteQuery {
-    /// Fly's spec names it `force`; fly-go sends `kill`: either destroys a
-    /// running machine.
-    #[serde(default)]
-    force: bool,
-    #[serde(default)]
-    kill: bool,
-}
-
-pub(super) async fn delete_machine(
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app}/machines/{id}",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id"), fly::DestroyQuery),
+    responses((status = 200, body = OkBody), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn delete_machine(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
-    Query(q): Query<DeleteQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<fly::DestroyQuery>,
+) -> Result<Json<hangar_api_types::OkBody>, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
     state.agent.destroy(&id, q.force || q.kill).await?;
-    Ok(Json(json!({"ok": true})))
+    Ok(Json(hangar_api_types::OkBody::YES))
 }
 
 /// Signals a machine may be sent (Fly's list), by name and number.
@@ -401,14 +428,16 @@ mod libc_signal {
     pub const TERM: i32 = 15;
 }
 
-#[derive(Deserialize)]
-pub(super) struct SignalRequest {
-    /// A name (`"SIGUSR1"`, Fly's spec) or a number (`9`, what fly-go sends).
-    signal: Value,
-}
-
 /// `POST …/signal` with `{"signal": "SIGUSR1"}` or `{"signal": 9}`.
-pub(super) async fn signal(
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/machines/{id}/signal",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    request_body(content = fly::SignalRequest),
+    responses((status = 200, body = OkBody), (status = 409, body = ErrorBody, description = "the machine is leased by another holder: pass its nonce in fly-machine-lease-nonce"), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn signal(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -416,7 +445,7 @@ pub(super) async fn signal(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     machine_to_change(&state, &caller, &app, &id, &headers).await?;
-    let req: SignalRequest = parse(&body)?;
+    let req: fly::SignalRequest = parse(&body)?;
     let found = match &req.signal {
         Value::String(name) => SIGNALS.iter().find(|(n, _)| n == name),
         Value::Number(n) => SIGNALS
@@ -440,35 +469,45 @@ pub(super) async fn signal(
         summary: (*name).to_owned(),
         ..AuditNote::default()
     };
-    Ok(noted(Json(json!({"ok": true})), note))
+    Ok(noted(Json(hangar_api_types::OkBody::YES), note))
 }
 
 /// `GET …/ps`: the machine's processes, main process first.
-pub(super) async fn ps(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines/{id}/ps",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = Vec<fly::ProcessStat>), (status = 412, body = ErrorBody, description = "the machine's state does not allow it (failed_precondition)"), crate::openapi::Refusals),
+)]
+pub(crate) async fn ps(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<fly::ProcessStat>>, ApiError> {
     find_live_machine(&state, &caller, &app, &id).await?;
     let now_ms = hangar_core::now_unix().saturating_mul(1000);
     let boot_ms = now_ms.saturating_sub(uptime_ms());
-    let list: Vec<Value> = state
+    let list = state
         .agent
         .processes(&id)
         .await?
         .into_iter()
         .map(|p| {
             let started = boot_ms.saturating_add(p.start_ms as i64);
-            json!({
-                "pid": p.pid, "command": p.command, "directory": p.directory,
-                "cpu": p.cpu_ms, "rss": p.rss,
-                // Start time (Unix ms) and how long it has run (ms).
-                "stime": started, "rtime": now_ms.saturating_sub(started),
-                "listen_sockets": [],
-            })
+            fly::ProcessStat {
+                pid: p.pid,
+                command: p.command,
+                directory: p.directory,
+                cpu: p.cpu_ms,
+                rss: p.rss,
+                stime: started,
+                rtime: now_ms.saturating_sub(started),
+                listen_sockets: Vec::new(),
+            }
         })
         .collect();
-    Ok(Json(Value::Array(list)))
+    Ok(Json(list))
 }
 
 /// Milliseconds since the host booted.
@@ -482,13 +521,21 @@ fn uptime_ms() -> i64 {
 
 /// `GET …/versions`: the machine's versions, newest first. Hangar keeps
 /// the current one only.
-pub(super) async fn versions(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines/{id}/versions",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = Vec<fly::MachineVersion>), crate::openapi::Refusals),
+)]
+pub(crate) async fn versions(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<fly::MachineVersion>>, ApiError> {
     let (_, m) = find_machine(&state, &caller, &app, &id).await?;
-    Ok(Json(
-        json!([{"version": m.instance_id, "user_config": m.config}]),
-    ))
+    Ok(Json(vec![fly::MachineVersion {
+        version: m.instance_id,
+        user_config: m.config,
+    }]))
 }

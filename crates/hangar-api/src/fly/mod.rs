@@ -16,7 +16,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hangar_core::machine::MachineConfig;
 use hangar_core::name::AppName;
 use hangar_core::status::MachineState;
 use hangar_store::{App, Machine};
@@ -26,11 +25,12 @@ use serde_json::{Value, json};
 
 use crate::access::{AuditNote, Caller, find_app, noted};
 use crate::{ApiError, ApiState};
+use hangar_api_types::{ErrorBody, OkBody, fly};
 
-mod apps;
-mod leases;
-mod machines;
-mod wait;
+pub(crate) mod apps;
+pub(crate) mod leases;
+pub(crate) mod machines;
+pub(crate) mod wait;
 
 use apps::*;
 use leases::*;
@@ -114,41 +114,21 @@ async fn find_machine(
 
 // ---- machines ----
 
-/// One event of a machine's log, as Fly shows it: newest first, `timestamp`
-/// in Unix milliseconds; an exit carries how the process exited.
-pub(crate) fn event_json(e: &hangar_store::MachineEvent) -> Value {
-    let mut ev = json!({
-        "id": e.id.to_string(), "type": e.kind, "status": e.status, "source": e.source,
-        "timestamp": e.timestamp,
-    });
-    if e.kind == "exit" {
-        ev["request"] = json!({"exit_event": {
-            // None: ended by a signal (Fly's clients read a number).
-            "exit_code": e.exit_code.unwrap_or(-1),
-            "oom_killed": e.oom_killed.unwrap_or(false),
-            "requested_stop": false,
-            "restarting": false,
-            "exited_at": hangar_core::rfc3339(e.timestamp / 1000),
-        }});
-    }
-    ev
-}
-
 /// A machine as Fly's API shows it.
-pub(crate) async fn machine_json(state: &ApiState, m: &Machine) -> Result<Value, ApiError> {
-    let events: Vec<Value> = state
+pub(crate) async fn machine_json(state: &ApiState, m: &Machine) -> Result<fly::Machine, ApiError> {
+    let events = state
         .store
         .machine_events(&m.id, 20)
         .await?
         .iter()
-        .map(event_json)
+        .map(crate::wire::event)
         .collect();
     let (repository, tag) = match m.config.image.split_once(':') {
         Some((r, t)) if !m.config.image.starts_with("sha256:") => (r.to_owned(), t.to_owned()),
         _ => (m.config.image.clone(), String::new()),
     };
     // Each check's latest result, while the machine runs.
-    let checks: Vec<Value> = match m.state {
+    let checks = match m.state {
         MachineState::Started => state
             .agent
             .health(&m.id)
@@ -161,31 +141,41 @@ pub(crate) async fn machine_json(state: &ApiState, m: &Machine) -> Result<Value,
                     hangar_node::agent::HealthStatus::Unknown => "warning",
                     _ => "critical",
                 };
-                json!({"name": c.name, "status": status, "output": c.output,
-                       "updated_at": hangar_core::rfc3339(c.updated_at)})
+                fly::MachineCheck {
+                    name: c.name.clone(),
+                    status: status.to_owned(),
+                    output: c.output.clone(),
+                    updated_at: hangar_core::rfc3339(c.updated_at),
+                }
             })
             .collect(),
         _ => Vec::new(),
     };
-    Ok(json!({
-        "id": m.id,
-        "name": m.name,
-        "state": m.state,
-        "region": m.region,
-        "instance_id": m.instance_id,
-        "version": m.instance_id,
-        "private_ip": m.address.to_string(),
-        "config": m.config,
-        "image_ref": {"registry": "hangar", "repository": repository, "tag": tag,
-                      "digest": m.image_digest, "labels": {}},
-        "created_at": hangar_core::rfc3339(m.created_at),
-        "updated_at": hangar_core::rfc3339(m.updated_at),
-        "events": events,
-        "checks": checks,
-        "cordoned": m.cordoned,
-        "host_status": "ok",
-        "incomplete_config": null,
-    }))
+    Ok(fly::Machine {
+        id: m.id.clone(),
+        name: m.name.clone(),
+        state: m.state,
+        region: m.region.clone(),
+        instance_id: m.instance_id.clone(),
+        version: m.instance_id.clone(),
+        private_ip: m.address.to_string(),
+        config: m.config.clone(),
+        image_ref: fly::ImageRef {
+            registry: "hangar".to_owned(),
+            repository,
+            tag,
+            digest: m.image_digest.clone(),
+            labels: BTreeMap::new(),
+        },
+        created_at: hangar_core::rfc3339(m.created_at),
+        updated_at: hangar_core::rfc3339(m.updated_at),
+        events,
+        checks,
+        cordoned: m.cordoned,
+        host_status: "ok".to_owned(),
+        incomplete_config: None,
+        nonce: None,
+    })
 }
 
 const LEASE_HEADER: &str = "fly-machine-lease-nonce";

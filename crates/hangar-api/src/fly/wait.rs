@@ -88,7 +88,14 @@ impl WaitFor {
     }
 }
 
-pub(super) async fn wait(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines/{id}/wait",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id"), fly::WaitQuery),
+    responses((status = 200, body = fly::WaitResult), crate::openapi::Refusals),
+)]
+pub(crate) async fn wait(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -119,12 +126,12 @@ pub(super) async fn wait(
             }
         };
         if reached && version_ok {
-            return Ok(Json(json!({
-                "ok": true,
-                "state": m.state,
-                "version": m.instance_id,
-                "event_id": event.map(|e| e.to_string()),
-            }))
+            return Ok(Json(fly::WaitResult {
+                ok: true,
+                state: m.state,
+                version: m.instance_id,
+                event_id: event.map(|e| e.to_string()),
+            })
             .into_response());
         }
         if tokio::time::Instant::now() >= deadline {
@@ -143,14 +150,21 @@ pub(super) async fn wait(
     }
 }
 
-pub(super) async fn events(
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/machines/{id}/events",
+    tag = "machines",
+    params(("app" = String, Path, description = "the app's name"), ("id" = String, Path, description = "the machine's id")),
+    responses((status = 200, body = Vec<fly::MachineEvent>), crate::openapi::Refusals),
+)]
+pub(crate) async fn events(
     caller: Caller,
     State(state): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<fly::MachineEvent>>, ApiError> {
     let (_, m) = find_machine(&state, &caller, &app, &id).await?;
     let events = state.store.machine_events(&m.id, 100).await?;
-    Ok(Json(Value::Array(events.iter().map(event_json).collect())))
+    Ok(Json(events.iter().map(crate::wire::event).collect()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,395 @@
+//! Hangar's own API, under `/api/v1`.
+
+use hangar_core::status::{BuildStatus, MachineState, ReleaseStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `GET /api/v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub ok: bool,
+}
+
+/// A build of an app's uploaded source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Build {
+    /// `bld_…`.
+    pub id: String,
+    pub status: BuildStatus,
+    /// `sha256:…` of the uploaded archive.
+    pub source_digest: String,
+    /// The image it made, once it succeeded.
+    pub image_digest: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    pub attempts: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// A release: an image and config rolled out as version N of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Release {
+    /// `rel_…`.
+    pub id: String,
+    pub app_id: String,
+    /// 1, 2, 3… per app.
+    pub version: i64,
+    pub build_id: String,
+    pub image_digest: String,
+    pub status: ReleaseStatus,
+    /// Why its rollout failed.
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The text of the app's hangar.toml it was built with.
+    pub config: Option<String>,
+    /// `deploy` or `rollback to vN`.
+    pub description: String,
+}
+
+/// What a machine's checks say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// Not checked yet, or failing within its grace period.
+    Unknown,
+    Passing,
+    Critical,
+}
+
+/// One check's latest result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CheckResult {
+    pub name: String,
+    pub status: CheckStatus,
+    /// What it saw: `HTTP 200`, `connection refused`…
+    pub output: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A machine of an app, as `hangar status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppMachine {
+    /// `mch_…`.
+    pub id: String,
+    pub name: String,
+    pub state: MachineState,
+    pub region: String,
+    pub instance_id: String,
+    /// The release it runs (none: made through the Machines API).
+    pub release_id: Option<String>,
+    pub image_digest: String,
+    /// Its private address.
+    pub address: String,
+    pub port: i64,
+    pub pid: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub restarts: i64,
+    pub cordoned: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Its checks taken together while it runs (`passing`, `critical`,
+    /// `unknown`), else its state.
+    pub health: String,
+    pub checks: Vec<CheckResult>,
+}
+
+/// An app's state at a glance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum AppState {
+    /// A live release with machines running.
+    #[serde(rename = "running")]
+    Running,
+    /// A live release and no machine running (scaled to zero, or crashed).
+    #[serde(rename = "down")]
+    Down,
+    #[serde(rename = "not deployed")]
+    NotDeployed,
+}
+
+/// `GET /api/v1/apps/{app}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppStatus {
+    pub name: String,
+    pub url: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Machines set by `hangar scale`.
+    pub scale: Option<i64>,
+    pub status: AppState,
+    pub active_release: Option<Release>,
+    /// The newest ten.
+    pub releases: Vec<Release>,
+    pub machines: Vec<AppMachine>,
+    /// The newest five.
+    pub builds: Vec<Build>,
+    /// `runc` or `process`.
+    pub driver: String,
+}
+
+/// `GET /api/v1/apps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppList {
+    pub apps: Vec<AppStatus>,
+}
+
+/// `DELETE /api/v1/apps/{app}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Destroyed {
+    pub destroyed: String,
+    /// `postgres hangar_app_…`, …
+    pub resources_dropped: Vec<String>,
+}
+
+/// A secret's name (values never leave the platform).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecretName {
+    pub name: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// `GET /api/v1/apps/{app}/secrets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<SecretName>,
+}
+
+/// `PUT /api/v1/apps/{app}/secrets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecretsSet {
+    pub set: Vec<String>,
+}
+
+/// `DELETE /api/v1/apps/{app}/secrets/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecretsUnset {
+    pub unset: Vec<String>,
+}
+
+/// A resource an app's code declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Resource {
+    /// `postgres`, `redis`, `pubsub`, `secrets`.
+    pub kind: String,
+    pub name: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// `GET /api/v1/apps/{app}/resources`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResourceList {
+    pub resources: Vec<Resource>,
+}
+
+/// `POST /api/v1/apps/{app}/shuttle-token/rotate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ShuttleTokenRotated {
+    pub app: String,
+    pub generation: i64,
+    pub note: String,
+}
+
+/// `GET /api/v1/apps/{app}/releases`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseList {
+    pub app: String,
+    pub releases: Vec<Release>,
+}
+
+/// `POST /api/v1/apps/{app}/rollback`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release to go back to; default: the newest one that served
+    /// before the live one.
+    #[serde(default)]
+    pub version: Option<i64>,
+}
+
+/// A release whose rollout started: poll it like a deploy's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseStarted {
+    pub app: String,
+    pub url: String,
+    pub release: Release,
+}
+
+/// `POST /api/v1/apps/{app}/scale`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// Machines the app runs from now on (1 to 100).
+    pub count: u32,
+}
+
+/// `POST /api/v1/orgs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateOrg {
+    pub name: String,
+}
+
+/// A new org and its first token (shown once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OrgCreated {
+    pub org: String,
+    pub id: String,
+    pub token: String,
+}
+
+/// `POST /api/v1/images?name=NAME[:TAG]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, IntoParams)]
+pub struct ImportQuery {
+    /// `name[:tag]`; the tag defaults to `latest`.
+    pub name: String,
+}
+
+/// An imported image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageImported {
+    pub name: String,
+    pub digest: String,
+}
+
+/// `POST /api/v1/apps/{app}/deploys`: the queued build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Deployed {
+    pub app: String,
+    pub url: String,
+    pub build: Build,
+}
+
+/// `GET /api/v1/builds/{id}`: the build and the release it made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BuildDetail {
+    pub app: String,
+    pub url: String,
+    pub build: Build,
+    pub release: Option<Release>,
+}
+
+/// `POST /api/v1/builds/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BuildCancelled {
+    pub app: String,
+    /// What it was when cancelled.
+    pub was: BuildStatus,
+    pub build: Build,
+}
+
+/// `?follow=true` on a log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+pub struct FollowQuery {
+    /// Keep the answer open and stream new lines.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// `GET /api/v1/apps/{app}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+pub struct LogsQuery {
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last this many bytes of existing output (default 64 KiB).
+    pub tail_bytes: Option<u64>,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// A label (1 to 64 characters).
+    pub name: String,
+    /// `admin`, `read` or `deploy:APP`.
+    pub scope: String,
+    /// Refused after this many seconds (at most ten years); none: never.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// Whether a token is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+/// A token, without its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    /// `tok_…`.
+    pub id: String,
+    pub name: String,
+    pub scope: String,
+    pub status: TokenStatus,
+    /// RFC 3339.
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+/// A new token: shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub info: Token,
+    /// The secret to send as `Authorization: Bearer …`.
+    pub token: String,
+}
+
+/// `GET /api/v1/tokens`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<Token>,
+}
+
+/// The token that made a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Actor {
+    pub id: String,
+    pub name: String,
+}
+
+/// One recorded change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// RFC 3339.
+    pub at: String,
+    pub token: Actor,
+    /// `deploy`, `secrets.set`, `machine.create`…
+    pub action: String,
+    pub app: Option<String>,
+    pub target: String,
+    /// Details; never a secret value.
+    pub summary: String,
+}
+
+/// `GET /api/v1/audit`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+}
+
+/// `GET /api/v1/audit` filters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Only this app's entries.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// How many (1 to 1000, default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
