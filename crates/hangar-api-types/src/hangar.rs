@@ -393,3 +393,41 @@ pub struct AuditQuery {
     #[serde(default)]
     pub limit: Option<u32>,
 }
+
+/// `POST /api/v1/apps/{app}/domains`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddDomain {
+    /// A hostname outside the platform's domain, e.g. `www.example.com`.
+    pub host: String,
+}
+
+/// A DNS record to create so a custom domain reaches Hangar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DnsRecord {
+    /// `CNAME`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub value: String,
+}
+
+/// A custom domain of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Domain {
+    pub host: String,
+    pub app: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// `routed`: the edge answers for it (over HTTP; certificates are not
+    /// issued yet).
+    pub status: String,
+    /// What to create at the DNS provider.
+    pub dns: Vec<DnsRecord>,
+}
+
+/// `GET /api/v1/apps/{app}/domains`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DomainList {
+    pub domains: Vec<Domain>,
+}

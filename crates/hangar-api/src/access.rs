@@ -114,6 +114,8 @@ pub fn action_of(method: &Method, path: &str) -> String {
         ("POST", "/api/v1/apps/{app}/rollback") => "rollback",
         ("POST", "/api/v1/apps/{app}/scale") => "scale",
         ("POST", "/api/v1/apps/{app}/shuttle-token/rotate") => "shuttle-token.rotate",
+        ("POST", "/api/v1/apps/{app}/domains") => "domain.add",
+        ("DELETE", "/api/v1/apps/{app}/domains/{host}") => "domain.remove",
         ("POST", "/api/v1/orgs") => "org.create",
         ("POST", "/api/v1/images") => "image.import",
         ("POST", "/api/v1/builds/{id}/cancel") => "build.cancel",
@@ -249,7 +251,10 @@ pub async fn guard(
         }
         Rule::Build { .. } | Rule::List => {}
     }
-    let target = param("id").or(param("name")).map(str::to_owned);
+    let target = param("id")
+        .or(param("name"))
+        .or(param("host"))
+        .map(str::to_owned);
     parts.extensions.insert(caller.clone());
     let response = next.run(Request::from_parts(parts, body)).await;
 

@@ -64,6 +64,9 @@ impl From<StoreError> for ApiError {
                     "the app name {name:?} is taken by another organisation; choose another with --app"
                 ),
             ),
+            e @ (StoreError::DomainTaken(_) | StoreError::TooManyDomains { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
             StoreError::OrgExists(name) => ApiError::new(
                 StatusCode::CONFLICT,
                 format!("an organisation named {name:?} exists already"),

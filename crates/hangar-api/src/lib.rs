@@ -23,6 +23,7 @@
 //!   (`{"version": N}`, optional): 202 + the new release;
 //!   `POST /api/v1/apps/{app}/scale` (`{"count": N}`): once N machines run
 //! - `POST /api/v1/orgs` — admin org only: a new org and its first token
+//! - `/api/v1/apps/{app}/domains…` — custom domains (see [`domains`])
 //! - `/api/v1/tokens`, `/api/v1/audit` — the org's tokens and audit log (see [`tokens`])
 //! - `POST /api/v1/images?name=NAME[:TAG]` — body: an OCI layout or `docker save` tar
 //! - `/v1/apps…` — the Fly-compatible Machines API (see [`fly`])
@@ -32,6 +33,7 @@
 
 pub mod access;
 mod builds;
+pub mod domains;
 mod error;
 mod fly;
 pub mod listen;
@@ -100,6 +102,8 @@ pub struct ApiState {
     pub images: hangar_image::ImageStore,
     /// Declared resources and secrets.
     pub resources: hangar_resources::Resources,
+    /// The edge's routing table (custom domains are set through it).
+    pub routes: Arc<hangar_proxy::RouteTable>,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
 }

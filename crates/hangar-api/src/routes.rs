@@ -46,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/images", post(import_image))
         .merge(crate::builds::routes())
         .merge(crate::tokens::routes())
+        .merge(crate::domains::routes())
         .merge(crate::fly::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -407,6 +408,8 @@ pub(crate) async fn delete_app_everywhere(
         tracing::warn!(app = %app.name, "removing the app's build logs and dirs: {e}");
     }
     state.store.delete_app(&app.id).await?;
+    // Its custom domains went with its row.
+    crate::domains::publish(state).await?;
     Ok(resources
         .into_iter()
         .map(|r| format!("{} {}", r.kind, r.name))

@@ -405,6 +405,9 @@ pub struct RouteTable {
     /// App name → route. An `ArcSwap` so the hot path never takes a lock and
     /// a reader never sees a half-applied update.
     routes: ArcSwap<HashMap<Box<str>, Arc<AppRoute>>>,
+    /// Custom domain → app name: hosts outside the domain that an app
+    /// added (`hangar domains add`). Swapped whole on each change.
+    aliases: ArcSwap<HashMap<Box<str>, Box<str>>>,
     /// Who starts a machine when a request finds none (set once at start).
     waker: OnceLock<Arc<dyn Waker>>,
     /// Wakes under way, one per app: concurrent requests share it, so N
@@ -435,10 +438,25 @@ impl RouteTable {
             domain: domain.into_boxed_str(),
             dot_domain: dot_domain.into_boxed_str(),
             routes: ArcSwap::from_pointee(HashMap::new()),
+            aliases: ArcSwap::from_pointee(HashMap::new()),
             waker: OnceLock::new(),
             wakes: Mutex::new(HashMap::new()),
             writes: Mutex::new(()),
         }
+    }
+
+    /// Replaces the custom domains: `(host, app)` pairs, hosts lowercase
+    /// without a trailing dot.
+    pub fn set_aliases(&self, aliases: impl IntoIterator<Item = (String, String)>) {
+        let map: HashMap<Box<str>, Box<str>> = aliases
+            .into_iter()
+            .map(|(host, app)| {
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                (host.into_boxed_str(), app.into_boxed_str())
+            })
+            .collect();
+        tracing::info!(domains = map.len(), "custom domains set");
+        self.aliases.store(Arc::new(map));
     }
 
     /// Lets the proxy wake apps whose machines are stopped or suspended.
@@ -531,11 +549,18 @@ impl RouteTable {
         } else {
             host
         };
-        let Some(app) = self.label_of(host) else {
-            return Err(ProxyError::ForeignHost {
-                host: host.to_owned(),
-                domain: self.domain.to_string(),
-            });
+        let aliases = self.aliases.load();
+        let app = match self.label_of(host) {
+            Some(app) => app,
+            None => match aliases.get(host) {
+                Some(app) => &**app,
+                None => {
+                    return Err(ProxyError::ForeignHost {
+                        host: host.to_owned(),
+                        domain: self.domain.to_string(),
+                    });
+                }
+            },
         };
         match self.routes.load().get(app) {
             Some(route) => Ok(Arc::clone(route)),
@@ -559,7 +584,12 @@ impl RouteTable {
     pub fn app_of_host(&self, raw_host: &str) -> Option<String> {
         let host = strip_port(raw_host.trim());
         let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        self.label_of(&host).map(str::to_owned)
+        self.label_of(&host).map(str::to_owned).or_else(|| {
+            self.aliases
+                .load()
+                .get(host.as_str())
+                .map(|a| a.to_string())
+        })
     }
 
     /// The error for a request that names no usable host.
@@ -755,6 +785,25 @@ mod tests {
             let route = t.resolve(host).unwrap_or_else(|e| panic!("{host}: {e}"));
             assert_eq!(&*route.name, "hello");
         }
+    }
+
+    #[test]
+    fn custom_domains_route_to_their_app_and_nothing_else() {
+        let t = table();
+        t.set_aliases([("www.example.com".to_owned(), "hello".to_owned())]);
+        let route = t.resolve("WWW.Example.com.:80").expect("routed");
+        assert_eq!(&*route.name, "hello");
+        assert_eq!(t.app_of_host("www.example.com").as_deref(), Some("hello"));
+        assert!(matches!(
+            t.resolve("example.com"),
+            Err(ProxyError::ForeignHost { .. })
+        ));
+        // Removed: foreign again.
+        t.set_aliases([]);
+        assert!(matches!(
+            t.resolve("www.example.com"),
+            Err(ProxyError::ForeignHost { .. })
+        ));
     }
 
     #[test]

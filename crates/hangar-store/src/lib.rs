@@ -6,6 +6,7 @@
 //! - `schema.sql`, `schema2.sql`…: the schema, applied by numbered
 //!   migrations on open.
 //! - `sqlite::access`: orgs, scoped tokens and the audit log.
+//! - `sqlite::domains`: custom domains.
 //! - `sqlite::builds`: the durable build queue (fair claims, superseding,
 //!   cancelling, crash recovery).
 //!
@@ -44,6 +45,10 @@ pub enum StoreError {
         id: String,
         status: hangar_core::status::BuildStatus,
     },
+    #[error("{0} is another app's domain already")]
+    DomainTaken(String),
+    #[error("the app has {limit} custom domains already; remove one first")]
+    TooManyDomains { limit: u64 },
     #[error("the organisation holds {limit} live tokens already; revoke some first")]
     TooManyTokens { limit: u64 },
     #[error("state store schema version {found} is newer than this hangar ({supported})")]

@@ -260,3 +260,13 @@ pub struct AuditEntry {
     /// Details, never a secret value.
     pub summary: String,
 }
+
+/// A custom domain of an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    /// Lowercase, no trailing dot.
+    pub host: String,
+    pub app_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}

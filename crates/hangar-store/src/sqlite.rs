@@ -3,6 +3,7 @@
 
 mod access;
 mod builds;
+mod domains;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema6.sql"),
     include_str!("schema7.sql"),
     include_str!("schema8.sql"),
+    include_str!("schema9.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.

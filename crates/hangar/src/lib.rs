@@ -7,6 +7,7 @@
 //! - [`pack`]: packing a cargo project into a `.tar.gz` (respects .gitignore).
 //! - [`up`]: `hangar up`, which wires every role into one process.
 //! - [`secrets_file`]: a project's `Secrets.toml`.
+//! - [`domains`]: `hangar domains`.
 //! - [`tokens`]: `hangar tokens` and `hangar audit`.
 //! - [`commands`]: the other subcommands.
 //!
@@ -15,6 +16,7 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod domains;
 pub mod pack;
 pub mod run;
 pub mod run_dir;

@@ -216,6 +216,11 @@ enum Command {
     },
     /// List the resources an app's code declares and their state.
     Resources { app: String },
+    /// Manage an app's custom domains (hosts outside the platform's domain).
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
+    },
     /// Manage the organisation's API tokens (admin scope).
     Tokens {
         #[command(subcommand)]
@@ -287,6 +292,16 @@ enum SecretsCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DomainsCommand {
+    /// Route HOST to APP; prints the DNS record to create.
+    Add { app: String, host: String },
+    /// List APP's custom domains.
+    List { app: String },
+    /// Stop routing HOST to APP.
+    Remove { app: String, host: String },
 }
 
 #[derive(Subcommand)]
@@ -467,6 +482,11 @@ async fn run(cli: Cli) -> Result<()> {
             SecretsCommand::Unset { app, names } => commands::secrets_unset(&app, &names).await,
         },
         Command::Resources { app } => commands::resources(&app).await,
+        Command::Domains { command } => match command {
+            DomainsCommand::Add { app, host } => hangar::domains::add(&app, &host).await,
+            DomainsCommand::List { app } => hangar::domains::list(&app).await,
+            DomainsCommand::Remove { app, host } => hangar::domains::remove(&app, &host).await,
+        },
         Command::Tokens { command } => match command {
             TokensCommand::Create {
                 scope,

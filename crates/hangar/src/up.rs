@@ -346,6 +346,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         let _ = release_tx.send(release.id);
     }
 
+    // Custom domains, before the edge serves.
+    routes.set_aliases(
+        store
+            .routed_domains()
+            .await
+            .context("reading custom domains")?,
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Scale to zero: the proxy wakes apps through the agent, and the agent
     // stops idle machines by the proxy's activity.
@@ -429,6 +436,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         agent,
         images,
         resources,
+        routes: routes.clone(),
         cfg: Arc::new(ApiConfig {
             max_upload_bytes: opts.max_upload_bytes,
             max_image_bytes: opts.max_image_bytes,

@@ -46,6 +46,7 @@ fn fill(path: &str, app: &str) -> String {
         .replace("{id}", "ghost_1")
         .replace("{key}", "k")
         .replace("{name}", "S")
+        .replace("{host}", "ghost.example")
 }
 
 #[test]

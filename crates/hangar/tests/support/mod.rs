@@ -407,6 +407,18 @@ impl TestPlatform {
         (status, body)
     }
 
+    /// GET `path` through the edge proxy with the Host header `host`.
+    #[allow(dead_code)]
+    pub fn get_host(&self, host: &str, path: &str) -> (u16, String) {
+        self.request(
+            &format!("http://127.0.0.1:{}{path}", self.proxy_port),
+            "GET",
+            Some(host),
+            None,
+            Bytes::new(),
+        )
+    }
+
     /// GET `path` of `app` through the edge proxy on a fresh connection,
     /// giving up after `timeout`: (status, body), or why there is none.
     /// Unlike [`TestPlatform::get`] it neither panics nor waits forever,
@@ -492,27 +504,14 @@ impl TestPlatform {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (u16, String) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-            let mut req = http::Request::builder()
-                .method(method)
-                .uri(format!("{}{path}", self.api))
-                .header(http::header::AUTHORIZATION, authorization);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            let resp = client
-                .request(req.body(Full::new(Bytes::from(body))).unwrap())
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&bytes).into_owned())
-        })
+        self.request_with(
+            &format!("{}{path}", self.api),
+            method,
+            None,
+            Some(authorization),
+            headers,
+            Bytes::from(body),
+        )
     }
 
     /// A JSON request with the admin token: (status, parsed body or Null).
@@ -560,6 +559,18 @@ impl TestPlatform {
         token: Option<&str>,
         body: Bytes,
     ) -> (u16, String) {
+        self.request_with(url, method, host, token, &[], body)
+    }
+
+    fn request_with(
+        &self,
+        url: &str,
+        method: &str,
+        host: Option<&str>,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> (u16, String) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -580,6 +591,9 @@ impl TestPlatform {
             }
             if !body.is_empty() {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
             }
             let resp = client
                 .request(req.body(Full::new(body)).unwrap())
