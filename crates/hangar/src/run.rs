@@ -307,7 +307,19 @@ async fn postgres_server(opts: &RunOptions, local: &Path) -> Result<PostgresServ
              or pass --postgres-url postgres://USER:PASSWORD@HOST:PORT/postgres"
         );
     };
-    let dir = local.join("postgres");
+    let mut dir = local.join("postgres");
+    // As root, the cluster runs as its own user, which a private data dir
+    // (`hangar up` makes it 0700) does not let through: it is given a view
+    // under /run/hangar, as `hangar up` gives its own servers.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let run = crate::run_dir::run_dir(local);
+        if !run.starts_with(local) {
+            dir = crate::run_dir::expose(&dir, "postgres", &run, local).map_err(|e| {
+                anyhow::anyhow!("making {} reachable by Postgres: {e}", dir.display())
+            })?;
+        }
+    }
     let pg = LocalPostgres::start(&bins, &dir)
         .await
         .context("starting the local Postgres cluster")?;

@@ -147,10 +147,17 @@ fn runs_todo_locally_with_local_postgres_memory_cache_and_dev_secrets() {
     );
     let tmp = tempfile::tempdir().unwrap();
     // The cluster runs as `postgres` when the test runs as root: it must
-    // be able to reach the data dir.
+    // be able to reach its dir, though the data dir is private, as
+    // `hangar up` leaves it (0700).
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(tmp.path().join("data")).unwrap();
+        std::fs::set_permissions(
+            tmp.path().join("data"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
     }
     let app = copy_example("todo", tmp.path());
     std::fs::write(
