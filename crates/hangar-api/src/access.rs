@@ -282,8 +282,9 @@ pub async fn guard(
         };
         // The change is made; a failure to record it is the operator's to
         // see, not the caller's.
+        let action = entry.action.clone();
         if let Err(e) = state.store.record_audit(&caller.org.id, entry).await {
-            tracing::error!(action = %action_of(&method, &path), "recording an audit entry: {e}");
+            tracing::error!(%action, "recording an audit entry: {e}");
         }
     }
     response

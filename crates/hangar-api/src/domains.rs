@@ -89,6 +89,21 @@ fn domain_json(state: &ApiState, d: &hangar_store::Domain, app: &str) -> api::Do
     }
 }
 
+/// The app's custom domains, by host.
+async fn domains_of(
+    state: &ApiState,
+    app: &hangar_store::App,
+) -> Result<api::DomainList, ApiError> {
+    let domains = state
+        .store
+        .domains_for_app(&app.id)
+        .await?
+        .iter()
+        .map(|d| domain_json(state, d, &app.name))
+        .collect();
+    Ok(api::DomainList { domains })
+}
+
 /// Adds a custom domain to the app: the edge answers for it at once.
 #[utoipa::path(
     post,
@@ -140,14 +155,7 @@ pub(crate) async fn list(
     Path(name): Path<String>,
 ) -> Result<Json<api::DomainList>, ApiError> {
     let app = find_app(&state, &caller, &name).await?;
-    let domains = state
-        .store
-        .domains_for_app(&app.id)
-        .await?
-        .iter()
-        .map(|d| domain_json(&state, d, &app.name))
-        .collect();
-    Ok(Json(api::DomainList { domains }))
+    Ok(Json(domains_of(&state, &app).await?))
 }
 
 /// Removes a custom domain: the edge stops answering for it at once.
@@ -178,14 +186,7 @@ pub(crate) async fn remove(
         )));
     }
     publish(&state).await?;
-    let domains = state
-        .store
-        .domains_for_app(&app.id)
-        .await?
-        .iter()
-        .map(|d| domain_json(&state, d, &app.name))
-        .collect();
-    Ok(Json(api::DomainList { domains }))
+    Ok(Json(domains_of(&state, &app).await?))
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
     match Option::<serde_json::Value>::deserialize(d)? {
         None => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(v @ serde_json::Value::Number(_)) => parse_duration_value(&v)
+        Some(v @ serde_json::Value::Number(_)) => fly_duration(&v)
             .map(|d| Some(duration::format(d)))
             .ok_or_else(|| {
                 serde::de::Error::custom(format!("{v} is not a duration in nanoseconds"))
@@ -657,7 +657,7 @@ impl MachineConfig {
                 ));
             }
             if let Some(t) = &stop.timeout {
-                let d = parse_duration_value(t).ok_or_else(|| {
+                let d = fly_duration(t).ok_or_else(|| {
                     invalid(
                         "stop_config.timeout",
                         "must be a duration such as \"10s\" or a number of seconds",
@@ -695,7 +695,7 @@ impl MachineConfig {
         let grace = stop
             .timeout
             .as_ref()
-            .and_then(parse_duration_value)
+            .and_then(fly_duration)
             .map(|d| Bounds::STOP_GRACE.clamp(d))
             .unwrap_or(Duration::from_secs(10));
         (sig, grace)
@@ -730,10 +730,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 /// (`"10s"`, `"1m0s"`), or a number of **nanoseconds** (Go's
 /// `time.Duration`, as Fly's clients read and write bare numbers).
 pub fn fly_duration(v: &serde_json::Value) -> Option<Duration> {
-    parse_duration_value(v)
-}
-
-fn parse_duration_value(v: &serde_json::Value) -> Option<Duration> {
     match v {
         serde_json::Value::Number(n) => n
             .as_u64()

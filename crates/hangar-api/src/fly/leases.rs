@@ -50,6 +50,16 @@ pub(super) async fn set_cordon(
 /// Longest lease, in seconds.
 pub(super) const MAX_LEASE_TTL: u64 = 3600;
 
+/// A lease with a fresh nonce held by `owner` for `ttl` seconds from now.
+pub(super) fn new_lease(owner: &str, description: String, ttl: u64) -> hangar_store::Lease {
+    hangar_store::Lease {
+        nonce: hangar_core::id::new_token().replace("hgr_", ""),
+        owner: owner.to_owned(),
+        description,
+        expires_at: hangar_core::now_unix() + ttl as i64,
+    }
+}
+
 /// `POST …/lease[?ttl=N]`: fly-go sends the ttl in the query and no body;
 /// Fly's spec puts `ttl` and `description` in a JSON body. 201 for a new
 /// lease, 200 for a refresh (the holder's nonce given).
@@ -79,20 +89,13 @@ pub(crate) async fn acquire_lease(
     }
     // Held by someone else: 409. Held by the caller (nonce given): refreshed.
     check_lease(&headers, &m)?;
-    let (nonce, status) = match (&m.lease, headers.get(LEASE_HEADER)) {
+    let mut lease = new_lease(&caller.org.name, req.description.unwrap_or_default(), ttl);
+    let status = match (&m.lease, headers.get(LEASE_HEADER)) {
         (Some(l), Some(_)) if l.expires_at > hangar_core::now_unix() => {
-            (l.nonce.clone(), StatusCode::OK)
+            lease.nonce = l.nonce.clone();
+            StatusCode::OK
         }
-        _ => (
-            hangar_core::id::new_token().replace("hgr_", ""),
-            StatusCode::CREATED,
-        ),
-    };
-    let lease = hangar_store::Lease {
-        nonce,
-        owner: caller.org.name.clone(),
-        description: req.description.unwrap_or_default(),
-        expires_at: hangar_core::now_unix() + ttl as i64,
+        _ => StatusCode::CREATED,
     };
     state.store.set_machine_lease(&id, Some(lease)).await?;
     let (_, m) = find_live_machine(&state, &caller, &app, &id).await?;

@@ -84,13 +84,11 @@ pub(crate) async fn create_machine(
         .await?;
     let mut answer = machine_json(&state, &m).await?;
     if let Some(ttl) = req.lease_ttl.filter(|t| *t > 0) {
-        let ttl = ttl.min(MAX_LEASE_TTL);
-        let lease = hangar_store::Lease {
-            nonce: hangar_core::id::new_token().replace("hgr_", ""),
-            owner: caller.org.name.clone(),
-            description: "lease_ttl at create".to_owned(),
-            expires_at: hangar_core::now_unix() + ttl as i64,
-        };
+        let lease = new_lease(
+            &caller.org.name,
+            "lease_ttl at create".to_owned(),
+            ttl.min(MAX_LEASE_TTL),
+        );
         answer.nonce = Some(lease.nonce.clone());
         state.store.set_machine_lease(&m.id, Some(lease)).await?;
     }
@@ -264,42 +262,34 @@ pub(crate) async fn start(
 
 /// The signal and grace of a stop or restart.
 fn resolve_stop(req: &fly::StopRequest) -> Result<(Option<i32>, Option<Duration>), ApiError> {
-    StopParts(req).resolve()
-}
-
-struct StopParts<'a>(&'a fly::StopRequest);
-
-impl StopParts<'_> {
-    fn resolve(&self) -> Result<(Option<i32>, Option<Duration>), ApiError> {
-        let signal = match &self.0.signal {
-            None => None,
-            Some(s) => Some(
-                hangar_core::machine::STOP_SIGNALS
-                    .iter()
-                    .find(|(n, _)| n == s)
-                    .map(|(_, v)| *v)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("signal: {s:?} is not a signal Hangar sends"))
-                    })?,
-            ),
-        };
-        // A Go duration string, or nanoseconds (Go's time.Duration), as
-        // Fly's clients send it; fly-go sends "0s" when none was chosen,
-        // which means the machine's own stop_config, not an instant kill.
-        let timeout = match &self.0.timeout {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(hangar_core::machine::fly_duration(v).ok_or_else(|| {
-                ApiError::bad_request("timeout: must be a duration such as \"10s\", or nanoseconds")
-            })?),
-        }
-        .filter(|t| !t.is_zero());
-        if let Some(t) = timeout {
-            hangar_core::duration::Bounds::STOP_GRACE
-                .check(t)
-                .map_err(|why| ApiError::bad_request(format!("timeout: {why}")))?;
-        }
-        Ok((signal, timeout))
+    let signal = match &req.signal {
+        None => None,
+        Some(s) => Some(
+            hangar_core::machine::STOP_SIGNALS
+                .iter()
+                .find(|(n, _)| n == s)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("signal: {s:?} is not a signal Hangar sends"))
+                })?,
+        ),
+    };
+    // A Go duration string, or nanoseconds (Go's time.Duration), as
+    // Fly's clients send it; fly-go sends "0s" when none was chosen,
+    // which means the machine's own stop_config, not an instant kill.
+    let timeout = match &req.timeout {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(hangar_core::machine::fly_duration(v).ok_or_else(|| {
+            ApiError::bad_request("timeout: must be a duration such as \"10s\", or nanoseconds")
+        })?),
     }
+    .filter(|t| !t.is_zero());
+    if let Some(t) = timeout {
+        hangar_core::duration::Bounds::STOP_GRACE
+            .check(t)
+            .map_err(|why| ApiError::bad_request(format!("timeout: {why}")))?;
+    }
+    Ok((signal, timeout))
 }
 
 #[utoipa::path(

@@ -120,12 +120,19 @@ pub(crate) async fn wait(
                     None => (false, None),
                 }
             }
-            None => {
-                let last = state.store.machine_events(&id, 1).await?;
-                (want.matches(m.state.as_str()), last.first().map(|e| e.id))
-            }
+            None => (want.matches(m.state.as_str()), None),
         };
         if reached && version_ok {
+            // The event that led here: asked for once, not on every poll.
+            let event = match event {
+                Some(e) => Some(e),
+                None => state
+                    .store
+                    .machine_events(&id, 1)
+                    .await?
+                    .first()
+                    .map(|e| e.id),
+            };
             return Ok(Json(fly::WaitResult {
                 ok: true,
                 state: m.state,
