@@ -400,6 +400,43 @@ pub struct AuditQuery {
 pub struct AddDomain {
     /// A hostname outside the platform's domain, e.g. `www.example.com`.
     pub host: String,
+    /// A certificate of the user's for it (PEM chain, leaf first), served
+    /// instead of ordering one; never renewed by Hangar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The certificate's private key (PEM); with `certificate` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+/// The TLS certificate of a host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Certificate {
+    /// `issued`, `pending` (being ordered), `failed` (see `error` and
+    /// `next_try`), or `none` (no ACME CA configured, nothing uploaded).
+    pub state: String,
+    /// `acme` or `uploaded`.
+    pub source: Option<String>,
+    pub issuer: Option<String>,
+    /// RFC 3339.
+    pub not_after: Option<String>,
+    /// Hex.
+    pub serial: Option<String>,
+    /// Why the last order failed (an issued certificate whose renewal
+    /// fails keeps being served).
+    pub error: Option<String>,
+    /// RFC 3339: when the next order is tried.
+    pub next_try: Option<String>,
+    /// Its renewal keeps failing and it ends within 14 days.
+    pub renewal_alarm: bool,
+}
+
+/// `PUT /api/v1/apps/{app}/hsts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetHsts {
+    /// Whether the app's HTTPS answers carry `Strict-Transport-Security`.
+    pub enabled: bool,
 }
 
 /// A DNS record to create so a custom domain reaches Hangar.
@@ -419,15 +456,23 @@ pub struct Domain {
     pub app: String,
     /// RFC 3339.
     pub created_at: String,
-    /// `routed`: the edge answers for it (over HTTP; certificates are not
-    /// issued yet).
+    /// `routed`: the edge answers for it.
     pub status: String,
     /// What to create at the DNS provider.
     pub dns: Vec<DnsRecord>,
+    /// Its HTTPS certificate.
+    pub certificate: Certificate,
 }
 
 /// `GET /api/v1/apps/{app}/domains`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DomainList {
     pub domains: Vec<Domain>,
+    /// The app's own name, `<app>.<domain>`.
+    pub app_host: String,
+    /// Its certificate (ordered at its first HTTPS handshake, or the
+    /// operator's wildcard).
+    pub app_certificate: Certificate,
+    /// Whether HTTPS answers carry HSTS.
+    pub hsts: bool,
 }

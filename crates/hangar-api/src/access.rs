@@ -116,6 +116,8 @@ pub fn action_of(method: &Method, path: &str) -> String {
         ("POST", "/api/v1/apps/{app}/shuttle-token/rotate") => "shuttle-token.rotate",
         ("POST", "/api/v1/apps/{app}/domains") => "domain.add",
         ("DELETE", "/api/v1/apps/{app}/domains/{host}") => "domain.remove",
+        ("POST", "/api/v1/apps/{app}/domains/{host}/renew") => "domain.renew",
+        ("PUT", "/api/v1/apps/{app}/hsts") => "hsts.set",
         ("POST", "/api/v1/orgs") => "org.create",
         ("POST", "/api/v1/images") => "image.import",
         ("POST", "/api/v1/builds/{id}/cancel") => "build.cancel",

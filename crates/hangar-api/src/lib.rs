@@ -68,6 +68,8 @@ pub struct ApiConfig {
     pub domain: String,
     /// The proxy's public port, for the URLs the API hands out.
     pub proxy_port: u16,
+    /// The edge's TLS port, if it has one (apps' URLs are https then).
+    pub tls_port: Option<u16>,
     /// Machines are not isolated (`--driver process`): one organisation
     /// only, so no second tenant ever shares the host unprotected.
     pub single_tenant: bool,
@@ -82,10 +84,20 @@ pub struct ApiConfig {
 impl ApiConfig {
     /// The URL an app is reached at.
     pub fn app_url(&self, app: &str) -> String {
-        match self.proxy_port {
-            80 => format!("http://{app}.{}/", self.domain),
-            p => format!("http://{app}.{}:{p}/", self.domain),
+        match (self.tls_port, self.proxy_port) {
+            (Some(443), _) => format!("https://{app}.{}/", self.domain),
+            (Some(p), _) => format!("https://{app}.{}:{p}/", self.domain),
+            (None, 80) => format!("http://{app}.{}/", self.domain),
+            (None, p) => format!("http://{app}.{}:{p}/", self.domain),
         }
+    }
+
+    /// The app's own hostname, `<app>.<domain>`.
+    pub fn app_host(&self, app: &str) -> String {
+        format!(
+            "{app}.{}",
+            self.domain.trim_end_matches('.').to_ascii_lowercase()
+        )
     }
 }
 
@@ -104,6 +116,8 @@ pub struct ApiState {
     pub resources: hangar_resources::Resources,
     /// The edge's routing table (custom domains are set through it).
     pub routes: Arc<hangar_proxy::RouteTable>,
+    /// The certificates, when the edge has a TLS port.
+    pub certs: Option<hangar_tls::Certs>,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
 }
@@ -114,6 +128,24 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(listener, state, None, shutdown).await
+}
+
+/// [`serve`] over TLS, with the certificate `tls` chooses.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    tls: Option<Arc<dyn hangar_proxy::TlsPolicy>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let progress = state.cfg.body_progress;
-    listen::serve(listener, router(state), listen::LIMITS, progress, shutdown).await
+    listen::serve(
+        listener,
+        router(state),
+        listen::LIMITS,
+        progress,
+        tls,
+        shutdown,
+    )
+    .await
 }

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::either::Either;
 
 /// How long a client has to send a request's headers, counted from when
 /// the connection is ready for one: a connection idle that long between
@@ -86,11 +87,15 @@ fn stalled_answer(progress: Duration) -> axum::response::Response {
 
 /// Serves `router` on `listener` until `shutdown` resolves; a request body
 /// with no byte for `body_progress` is answered 408.
+///
+/// With `tls`, each connection's TLS handshake comes first (bounded by the
+/// header timeout), with the config `tls` chooses.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
     body_progress: Duration,
+    tls: Option<Arc<dyn hangar_proxy::TlsPolicy>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let admission = Admission::new(limits);
@@ -126,12 +131,21 @@ pub async fn serve(
                         answer
                     }
                 });
-                let conn = http
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
+                let http = http.clone();
+                let tls = tls.clone();
                 let mut stop = stop_rx.clone();
                 connections.spawn(async move {
                     let _admitted = admitted;
+                    let io = match &tls {
+                        None => Either::Left(stream),
+                        Some(policy) => {
+                            match hangar_proxy::tls_accept(stream, &**policy, HEADER_TIMEOUT).await {
+                                Some(tls) => Either::Right(tls),
+                                None => return,
+                            }
+                        }
+                    };
+                    let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
                     let mut conn = std::pin::pin!(conn);
                     let result = tokio::select! {
                         r = conn.as_mut() => r,

@@ -89,6 +89,8 @@ impl Modify for Bearer {
         crate::domains::add,
         crate::domains::list,
         crate::domains::remove,
+        crate::domains::renew,
+        crate::domains::set_hsts,
         crate::tokens::list,
         crate::tokens::create,
         crate::tokens::revoke,

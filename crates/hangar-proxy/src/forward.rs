@@ -121,6 +121,10 @@ pub(crate) struct Shared {
     pub(crate) trusted: Arc<[crate::IpNet]>,
     /// The client connections' progress deadlines.
     pub(crate) timeouts: Timeouts,
+    /// On the plain HTTP port: the TLS port, if any (challenges, redirects).
+    pub(crate) https: Option<crate::tls::Https>,
+    /// On the TLS port: who chose its certificates (HSTS).
+    pub(crate) tls: Option<Arc<dyn crate::tls::TlsPolicy>>,
 }
 
 /// Per client connection state: cloned into each request's future as one
@@ -141,6 +145,11 @@ pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(https) = &ctx.shared.https
+        && let Some(answer) = plain_answer(https, &req)
+    {
+        return Ok(answer);
+    }
     Ok(match forward(&ctx, req).await {
         Ok(resp) => resp.map(Either::Left),
         Err(err) => {
@@ -153,6 +162,17 @@ pub(crate) async fn handle(
             error_response(&err)
         }
     })
+}
+
+/// The plain HTTP port's own answer to a request, if it has one (an ACME
+/// challenge, a redirect to https).
+fn plain_answer(https: &crate::tls::Https, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    let host = match req.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok()?,
+        None => req.uri().authority()?.as_str(),
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    crate::tls::plain_answer(https, req.method(), host, path)
 }
 
 /// The text/plain answer for an error the proxy generates itself.
@@ -297,7 +317,14 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
     } else {
         headers.insert(&X_FORWARDED_FOR, ctx.client_ip.clone());
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(if shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }),
+    );
     headers.insert(&X_FORWARDED_HOST, original_host.clone());
     if !headers.contains_key(header::HOST) {
         // Absolute-form request without Host: name the app's host, not the
@@ -400,6 +427,9 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Track
         }));
     }
     strip_hop_by_hop(resp.headers_mut());
+    if let Some(policy) = &shared.tls {
+        crate::tls::add_hsts(&**policy, &route.name, resp.headers_mut());
+    }
     let lease = Some((Arc::clone(&ctx.shared), lease));
     Ok(resp.map(|inner| Tracked {
         inner,

@@ -109,6 +109,7 @@ mod forward;
 mod options;
 mod pool;
 mod table;
+mod tls;
 mod trust;
 mod tunnel;
 
@@ -120,9 +121,9 @@ use std::time::Duration;
 
 use hangar_core::admission::Admission;
 use http::HeaderValue;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -134,7 +135,8 @@ pub use admin::{
 pub use deadline::{BodyStalled, ProgressBody, RequestBodyError};
 pub use error::ProxyError;
 pub use options::{DEFAULT_LIMITS, EdgeOptions, HEADER_TIMEOUT, MAX_TIMEOUT, PoolLimits, Timeouts};
-pub use table::RouteTable;
+pub use table::{RouteTable, normalize};
+pub use tls::{ACME_TLS_ALPN, BoxFuture, Hello, Https, TlsPolicy, tls_accept};
 pub use trust::IpNet;
 
 use forward::{ConnCtx, Shared};
@@ -169,7 +171,32 @@ pub async fn serve_with(
     options: EdgeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
+    serve_edge(listener, routes, options, None, shutdown).await
+}
+
+/// [`serve_with`] on a TLS port: each connection's handshake is finished
+/// with the config `policy` chooses for its ClientHello (a refused one is
+/// closed), then served as HTTP/2 (ALPN `h2`) or HTTP/1.1, with
+/// `X-Forwarded-Proto: https` and, for apps that chose it, HSTS.
+pub async fn serve_tls(
+    listener: TcpListener,
+    routes: Arc<RouteTable>,
+    options: EdgeOptions,
+    policy: Arc<dyn TlsPolicy>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    serve_edge(listener, routes, options, Some(policy), shutdown).await
+}
+
+async fn serve_edge(
+    listener: TcpListener,
+    routes: Arc<RouteTable>,
+    options: EdgeOptions,
+    tls: Option<Arc<dyn TlsPolicy>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
     options.check()?;
+    let https = options.https.clone();
     let workers = options.workers;
     let (timeouts, pool_limits) = (options.timeouts, options.pool);
     let idle_total = Arc::new(AtomicUsize::new(0));
@@ -177,7 +204,8 @@ pub async fn serve_with(
     let admission = Admission::new(options.limits);
     let local = listener.local_addr().map_err(ProxyError::Listener)?;
     let listener = listener.into_std().map_err(ProxyError::Listener)?;
-    tracing::info!(addr = %local, domain = routes.domain(), workers, "proxy listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %local, domain = routes.domain(), workers, scheme, "proxy listening");
 
     // `true` is sent once, on shutdown; every worker and connection watches it.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -188,6 +216,7 @@ pub async fn serve_with(
         let trusted = Arc::clone(&trusted);
         let admission = Arc::clone(&admission);
         let pool = pool::Pool::new(pool_limits, Arc::clone(&idle_total));
+        let (https, tls) = (https.clone(), tls.clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("hangar-proxy-{n}"))
@@ -210,6 +239,8 @@ pub async fn serve_with(
                                 pool,
                                 trusted,
                                 timeouts,
+                                https,
+                                tls,
                             });
                             worker(listener, shared, admission, stop).await
                         }
@@ -251,6 +282,15 @@ async fn worker(
     http.keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(shared.timeouts.header);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    // Streams at once per connection, and a ping to find dead peers: an
+    // HTTP/2 connection's requests share its caps and deadlines otherwise.
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .keep_alive_interval(shared.timeouts.header)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let builders = Arc::new((http, h2));
     let mut reap = tokio::time::interval(shared.pool.reap_interval());
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connections = JoinSet::new();
@@ -279,7 +319,7 @@ async fn worker(
                 }
             }
             (stream, peer, admitted) = accept_admitted(&listener, &admission, "client") => {
-                let conn = serve_connection(&http, &shared, stream, peer, stop.clone());
+                let conn = serve_connection(&builders, &shared, stream, peer, stop.clone());
                 connections.spawn(async move {
                     let _admitted = admitted;
                     conn.await
@@ -298,14 +338,24 @@ async fn worker(
     }
 }
 
+/// HTTP/2 streams one connection may have open at once.
+const H2_MAX_STREAMS: u32 = 128;
+/// Largest HTTP/2 header block, decoded (as hyper's HTTP/1 default).
+const H2_MAX_HEADER_LIST: u32 = 64 << 10;
+/// How long an HTTP/2 keep-alive ping may go unanswered.
+const H2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+type Builders = Arc<(http1::Builder, http2::Builder<TokioExecutor>)>;
+
 /// Builds the future serving one client connection until it closes or, after
-/// shutdown is signalled, until its in-flight request is answered.
+/// shutdown is signalled, until its in-flight request is answered. On the
+/// TLS port the handshake comes first.
 fn serve_connection(
-    http: &http1::Builder,
+    builders: &Builders,
     shared: &Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send + 'static {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
@@ -318,22 +368,70 @@ fn serve_connection(
         client_ip,
         trusted,
     });
-    let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
     let io = deadline::StallIo::new(stream, shared.timeouts.body_progress);
+    let (builders, shared) = (Arc::clone(builders), Arc::clone(shared));
+    async move {
+        let Some(policy) = &shared.tls else {
+            return serve_http1(&builders.0, io, ctx, peer, stop).await;
+        };
+        match tls::handshake(io, &**policy, shared.timeouts.header).await {
+            Some(tls::Negotiated::Http1(tls)) => {
+                serve_http1(&builders.0, tls, ctx, peer, stop).await
+            }
+            Some(tls::Negotiated::Http2(tls)) => {
+                serve_http2(&builders.1, tls, ctx, peer, stop).await
+            }
+            None => {}
+        }
+    }
+}
+
+async fn serve_http1<I>(
+    http: &http1::Builder,
+    io: I,
+    ctx: Arc<ConnCtx>,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
     let conn = http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    async move {
-        let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
-            result = conn.as_mut() => result,
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(err) = result {
-            tracing::debug!(%peer, %err, "client connection ended with an error");
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, %err, "client connection ended with an error");
+    }
+}
+
+async fn serve_http2<I>(
+    http: &http2::Builder<TokioExecutor>,
+    io: I,
+    ctx: Arc<ConnCtx>,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
+    let conn = http.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, %err, "HTTP/2 client connection ended with an error");
     }
 }

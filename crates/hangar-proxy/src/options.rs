@@ -25,6 +25,9 @@ pub struct EdgeOptions {
     pub timeouts: Timeouts,
     /// How many idle upstream connections are kept, and for how long.
     pub pool: PoolLimits,
+    /// The TLS port, when there is one: the plain HTTP port then answers
+    /// its ACME HTTP-01 challenges and sends hosts with a certificate there.
+    pub https: Option<crate::tls::Https>,
 }
 
 /// The edge's default connection caps.
@@ -103,6 +106,7 @@ impl Default for EdgeOptions {
             limits: DEFAULT_LIMITS,
             timeouts: Timeouts::default(),
             pool: PoolLimits::default(),
+            https: None,
         }
     }
 }

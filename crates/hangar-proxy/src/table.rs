@@ -607,6 +607,18 @@ impl RouteTable {
     }
 }
 
+/// A raw Host value (or SNI) as the edge compares hosts: `:port` and one
+/// trailing dot stripped, lowercase. Borrows unless it must lowercase.
+pub fn normalize(raw_host: &str) -> std::borrow::Cow<'_, str> {
+    let host = strip_port(raw_host.trim());
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
 /// Strips a `:port` suffix, keeping bracketed IPv6 literals whole.
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {

@@ -270,3 +270,33 @@ pub struct Domain {
     /// Unix seconds.
     pub created_at: i64,
 }
+
+/// A TLS certificate the edge serves for one host, or the state of getting
+/// one: a row with no chain is pending (or failed, with `last_error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    /// The name it is for (lowercase; `*.domain` for a wildcard).
+    pub host: String,
+    /// The app it belongs to (goes with it); none for the API's own.
+    pub app_id: Option<String>,
+    /// `acme` (Hangar orders and renews it) or `uploaded` (the user's).
+    pub source: String,
+    /// PEM chain, leaf first.
+    pub chain_pem: Option<String>,
+    /// The private key (PEM), sealed by the vault.
+    pub key_sealed: Option<Vec<u8>>,
+    /// Unix seconds.
+    pub not_before: Option<i64>,
+    /// Unix seconds.
+    pub not_after: Option<i64>,
+    pub issuer: Option<String>,
+    /// Hex.
+    pub serial: Option<String>,
+    /// Failed orders in a row since the last success.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// Unix seconds: no order before then (back-off).
+    pub next_try: Option<i64>,
+    /// Unix seconds.
+    pub updated_at: i64,
+}

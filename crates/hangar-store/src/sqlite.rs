@@ -3,6 +3,7 @@
 
 mod access;
 mod builds;
+mod certs;
 mod domains;
 
 use std::path::Path;
@@ -28,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema7.sql"),
     include_str!("schema8.sql"),
     include_str!("schema9.sql"),
+    include_str!("schema10.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.
@@ -230,13 +232,16 @@ impl Store {
         .await
     }
 
-    /// How many rows hold values sealed by the vault (secrets and
-    /// resource credentials): without its key they cannot be read.
+    /// How many rows hold values sealed by the vault (secrets, resource
+    /// credentials, certificate keys, ACME accounts): without its key they
+    /// cannot be read.
     pub async fn sealed_rows(&self) -> Result<i64> {
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT (SELECT COUNT(*) FROM secrets) \
-                 + (SELECT COUNT(*) FROM resources WHERE sealed IS NOT NULL)",
+                 + (SELECT COUNT(*) FROM resources WHERE sealed IS NOT NULL) \
+                 + (SELECT COUNT(*) FROM certificates WHERE key_sealed IS NOT NULL) \
+                 + (SELECT COUNT(*) FROM acme_accounts)",
                 [],
                 |r| r.get(0),
             )?)

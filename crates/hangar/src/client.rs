@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for Hangar's API (hyper-util; no TLS yet).
+//! A small HTTP/1.1 client for Hangar's API (hyper-util, over TLS by
+//! hyper-rustls when the URL is https; see [`crate::tls_client`] for trust).
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -17,8 +18,19 @@ pub struct Api {
     base: String,
     /// Bearer token sent with every request.
     token: String,
-    /// Pooled HTTP client.
-    http: Client<HttpConnector, Full<Bytes>>,
+    /// Pooled HTTP(S) client.
+    http: Client<Connector, Full<Bytes>>,
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A connector for http and https URLs, trusting as `tls` says.
+fn connector(tls: rustls::ClientConfig) -> Connector {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build()
 }
 
 /// An API answer that was not a success.
@@ -49,11 +61,13 @@ impl ApiFailure {
 }
 
 impl Api {
-    pub fn new(base: &str, token: &str) -> Api {
+    /// A client of the API at `base`, trusting its certificate (https) as
+    /// `tls` says.
+    pub fn new(base: &str, token: &str, tls: rustls::ClientConfig) -> Api {
         Api {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: Client::builder(TokioExecutor::new()).build(connector(tls)),
         }
     }
 
@@ -79,8 +93,9 @@ impl Api {
             .with_context(|| format!("bad URL {url}"))?;
         self.http.request(req).await.map_err(|e| {
             anyhow!(
-                "cannot reach the Hangar API at {}: {e} (is `hangar up` running?)",
-                self.base
+                "cannot reach the Hangar API at {}: {} (is `hangar up` running there, and trusted?)",
+                self.base,
+                causes(&e)
             )
         })
     }
@@ -163,29 +178,87 @@ impl Api {
     }
 }
 
-/// GET `url` (plain HTTP) and return status and body. Hosts under
-/// `.localhost` are reached on 127.0.0.1 with the Host header kept, as
-/// RFC 6761 lets any client do.
-pub async fn get_url(url: &str) -> Result<(StatusCode, Bytes)> {
+/// An error and its causes on one line: hyper's say only "client error
+/// (Connect)" at the top, the TLS or socket reason below.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+/// GET `url` (http or https, trusted as `tls` says) and return status and
+/// body. Hosts under `.localhost` are reached on 127.0.0.1 with the Host
+/// header (and SNI) kept, as RFC 6761 lets any client do.
+pub async fn get_url(url: &str, tls: rustls::ClientConfig) -> Result<(StatusCode, Bytes)> {
     let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
     let host = uri.host().unwrap_or("localhost").to_owned();
-    let port = uri.port_u16().unwrap_or(80);
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-    let connect_host = if host == "localhost" || host.ends_with(".localhost") {
-        "127.0.0.1".to_owned()
-    } else {
-        host.clone()
-    };
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let target = format!("http://{connect_host}:{port}{path}");
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let local = host == "localhost" || host.ends_with(".localhost");
+    let target = format!(
+        "{}://{host}:{port}{path}",
+        if https { "https" } else { "http" }
+    );
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(LocalhostConnector { inner: http, local });
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let req = Request::builder()
         .uri(target)
         .header(header::HOST, authority)
         .body(Full::new(Bytes::new()))?;
-    let resp = client.request(req).await?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| anyhow!("{}", causes(&e)))?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, body))
+}
+
+/// Connects names under `.localhost` to 127.0.0.1 (the resolver may not
+/// know them), everything else as asked.
+#[derive(Clone)]
+struct LocalhostConnector {
+    inner: HttpConnector,
+    local: bool,
+}
+
+impl tower_service::Service<http::Uri> for LocalhostConnector {
+    type Response = <HttpConnector as tower_service::Service<http::Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Future = <HttpConnector as tower_service::Service<http::Uri>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        if !self.local {
+            return self.inner.call(uri);
+        }
+        let port = uri.port_u16().unwrap_or(80);
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let loopback = format!("{scheme}://127.0.0.1:{port}/")
+            .parse()
+            .unwrap_or(uri);
+        self.inner.call(loopback)
+    }
 }

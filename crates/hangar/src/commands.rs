@@ -20,16 +20,40 @@ use crate::pack::{self, human_bytes};
 
 /// The API client from the config file and environment.
 pub fn api() -> Result<Api> {
-    let (url, token) = CliConfig::load()?.resolve()?;
-    Ok(Api::new(&url, &token))
+    let cfg = CliConfig::load()?;
+    let (url, token) = cfg.resolve()?;
+    Ok(Api::new(&url, &token, cfg.api_tls(&url)?))
 }
 
 /// `hangar login --token T [--api URL]`.
-pub fn login(token: &str, api_url: Option<&str>) -> Result<()> {
+pub fn login(
+    token: &str,
+    api_url: Option<&str>,
+    fingerprint: Option<&str>,
+    ca_cert: Option<&Path>,
+) -> Result<()> {
     let mut cfg = CliConfig::load().unwrap_or_default();
     cfg.token = Some(token.trim().to_owned());
     if let Some(url) = api_url {
-        cfg.api_url = Some(url.trim_end_matches('/').to_owned());
+        let url = url.trim_end_matches('/');
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            bail!("--api {url:?}: expected an http:// or https:// URL");
+        }
+        if url.starts_with("http://") && fingerprint.is_some() {
+            bail!("--fingerprint pins a TLS certificate: use an https:// --api URL");
+        }
+        cfg.api_url = Some(url.to_owned());
+    }
+    // A pin belongs to one server: a new URL without one drops it.
+    if api_url.is_some() || fingerprint.is_some() {
+        cfg.fingerprint = fingerprint
+            .map(crate::tls_client::normalize_fingerprint)
+            .transpose()?;
+    }
+    if let Some(ca) = ca_cert {
+        let ca = std::path::absolute(ca)?;
+        crate::tls_client::client_config(None, Some(&ca))?;
+        cfg.ca_cert = Some(ca);
     }
     let path = cfg.save()?;
     println!("Logged in; token stored in {}", path.display());
@@ -156,15 +180,21 @@ pub async fn deploy(dir: &Path, app: Option<&str>, wait: bool) -> Result<()> {
     wait_release(&api, &name, version).await?;
 
     // Live: wait until the URL answers through the proxy.
+    let app_tls = CliConfig::load()?.app_tls()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match get_url(&url).await {
+        match get_url(&url, app_tls.clone()).await {
             Ok((s, _)) if !s.is_server_error() => break,
             Ok((s, _)) if Instant::now() > deadline => {
                 bail!("v{version} is live but {url} answers {s}")
             }
             Err(e) if Instant::now() > deadline => {
-                bail!("v{version} is live but {url} does not answer: {e}")
+                let hint = if url.starts_with("https://") {
+                    " (if this server's certificates come from a private CA, trust it: `hangar login --ca-cert FILE` or HANGAR_CA_CERT)"
+                } else {
+                    ""
+                };
+                bail!("v{version} is live but {url} does not answer: {e:#}{hint}")
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }

@@ -1,8 +1,8 @@
 //! The CLI's config file: where the API is and the token to use.
 //!
 //! Path: `$HANGAR_CONFIG`, else `$XDG_CONFIG_HOME/hangar/config.json`, else
-//! `~/.config/hangar/config.json`. `HANGAR_API_URL` and `HANGAR_TOKEN`
-//! override its fields.
+//! `~/.config/hangar/config.json`. `HANGAR_API_URL`, `HANGAR_TOKEN` and
+//! `HANGAR_CA_CERT` override its fields.
 
 use std::path::PathBuf;
 
@@ -19,6 +19,13 @@ pub struct CliConfig {
     pub api_url: Option<String>,
     /// Bearer token.
     pub token: Option<String>,
+    /// The API's certificate fingerprint (SHA-256) to trust instead of a
+    /// CA (a self-signed API certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// A CA (PEM) to trust beside the public ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Where the config file lives.
@@ -83,5 +90,29 @@ impl CliConfig {
             );
         };
         Ok((api.trim_end_matches('/').to_owned(), token))
+    }
+
+    /// The CA to trust beside the public roots: `HANGAR_CA_CERT`, else the
+    /// config's.
+    pub fn ca_cert(&self) -> Option<PathBuf> {
+        std::env::var_os("HANGAR_CA_CERT")
+            .map(PathBuf::from)
+            .or_else(|| self.ca_cert.clone())
+    }
+
+    /// How the API's certificate is trusted: its pinned fingerprint when
+    /// the API URL is the configured one, else the roots.
+    pub fn api_tls(&self, api_url: &str) -> Result<rustls::ClientConfig> {
+        let configured = self.api_url.as_deref().map(|u| u.trim_end_matches('/'));
+        let pin = self
+            .fingerprint
+            .as_deref()
+            .filter(|_| configured == Some(api_url));
+        crate::tls_client::client_config(pin, self.ca_cert().as_deref())
+    }
+
+    /// How apps' certificates are trusted (never by the API's pin).
+    pub fn app_tls(&self) -> Result<rustls::ClientConfig> {
+        crate::tls_client::client_config(None, self.ca_cert().as_deref())
     }
 }

@@ -22,5 +22,7 @@ pub mod run;
 pub mod run_dir;
 pub mod runtime_src;
 pub mod secrets_file;
+pub mod tls_client;
+pub mod tls_up;
 pub mod tokens;
 pub mod up;

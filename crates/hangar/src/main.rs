@@ -146,14 +146,24 @@ enum Command {
         machines_memory_mb: Option<u64>,
         #[command(flatten)]
         servers: Servers,
+        #[command(flatten)]
+        tls: hangar::tls_up::TlsArgs,
     },
     /// Store a token (and API URL) for this CLI.
     Login {
         #[arg(long)]
         token: String,
-        /// The API's URL, e.g. http://10.0.0.5:7070.
+        /// The API's URL, e.g. https://hangar.example.com:7070.
         #[arg(long)]
         api: Option<String>,
+        /// Trust the API's certificate by this SHA-256 fingerprint (what
+        /// `hangar up --api-tls` prints for its self-signed one) instead of
+        /// by a CA.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Also trust this CA (PEM) for the API's certificate.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
     },
     /// Build and deploy the cargo project in DIR (default: the current dir).
     Deploy {
@@ -296,12 +306,31 @@ enum SecretsCommand {
 
 #[derive(Subcommand)]
 enum DomainsCommand {
-    /// Route HOST to APP; prints the DNS record to create.
-    Add { app: String, host: String },
-    /// List APP's custom domains.
+    /// Route HOST to APP; prints the DNS record to create. Its certificate
+    /// is ordered at once (ACME), or is the one given with --cert/--key.
+    Add {
+        app: String,
+        host: String,
+        /// A certificate of yours for HOST (PEM chain, leaf first).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// List APP's custom domains and their certificates.
     List { app: String },
     /// Stop routing HOST to APP.
     Remove { app: String, host: String },
+    /// Order a new certificate for HOST (a custom domain of APP, or its own
+    /// name) now.
+    Renew { app: String, host: String },
+    /// Turn HSTS (Strict-Transport-Security) on or off for APP's HTTPS.
+    Hsts {
+        app: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -409,6 +438,7 @@ async fn run(cli: Cli) -> Result<()> {
             org_max_memory_mb,
             machines_memory_mb,
             servers,
+            tls,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -461,10 +491,21 @@ async fn run(cli: Cli) -> Result<()> {
                     memory_mb: org_max_memory_mb,
                 },
                 machines_memory_mb,
+                tls,
             })
             .await
         }
-        Command::Login { token, api } => commands::login(&token, api.as_deref()),
+        Command::Login {
+            token,
+            api,
+            fingerprint,
+            ca_cert,
+        } => commands::login(
+            &token,
+            api.as_deref(),
+            fingerprint.as_deref(),
+            ca_cert.as_deref(),
+        ),
         Command::Deploy { dir, app, no_wait } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
             commands::deploy(&dir, app.as_deref(), !no_wait).await
@@ -483,9 +524,16 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Resources { app } => commands::resources(&app).await,
         Command::Domains { command } => match command {
-            DomainsCommand::Add { app, host } => hangar::domains::add(&app, &host).await,
+            DomainsCommand::Add {
+                app,
+                host,
+                cert,
+                key,
+            } => hangar::domains::add(&app, &host, cert.as_deref(), key.as_deref()).await,
             DomainsCommand::List { app } => hangar::domains::list(&app).await,
             DomainsCommand::Remove { app, host } => hangar::domains::remove(&app, &host).await,
+            DomainsCommand::Renew { app, host } => hangar::domains::renew(&app, &host).await,
+            DomainsCommand::Hsts { app, state } => hangar::domains::hsts(&app, state == "on").await,
         },
         Command::Tokens { command } => match command {
             TokensCommand::Create {

@@ -96,6 +96,8 @@ pub struct UpOptions {
     /// Memory of all machines together, in MiB (none: the host's less a
     /// reserve for hangar, its servers and the builds).
     pub machines_memory_mb: Option<u64>,
+    /// HTTPS for apps and the API.
+    pub tls: crate::tls_up::TlsArgs,
 }
 
 /// The default data dir: `/var/lib/hangar` for root, else under the user's
@@ -135,13 +137,20 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(opts.admin_listen)
         .await
         .with_context(|| format!("binding the admin port to {}", opts.admin_listen))?;
+    let tls_listener = match opts.tls.tls_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the TLS edge to {addr}"))?,
+        ),
+        None => None,
+    };
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_addr = admin_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let proxy_addr = proxy_listener.local_addr()?;
 
     let token = admin_token(&store, &data).await?;
-    let api_url = format!("http://{api_addr}");
-    remember_for_cli(&api_url, &token);
 
     let (driver, warning) = Driver::choose(opts.driver, &data.join("runc"))?;
     if let Some(w) = warning {
@@ -209,6 +218,12 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         .map(PostgresServer::new)
         .transpose()?;
     let no_server = postgres.is_none();
+    let tls = opts.tls.setup(&opts.domain, &data, &store, &vault).await?;
+    let api_url = format!(
+        "{}://{api_addr}",
+        if tls.api.is_some() { "https" } else { "http" }
+    );
+    remember_for_cli(&api_url, &token, tls.api_fingerprint.as_deref());
     let mut resources = Resources::new(store.clone(), vault, postgres);
     if no_server {
         match hangar_resources::local_pg::PostgresBinaries::find() {
@@ -346,13 +361,16 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         let _ = release_tx.send(release.id);
     }
 
-    // Custom domains, before the edge serves.
+    // Custom domains and HSTS choices, before the edge serves.
     routes.set_aliases(
         store
             .routed_domains()
             .await
             .context("reading custom domains")?,
     );
+    if let Some(certs) = &tls.certs {
+        certs.set_hsts(store.hsts_apps().await?);
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Scale to zero: the proxy wakes apps through the agent, and the agent
     // stops idle machines by the proxy's activity.
@@ -405,6 +423,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     tasks.spawn(async move {
         let _ = rollout_loop.await;
     });
+    let https = match (&tls.certs, tls_addr) {
+        (Some(certs), Some(addr)) => Some(hangar_proxy::Https {
+            policy: Arc::new(certs.clone()),
+            port: addr.port(),
+        }),
+        _ => None,
+    };
     tasks.spawn({
         let stop = signal(shutdown_rx.clone());
         let routes = routes.clone();
@@ -412,6 +437,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         async move {
             let options = hangar_proxy::EdgeOptions {
                 trusted_proxies,
+                https,
                 ..hangar_proxy::EdgeOptions::default()
             };
             if let Err(e) = hangar_proxy::serve_with(proxy_listener, routes, options, stop).await {
@@ -419,6 +445,21 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             }
         }
     });
+    if let (Some(listener), Some(certs)) = (tls_listener, &tls.certs) {
+        certs.spawn_renewals(shutdown_rx.clone());
+        let stop = signal(shutdown_rx.clone());
+        let routes = routes.clone();
+        let options = hangar_proxy::EdgeOptions {
+            trusted_proxies: opts.trusted_proxies.clone(),
+            ..hangar_proxy::EdgeOptions::default()
+        };
+        let policy: Arc<dyn hangar_proxy::TlsPolicy> = Arc::new(certs.clone());
+        tasks.spawn(async move {
+            if let Err(e) = hangar_proxy::serve_tls(listener, routes, options, policy, stop).await {
+                warn!("TLS edge: {e}");
+            }
+        });
+    }
     let metrics_token = metrics_token(&data)?;
     tasks.spawn({
         let stop = signal(shutdown_rx.clone());
@@ -437,12 +478,14 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         images,
         resources,
         routes: routes.clone(),
+        certs: tls.certs.clone(),
         cfg: Arc::new(ApiConfig {
             max_upload_bytes: opts.max_upload_bytes,
             max_image_bytes: opts.max_image_bytes,
             uploads_dir: uploads,
             domain: opts.domain.clone(),
             proxy_port: proxy_addr.port(),
+            tls_port: tls_addr.map(|a| a.port()),
             single_tenant,
             quotas: opts.quotas,
             default_memory_mb: opts.memory_mb,
@@ -451,8 +494,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     };
     tasks.spawn({
         let stop = signal(shutdown_rx.clone());
+        let api_tls = tls.api.clone();
         async move {
-            if let Err(e) = hangar_api::serve(api_listener, state, stop).await {
+            if let Err(e) = hangar_api::serve_tls(api_listener, state, api_tls, stop).await {
                 warn!("api: {e}");
             }
         }
@@ -461,11 +505,29 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     println!("hangar: data dir {}", data.display());
     println!("hangar: runtime driver {}", driver.name());
     println!("hangar: API listening on {api_url}");
+    if let Some(fingerprint) = &tls.api_fingerprint {
+        println!("hangar: API certificate (self-signed) fingerprint {fingerprint}");
+        println!(
+            "hangar: from another machine: hangar login --api https://<this host>:{} --token <TOKEN> --fingerprint {fingerprint}",
+            api_addr.port()
+        );
+    }
     println!(
         "hangar: proxy listening on http://{proxy_addr} (apps at http://<app>.{}:{}/)",
         opts.domain,
         proxy_addr.port()
     );
+    if let Some(addr) = tls_addr {
+        println!(
+            "hangar: TLS edge listening on https://{addr} (apps at https://<app>.{}:{}/; {})",
+            opts.domain,
+            addr.port(),
+            match tls.certs.as_ref().map(|c| c.acme()) {
+                Some(true) => "certificates ordered through ACME",
+                _ => "no ACME CA: the operator's and uploaded certificates only",
+            }
+        );
+    }
     println!(
         "hangar: metrics on http://{admin_addr}/metrics (bearer token in {})",
         data.join("metrics-token").display()
@@ -549,7 +611,7 @@ async fn admin_token(store: &Store, data: &std::path::Path) -> Result<String> {
 
 /// Points the CLI on this machine at this server, unless its config is
 /// already set up for another server.
-fn remember_for_cli(api_url: &str, token: &str) {
+fn remember_for_cli(api_url: &str, token: &str, fingerprint: Option<&str>) {
     let existing = CliConfig::load().unwrap_or_default();
     let ours = existing.token.as_deref().is_none_or(|t| t == token);
     if !ours {
@@ -562,6 +624,8 @@ fn remember_for_cli(api_url: &str, token: &str) {
     let cfg = CliConfig {
         api_url: Some(api_url.to_owned()),
         token: Some(token.to_owned()),
+        fingerprint: fingerprint.map(str::to_owned),
+        ..CliConfig::default()
     };
     match cfg.save() {
         Ok(path) => println!("hangar: CLI configured in {}", path.display()),

@@ -69,14 +69,38 @@ impl Store {
         .await
     }
 
-    /// Removes the app's `host`; false when the app has no such domain.
+    /// Removes the app's `host`, and its certificate; false when the app
+    /// has no such domain.
     pub async fn remove_domain(&self, app_id: &str, host: &str) -> Result<bool> {
         let (app_id, host) = (app_id.to_owned(), host.to_owned());
         self.call(move |c| {
-            Ok(c.execute(
+            let tx = c.transaction()?;
+            let removed = tx.execute(
                 "DELETE FROM domains WHERE app_id = ?1 AND host = ?2",
                 params![app_id, host],
-            )? > 0)
+            )? > 0;
+            if removed {
+                tx.execute(
+                    "DELETE FROM certificates WHERE host = ?1 AND app_id = ?2",
+                    params![host, app_id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// The app that has custom domain `host`.
+    pub async fn domain_app(&self, host: &str) -> Result<Option<String>> {
+        let host = host.to_owned();
+        self.call(move |c| {
+            Ok(
+                c.query_row("SELECT app_id FROM domains WHERE host = ?1", [host], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
         })
         .await
     }

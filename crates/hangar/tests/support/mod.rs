@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
@@ -371,6 +373,42 @@ impl TestPlatform {
         self.launch();
     }
 
+    /// What `hangar up` printed on stdout (its last start).
+    #[allow(dead_code)]
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.clone()
+    }
+
+    /// The API's URL as `hangar up` printed it.
+    #[allow(dead_code)]
+    pub fn api_url(&self) -> String {
+        self.api.clone()
+    }
+
+    /// The admin token.
+    #[allow(dead_code)]
+    pub fn admin_token(&self) -> String {
+        self.token.clone()
+    }
+
+    /// Runs the CLI with the config file `config` (not the platform's).
+    #[allow(dead_code)]
+    pub fn hangar_with_config(&self, config: &Path, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(args)
+            .env("HANGAR_CONFIG", config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the hangar CLI");
+        eprintln!(
+            "$ hangar {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// Runs the CLI against this platform.
     pub fn hangar(&self, args: &[&str]) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
@@ -687,13 +725,16 @@ impl Drop for TestPlatform {
         // What the test's own destroys left, before the harness cleans up
         // (only while hangar runs: a test that killed it stopped it from
         // finishing).
-        let leaked = if self.child.is_some() && !self.api.is_empty() {
+        // (The harness's own client speaks plain HTTP: an API over TLS is
+        // cleaned up by its test and the forced removal below.)
+        let plain_api = !self.api.is_empty() && !self.api.starts_with("https://");
+        let leaked = if self.child.is_some() && plain_api {
             self.leaked_containers()
         } else {
             Vec::new()
         };
         // Apps first, so their machines are stopped by hangar itself.
-        if self.child.is_some() && !self.api.is_empty() {
+        if self.child.is_some() && plain_api {
             let (status, body) =
                 self.api_request("GET", "/api/v1/apps", Some(&self.token.clone()), Vec::new());
             if status == 200
