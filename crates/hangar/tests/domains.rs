@@ -1,6 +1,6 @@
 //! Custom domains: a host an app adds is answered by that app at the edge
 //! at once, by no other, and goes when it is removed or its app is
-//! destroyed. HTTPS for them is not built yet (issue 15).
+//! destroyed. HTTPS for them: https.rs.
 
 mod support;
 

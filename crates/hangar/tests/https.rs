@@ -236,7 +236,12 @@ fn certificates_from_a_real_acme_server_serve_https_and_survive_renewal_and_rest
         key_file.to_str().unwrap(),
     ]);
     assert!(out.status.success());
-    let shop = wait_https(tls_port, "shop.example.test", std::slice::from_ref(&user_ca), 10);
+    let shop = wait_https(
+        tls_port,
+        "shop.example.test",
+        std::slice::from_ref(&user_ca),
+        10,
+    );
     assert!(shop.issuer.contains("a user's own CA"), "{}", shop.issuer);
     let www = https_get(tls_port, "www.example.test", "/", &roots, true).unwrap();
     assert_eq!(www.serial, first.serial, "the ACME one beside it");
@@ -446,5 +451,71 @@ fn the_cli_deploys_over_https_to_an_api_it_trusts_by_fingerprint() {
     let (code, _) = p.get("pinned", "/");
     assert_eq!(code, 200);
     let out = cli(&["destroy", "pinned", "--yes"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn tls_alpn_01_proves_a_name_on_the_tls_port_and_a_failed_order_says_why() {
+    let ports = support::tls::distinct_ports(3, &[]);
+    let (http_port, tls_port, closed) = (ports[0], ports[1], ports[2]);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = format!("127.0.0.1:{http_port}");
+    let tls = format!("127.0.0.1:{tls_port}");
+    // Pebble validates TLS-ALPN-01 on Hangar's TLS port; HTTP-01 on a port
+    // nobody listens on, so a platform that used it would fail.
+    let pebble = Pebble::start(closed, tls_port);
+    let ca_root = pebble.ca_root.to_str().unwrap().to_owned();
+    let p = TestPlatform::start_with(&[
+        "--proxy-listen",
+        &proxy,
+        "--tls-listen",
+        &tls,
+        "--acme-directory",
+        &pebble.directory,
+        "--acme-ca-root",
+        &ca_root,
+        "--acme-challenge",
+        "tls-alpn-01",
+    ]);
+    let app_dir = copy_example("hello", dir.path());
+    let roots = [pebble.issuing_root()];
+    let root_file = dir.path().join("pebble-root.pem");
+    std::fs::write(&root_file, &roots[0]).unwrap();
+    let (api, token) = (p.api_url(), p.admin_token());
+    let login = [
+        "login",
+        "--api",
+        &api,
+        "--token",
+        &token,
+        "--ca-cert",
+        root_file.to_str().unwrap(),
+    ];
+    assert!(p.hangar(&login).status.success());
+    let out = p.hangar(&["deploy", app_dir.to_str().unwrap(), "--app", "alpn"]);
+    assert!(out.status.success(), "deploy");
+    assert!(
+        p.hangar(&["domains", "add", "alpn", "alpn.example.test"])
+            .status
+            .success()
+    );
+    let got = wait_https(tls_port, "alpn.example.test", &roots, 30);
+    assert!(got.issuer.contains("Pebble"), "{}", got.issuer);
+    assert!(got.body.starts_with("Hello"), "{}", got.body);
+    drop(pebble);
+
+    // With the CA gone, an order fails: the list says why and when next.
+    assert!(
+        p.hangar(&["domains", "add", "alpn", "later.example.test"])
+            .status
+            .success()
+    );
+    let list = wait_for(30, "the failed order in the list", || {
+        let out = p.hangar(&["domains", "list", "alpn"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("failed:").then_some(text)
+    });
+    assert!(list.contains("next try"), "{list}");
+    let out = p.hangar(&["destroy", "alpn", "--yes"]);
     assert!(out.status.success());
 }
