@@ -407,8 +407,16 @@ pub(crate) async fn delete_app_everywhere(
     if let Err(e) = state.builder.forget_app(app).await {
         tracing::warn!(app = %app.name, "removing the app's build logs and dirs: {e}");
     }
+    let domains = state.store.domains_for_app(&app.id).await?;
     state.store.delete_app(&app.id).await?;
-    // Its custom domains went with its row.
+    // Its custom domains and certificate rows went with its row; the edge
+    // stops presenting their certificates now, not at the next restart.
+    if let Some(certs) = &state.certs {
+        for d in &domains {
+            certs.forget(&d.host);
+        }
+        certs.forget(&state.cfg.app_host(&app.name));
+    }
     crate::domains::publish(state).await?;
     Ok(resources
         .into_iter()

@@ -518,4 +518,6 @@ fn tls_alpn_01_proves_a_name_on_the_tls_port_and_a_failed_order_says_why() {
     assert!(list.contains("next try"), "{list}");
     let out = p.hangar(&["destroy", "alpn", "--yes"]);
     assert!(out.status.success());
+    // The destroyed app's certificate leaves the edge with it.
+    assert!(https_get(tls_port, "alpn.example.test", "/", &roots, true).is_err());
 }
