@@ -132,9 +132,16 @@ fn a_machine_reaches_neither_other_machines_nor_the_host() {
             "a machine of its own has its own address: {ip}"
         );
     }
-    // Both listen on 8080 and both answer through the proxy.
-    assert_eq!(p.get("toolbox", "/").0, 200);
-    assert_eq!(p.get("other", "/"), (200, "b\n".to_owned()));
+    // Both listen on 8080 and both answer through the proxy (a machine the
+    // Machines API started may take a moment to listen: it has no check).
+    wait_for(30, "toolbox to answer", || {
+        (p.get("toolbox", "/").0 == 200).then_some(())
+    });
+    let other = wait_for(30, "other to answer", || {
+        let got = p.get("other", "/");
+        (got.0 == 200).then_some(got)
+    });
+    assert_eq!(other, (200, "b\n".to_owned()));
 
     let api_port = port_of(&p.api);
     let admin_port = port_of(p.metrics_url.trim_end_matches("/metrics"));
