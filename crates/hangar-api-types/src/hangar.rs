@@ -27,6 +27,9 @@ pub struct Build {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The commit it builds (deploys from git).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// A release: an image and config rolled out as version N of an app.
@@ -48,6 +51,12 @@ pub struct Release {
     pub config: Option<String>,
     /// `deploy` or `rollback to vN`.
     pub description: String,
+    /// The commit it was built from (deploys from git).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// That commit's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_message: Option<String>,
 }
 
 /// What a machine's checks say.
@@ -475,4 +484,101 @@ pub struct DomainList {
     pub app_certificate: Certificate,
     /// Whether HTTPS answers carry HSTS.
     pub hsts: bool,
+}
+
+/// `POST /api/v1/apps/{app}/git`: deploy the app from a repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitConnect {
+    /// `https://…` (a token may go in its user part; it is kept sealed
+    /// and never shown again).
+    pub repo: String,
+    /// The branch that deploys (default `main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The directory of the repository the app is in (default: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A webhook delivery, poll or manual deploy, with its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GitDelivery {
+    /// `github`, `gitea`, `gitlab`, `git`, `poll` or `manual`.
+    pub source: String,
+    /// The forge's delivery id.
+    pub delivery: Option<String>,
+    pub event: String,
+    pub git_ref: Option<String>,
+    pub commit: Option<String>,
+    /// `accepted`, `ignored`, `rejected` or `pong`.
+    pub verdict: String,
+    pub detail: Option<String>,
+    /// RFC 3339.
+    pub received_at: String,
+}
+
+/// What became of a commit: `hangar why APP SHA`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CommitVerdict {
+    pub commit: String,
+    /// Exactly one of `received`, `ignored`, `queued`, `building`,
+    /// `failed`, `cancelled`, `superseded`, `deploying`, `deployed`,
+    /// `rolled back`.
+    pub state: String,
+    /// The answer in words: why, where, which.
+    pub detail: String,
+    /// How Hangar heard of it (`github webhook`, `poll`, …).
+    pub via: String,
+    pub message: Option<String>,
+    /// Its build, once queued.
+    pub build: Option<String>,
+    /// Its release's version, once built.
+    pub release: Option<i64>,
+    /// The newer commit deployed instead.
+    pub superseded_by: Option<String>,
+    /// Its place in the build queue (1: next).
+    pub queue_position: Option<u64>,
+    /// The build step it is at, or failed in.
+    pub step: Option<String>,
+    /// The end of the build's log, when it failed.
+    pub log_tail: Option<String>,
+    /// RFC 3339: when Hangar first heard of it.
+    pub heard_at: String,
+}
+
+/// An app's repository connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GitConnection {
+    pub app: String,
+    /// The repository, without any credentials.
+    pub repo: String,
+    pub branch: String,
+    /// `""`: the repository's root.
+    pub path: String,
+    /// Where each forge sends webhooks, on the API's own address:
+    /// `/hooks/{github|gitea|gitlab|git}/{app}`.
+    pub hook_paths: Vec<String>,
+    /// The webhook secret: only in the answer to a connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The branch's head when Hangar last looked.
+    pub head: Option<String>,
+    /// RFC 3339 of the last look at the branch, and its error.
+    pub checked_at: Option<String>,
+    pub check_error: Option<String>,
+    /// Seconds between polls of the branch (0: no polling).
+    pub poll_secs: u64,
+    /// The newest deliveries, newest first.
+    pub deliveries: Vec<GitDelivery>,
+    /// The newest commits Hangar heard of, newest first.
+    pub commits: Vec<CommitVerdict>,
+}
+
+/// What a webhook delivery did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HookAnswer {
+    /// `accepted`, `ignored`, `replayed` or `pong`.
+    pub verdict: String,
+    pub detail: Option<String>,
 }

@@ -95,7 +95,12 @@ pub fn need_of<'a>(method: &Method, path: &str, app: Option<&'a str>) -> Rule<'a
             Rule::Build { deploy: false }
         }
         (false, "/api/v1/builds/{id}/cancel") => Rule::Build { deploy: true },
-        (false, "/api/v1/apps/{app}/deploys" | "/api/v1/apps/{app}/rollback") => match app {
+        (
+            false,
+            "/api/v1/apps/{app}/deploys"
+            | "/api/v1/apps/{app}/rollback"
+            | "/api/v1/apps/{app}/git/deploy",
+        ) => match app {
             Some(app) => Rule::Need(Need::Deploy(app)),
             None => Rule::Need(Need::Admin),
         },
@@ -118,6 +123,9 @@ pub fn action_of(method: &Method, path: &str) -> String {
         ("DELETE", "/api/v1/apps/{app}/domains/{host}") => "domain.remove",
         ("POST", "/api/v1/apps/{app}/domains/{host}/renew") => "domain.renew",
         ("PUT", "/api/v1/apps/{app}/hsts") => "hsts.set",
+        ("POST", "/api/v1/apps/{app}/git") => "git.connect",
+        ("DELETE", "/api/v1/apps/{app}/git") => "git.disconnect",
+        ("POST", "/api/v1/apps/{app}/git/deploy") => "git.deploy",
         ("POST", "/api/v1/orgs") => "org.create",
         ("POST", "/api/v1/images") => "image.import",
         ("POST", "/api/v1/builds/{id}/cancel") => "build.cancel",

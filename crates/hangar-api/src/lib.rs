@@ -36,6 +36,7 @@ mod builds;
 pub mod domains;
 mod error;
 mod fly;
+pub mod git;
 pub mod listen;
 pub mod openapi;
 pub mod quota;
@@ -118,6 +119,8 @@ pub struct ApiState {
     pub routes: Arc<hangar_proxy::RouteTable>,
     /// The certificates, when the edge has a TLS port.
     pub certs: Option<hangar_tls::Certs>,
+    /// Deploys from git (mirrors, webhook secrets, the poller).
+    pub git: git::GitDeploys,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
 }

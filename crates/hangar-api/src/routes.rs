@@ -47,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::builds::routes())
         .merge(crate::tokens::routes())
         .merge(crate::domains::routes())
+        .merge(crate::git::routes())
         .merge(crate::fly::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -57,6 +58,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(crate::openapi::serve))
         .merge(org_routes)
         .merge(crate::shuttle::routes())
+        .merge(crate::git::hook_routes())
         .fallback(|| async { ApiError::not_found("no such API route") })
         .layer(axum::middleware::map_response(crate::error::json_errors))
         .with_state(state)
@@ -409,6 +411,7 @@ pub(crate) async fn delete_app_everywhere(
     }
     let domains = state.store.domains_for_app(&app.id).await?;
     state.store.delete_app(&app.id).await?;
+    state.git.forget(&app.id).await;
     // Its custom domains and certificate rows went with its row; the edge
     // stops presenting their certificates now, not at the next restart.
     if let Some(certs) = &state.certs {

@@ -15,6 +15,7 @@ pub fn build(b: &store::Build) -> api::Build {
         created_at: b.created_at,
         started_at: b.started_at,
         finished_at: b.finished_at,
+        commit: b.git_sha.clone(),
     }
 }
 
@@ -30,6 +31,8 @@ pub fn release(r: &store::Release) -> api::Release {
         created_at: r.created_at,
         config: r.config.clone(),
         description: r.description.clone(),
+        commit: r.git_sha.clone(),
+        commit_message: r.git_message.clone(),
     }
 }
 

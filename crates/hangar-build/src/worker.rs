@@ -117,6 +117,48 @@ impl Builder {
         Ok(queued)
     }
 
+    /// [`Builder::enqueue`] of commit `sha`'s source (a push, a poll or
+    /// `hangar git deploy`). A running build of another commit of the app
+    /// is superseded by it and stopped: the newer commit deploys sooner,
+    /// and the older one can no longer complete after it.
+    pub async fn enqueue_commit(
+        &self,
+        app_id: &str,
+        source_digest: &str,
+        sha: &str,
+    ) -> Result<Enqueued, BuildError> {
+        let queued = self
+            .inner
+            .store
+            .enqueue_commit_build(
+                app_id,
+                source_digest,
+                self.inner.cfg.max_queued_per_org,
+                Some(sha),
+            )
+            .await?;
+        let note = format!(
+            "==> superseded by build {} of commit {sha}, a newer commit of this app\n",
+            queued.build.id
+        );
+        for old in &queued.superseded {
+            append(&self.log_path(old), &note).await;
+        }
+        let running = self
+            .inner
+            .store
+            .supersede_running_commit_build(app_id, &queued.build.id, sha)
+            .await?;
+        if let Some(old) = running {
+            append(&self.log_path(&old), &note).await;
+            if !self.inner.running.cancel(&old, CANCEL_WAIT).await {
+                warn!(build = %old, "superseded a build no worker here was running");
+            }
+        }
+        self.notify();
+        Ok(queued)
+    }
+
     /// The most builds of one org that may wait in the queue.
     pub fn max_queued_per_org(&self) -> u32 {
         self.inner.cfg.max_queued_per_org

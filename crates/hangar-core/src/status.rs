@@ -70,6 +70,24 @@ string_enum!(
 );
 
 string_enum!(
+    /// What became of a commit Hangar heard of (a push, a poll, `hangar
+    /// git deploy`); once `built`, its build and release say the rest.
+    CommitState {
+        /// Heard of; being fetched and checked.
+        Received => "received",
+        /// Not deployed on purpose: another branch, or no change under the
+        /// connection's path.
+        Ignored => "ignored",
+        /// A newer commit of the branch is deployed instead.
+        Superseded => "superseded",
+        /// Its source was fetched and a build queued.
+        Built => "built",
+        /// Its source could not be fetched or packed (the reason is kept).
+        Failed => "failed",
+    }
+);
+
+string_enum!(
     /// Machine states, named as Fly's Machines API names them.
     MachineState {
         Created => "created",

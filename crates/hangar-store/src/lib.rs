@@ -22,6 +22,7 @@ mod sqlite;
 
 pub use model::*;
 pub use sqlite::Store;
+pub use sqlite::{MAX_GIT_HISTORY, NewDelivery};
 
 /// Errors from the state store.
 #[derive(Debug, thiserror::Error)]

@@ -55,6 +55,8 @@ pub struct Build {
     pub started_at: Option<i64>,
     /// Unix seconds when it reached a terminal state.
     pub finished_at: Option<i64>,
+    /// The commit it builds, when a push or `hangar git deploy` queued it.
+    pub git_sha: Option<String>,
 }
 
 /// A build just queued, and the app's queued builds it superseded.
@@ -90,6 +92,10 @@ pub struct Release {
     pub config: Option<String>,
     /// Where it came from: `deploy` or `rollback to vN`.
     pub description: String,
+    /// The commit its build was of (a push or `hangar git deploy`).
+    pub git_sha: Option<String>,
+    /// That commit's message.
+    pub git_message: Option<String>,
 }
 
 /// A machine on this node: an instance of a release (deploys) or a machine
@@ -298,5 +304,67 @@ pub struct CertRecord {
     /// Unix seconds: no order before then (back-off).
     pub next_try: Option<i64>,
     /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// An app's connection to a git repository (deploy on push).
+#[derive(Debug, Clone)]
+pub struct GitConnection {
+    pub app_id: String,
+    /// The repository URL (it may hold a token), sealed by the vault.
+    pub repo_sealed: Vec<u8>,
+    /// The URL without its user and password, for display.
+    pub repo_shown: String,
+    /// The branch that deploys.
+    pub branch: String,
+    /// The directory of the repository the app is in (`""`: the root).
+    pub subdir: String,
+    /// The webhook secret, sealed by the vault.
+    pub secret_sealed: Vec<u8>,
+    /// The branch's head when Hangar last looked.
+    pub head: Option<String>,
+    /// Unix seconds of the last poll, and its error if it failed.
+    pub polled_at: Option<i64>,
+    pub poll_error: Option<String>,
+    pub created_at: i64,
+}
+
+/// One webhook delivery, poll or manual deploy, with its verdict.
+#[derive(Debug, Clone)]
+pub struct GitDelivery {
+    pub seq: i64,
+    pub app_id: String,
+    /// `github`, `gitea`, `gitlab`, `git`, `poll` or `manual`.
+    pub source: String,
+    /// The forge's delivery id, when it sent one.
+    pub delivery: Option<String>,
+    pub event: String,
+    pub git_ref: Option<String>,
+    pub sha: Option<String>,
+    /// `accepted`, `ignored`, `rejected` or `pong`.
+    pub verdict: String,
+    pub detail: Option<String>,
+    pub received_at: i64,
+}
+
+/// A commit Hangar heard of, and what became of it.
+#[derive(Debug, Clone)]
+pub struct GitCommit {
+    pub app_id: String,
+    pub sha: String,
+    /// The order Hangar heard of commits in, per app.
+    pub seq: i64,
+    /// How it was heard of: `github webhook`, `poll`, `hangar git deploy`…
+    pub via: String,
+    pub state: hangar_core::status::CommitState,
+    /// Why it was ignored or failed.
+    pub detail: Option<String>,
+    /// The commit deployed instead.
+    pub superseded_by: Option<String>,
+    /// Its message (from the repository, once fetched).
+    pub message: Option<String>,
+    /// Its build, once queued.
+    pub build_id: Option<String>,
+    pub first_seen: i64,
     pub updated_at: i64,
 }

@@ -5,6 +5,9 @@ mod access;
 mod builds;
 mod certs;
 mod domains;
+mod git;
+
+pub use git::{MAX_GIT_HISTORY, NewDelivery};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema8.sql"),
     include_str!("schema9.sql"),
     include_str!("schema10.sql"),
+    include_str!("schema11.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.
@@ -241,7 +245,8 @@ impl Store {
                 "SELECT (SELECT COUNT(*) FROM secrets) \
                  + (SELECT COUNT(*) FROM resources WHERE sealed IS NOT NULL) \
                  + (SELECT COUNT(*) FROM certificates WHERE key_sealed IS NOT NULL) \
-                 + (SELECT COUNT(*) FROM acme_accounts)",
+                 + (SELECT COUNT(*) FROM acme_accounts) \
+                 + (SELECT COUNT(*) FROM git_connections)",
                 [],
                 |r| r.get(0),
             )?)
@@ -897,10 +902,10 @@ fn insert_event(
 }
 
 const BUILD_COLS: &str = "id, app_id, status, source_digest, image_digest, error, attempts, \
-                          builder_pgid, created_at, started_at, finished_at";
+                          builder_pgid, created_at, started_at, finished_at, git_sha";
 const APP_COLS: &str = "id, org_id, name, created_at, scale";
-const RELEASE_COLS: &str =
-    "id, app_id, version, build_id, image_digest, status, error, created_at, config, description";
+const RELEASE_COLS: &str = "id, app_id, version, build_id, image_digest, status, error, created_at, config, description, \
+     git_sha, git_message";
 const MACHINE_COLS: &str = "id, app_id, release_id, name, region, instance_id, config, \
     image_digest, state, driver, port, pid, exit_code, oom_killed, restarts, cordoned, lease_nonce, \
     lease_owner, lease_description, lease_expires_at, created_at, updated_at, address";
@@ -952,6 +957,7 @@ fn build_row(r: &Row) -> rusqlite::Result<Build> {
         created_at: r.get(8)?,
         started_at: r.get(9)?,
         finished_at: r.get(10)?,
+        git_sha: r.get(11)?,
     })
 }
 
@@ -969,6 +975,17 @@ fn insert_release(
         [&app_id],
         |r| r.get(0),
     )?;
+    // The commit the build was of, and its message, go with every
+    // release of it (a rollback to it included).
+    let (git_sha, git_message): (Option<String>, Option<String>) = tx
+        .query_row(
+            "SELECT b.git_sha, c.message FROM builds b LEFT JOIN git_commits c
+             ON c.app_id = b.app_id AND c.sha = b.git_sha WHERE b.id = ?1",
+            [&build_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or_default();
     let release = Release {
         id: new_id("rel"),
         app_id,
@@ -980,10 +997,13 @@ fn insert_release(
         created_at: now_unix(),
         config,
         description,
+        git_sha,
+        git_message,
     };
     tx.execute(
         "INSERT INTO releases (id, app_id, version, build_id, image_digest, status, created_at,
-         config, description) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8)",
+         config, description, git_sha, git_message)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?9, ?10)",
         params![
             release.id,
             release.app_id,
@@ -992,7 +1012,9 @@ fn insert_release(
             release.image_digest,
             release.created_at,
             release.config,
-            release.description
+            release.description,
+            release.git_sha,
+            release.git_message
         ],
     )?;
     Ok(release)
@@ -1010,6 +1032,8 @@ fn release_row(r: &Row) -> rusqlite::Result<Release> {
         created_at: r.get(7)?,
         config: r.get(8)?,
         description: r.get(9)?,
+        git_sha: r.get(10)?,
+        git_message: r.get(11)?,
     })
 }
 

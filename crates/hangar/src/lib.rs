@@ -17,6 +17,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod domains;
+pub mod git;
 pub mod pack;
 pub mod run;
 pub mod run_dir;

@@ -148,6 +148,8 @@ enum Command {
         servers: Servers,
         #[command(flatten)]
         tls: hangar::tls_up::TlsArgs,
+        #[command(flatten)]
+        git: hangar::git::GitArgs,
     },
     /// Store a token (and API URL) for this CLI.
     Login {
@@ -231,6 +233,18 @@ enum Command {
         #[command(subcommand)]
         command: DomainsCommand,
     },
+    /// Deploy an app on every push to a branch of its git repository.
+    Git {
+        #[command(subcommand)]
+        command: GitCommand,
+    },
+    /// Say what became of a commit: received, ignored, queued, building,
+    /// failed, superseded, deployed or rolled back, and why.
+    Why {
+        app: String,
+        /// The commit (at least 4 hex digits).
+        sha: String,
+    },
     /// Manage the organisation's API tokens (admin scope).
     Tokens {
         #[command(subcommand)]
@@ -302,6 +316,30 @@ enum SecretsCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum GitCommand {
+    /// Deploy APP from a repository: prints the webhook URLs and secret.
+    /// Creates the app if it does not exist yet.
+    Connect {
+        app: String,
+        /// The repository's URL (https://; a token may go in its user part).
+        #[arg(long)]
+        repo: String,
+        /// The branch whose pushes deploy (default main).
+        #[arg(long)]
+        branch: Option<String>,
+        /// The app's directory in the repository (default: its root).
+        #[arg(long)]
+        path: Option<String>,
+    },
+    /// Show APP's connection, its last delivery and its deployed commit.
+    Status { app: String },
+    /// Fetch the branch and deploy its head now.
+    Deploy { app: String },
+    /// Stop deploying APP from its repository.
+    Disconnect { app: String },
 }
 
 #[derive(Subcommand)]
@@ -439,6 +477,7 @@ async fn run(cli: Cli) -> Result<()> {
             machines_memory_mb,
             servers,
             tls,
+            git,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -492,6 +531,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 machines_memory_mb,
                 tls,
+                git,
             })
             .await
         }
@@ -523,6 +563,18 @@ async fn run(cli: Cli) -> Result<()> {
             SecretsCommand::Unset { app, names } => commands::secrets_unset(&app, &names).await,
         },
         Command::Resources { app } => commands::resources(&app).await,
+        Command::Git { command } => match command {
+            GitCommand::Connect {
+                app,
+                repo,
+                branch,
+                path,
+            } => hangar::git::connect(&app, &repo, branch.as_deref(), path.as_deref()).await,
+            GitCommand::Status { app } => hangar::git::status(&app).await,
+            GitCommand::Deploy { app } => hangar::git::deploy(&app).await,
+            GitCommand::Disconnect { app } => hangar::git::disconnect(&app).await,
+        },
+        Command::Why { app, sha } => hangar::git::why(&app, &sha).await,
         Command::Domains { command } => match command {
             DomainsCommand::Add {
                 app,

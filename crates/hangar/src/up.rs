@@ -98,6 +98,8 @@ pub struct UpOptions {
     pub machines_memory_mb: Option<u64>,
     /// HTTPS for apps and the API.
     pub tls: crate::tls_up::TlsArgs,
+    /// Deploys from git.
+    pub git: crate::git::GitArgs,
 }
 
 /// The default data dir: `/var/lib/hangar` for root, else under the user's
@@ -224,6 +226,12 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         if tls.api.is_some() { "https" } else { "http" }
     );
     remember_for_cli(&api_url, &token, tls.api_fingerprint.as_deref());
+    let git = hangar_api::git::GitDeploys::new(
+        opts.git.config(opts.max_upload_bytes),
+        data.join("git"),
+        vault.clone(),
+        opts.git.poll_every(),
+    );
     let mut resources = Resources::new(store.clone(), vault, postgres);
     if no_server {
         match hangar_resources::local_pg::PostgresBinaries::find() {
@@ -479,6 +487,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         resources,
         routes: routes.clone(),
         certs: tls.certs.clone(),
+        git,
         cfg: Arc::new(ApiConfig {
             max_upload_bytes: opts.max_upload_bytes,
             max_image_bytes: opts.max_image_bytes,
@@ -492,6 +501,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             body_progress: Duration::from_secs(opts.api_body_progress_secs),
         }),
     };
+    state.git.spawn_poller(state.clone(), shutdown_rx.clone());
     tasks.spawn({
         let stop = signal(shutdown_rx.clone());
         let api_tls = tls.api.clone();

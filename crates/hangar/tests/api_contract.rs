@@ -32,6 +32,7 @@ fn allowed(scope: &str, method: &str, path: &str) -> bool {
                 [
                     "/api/v1/apps/{app}/deploys",
                     "/api/v1/apps/{app}/rollback",
+                    "/api/v1/apps/{app}/git/deploy",
                     "/api/v1/builds/{id}/cancel",
                 ]
                 .contains(&path)
@@ -49,6 +50,7 @@ fn fill(path: &str, app: &str) -> String {
         .replace("{key}", "k")
         .replace("{name}", "S")
         .replace("{host}", "ghost.example")
+        .replace("{sha}", "abcd1234")
 }
 
 #[test]
@@ -188,7 +190,14 @@ fn oci_tar(p: &TestPlatform, digest: &str) -> Vec<u8> {
 #[test]
 fn every_mutating_operation_succeeds_with_the_narrowest_scope_that_allows_it() {
     use std::collections::BTreeSet;
-    let p = TestPlatform::start();
+    support::require_runc_and_root();
+    let p = TestPlatform::start_with(&[
+        "--driver",
+        "runc",
+        "--git-allow-file-urls",
+        "--git-poll-secs",
+        "0",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let src = support::copy_example("toolbox", dir.path());
     // Two releases of `web` (a rollback needs an earlier one).
@@ -577,6 +586,61 @@ fn every_mutating_operation_succeeds_with_the_narrowest_scope_that_allows_it() {
         Vec::new(),
         &[],
         202,
+    );
+    // Deploy on push: connect (admin), deploy the head (deploy:web; the
+    // commit has no Cargo.toml, so its build fails at once), disconnect.
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("README"), "not an app\n").unwrap();
+    for args in [
+        &["init", "--quiet", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "--quiet",
+            "-m",
+            "x",
+        ],
+    ] {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .status()
+            .expect("git must be installed")
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+    let url = format!("file://{}", repo.display());
+    step(
+        "POST",
+        "/api/v1/apps/{app}/git",
+        "/api/v1/apps/web/git",
+        &admin,
+        j(json!({"repo": url})),
+        &[],
+        201,
+    );
+    step(
+        "POST",
+        "/api/v1/apps/{app}/git/deploy",
+        "/api/v1/apps/web/git/deploy",
+        &deployer,
+        Vec::new(),
+        &[],
+        202,
+    );
+    step(
+        "DELETE",
+        "/api/v1/apps/{app}/git",
+        "/api/v1/apps/web/git",
+        &admin,
+        Vec::new(),
+        &[],
+        200,
     );
     // Last: the app itself.
     step(

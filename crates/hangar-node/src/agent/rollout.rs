@@ -720,6 +720,8 @@ mod tests {
             created_at: 0,
             config: None,
             description: "deploy".into(),
+            git_sha: None,
+            git_message: None,
         };
         let c = release_config(&r).unwrap();
         assert_eq!(c.count, 1);

@@ -32,7 +32,21 @@ impl Store {
         source_digest: &str,
         max_queued: u32,
     ) -> Result<Enqueued> {
+        self.enqueue_commit_build(app_id, source_digest, max_queued, None)
+            .await
+    }
+
+    /// [`Store::enqueue_build`] of a commit's source: the build records
+    /// the commit (`git_sha`).
+    pub async fn enqueue_commit_build(
+        &self,
+        app_id: &str,
+        source_digest: &str,
+        max_queued: u32,
+        git_sha: Option<&str>,
+    ) -> Result<Enqueued> {
         let (app_id, source_digest) = (app_id.to_owned(), source_digest.to_owned());
+        let git_sha = git_sha.map(str::to_owned);
         self.call(move |c| {
             let tx = c.transaction()?;
             let queued: u64 = tx.query_row(
@@ -62,9 +76,9 @@ impl Store {
                 params![app_id, now, superseded_reason(&id)],
             )?;
             tx.execute(
-                "INSERT INTO builds (id, app_id, status, source_digest, created_at)
-                 VALUES (?1, ?2, 'queued', ?3, ?4)",
-                params![id, app_id, source_digest, now],
+                "INSERT INTO builds (id, app_id, status, source_digest, created_at, git_sha)
+                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5)",
+                params![id, app_id, source_digest, now, git_sha],
             )?;
             let build = get_build(&tx, &id)?
                 .ok_or_else(|| StoreError::Corrupt("inserted build vanished".into()))?;
