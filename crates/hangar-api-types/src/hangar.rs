@@ -582,3 +582,50 @@ pub struct HookAnswer {
     pub verdict: String,
     pub detail: Option<String>,
 }
+
+/// A pull request's preview environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PreviewInfo {
+    pub number: i64,
+    /// Its own app, `<app>-pr-<n>`.
+    pub app: String,
+    /// Where it answers, while it exists.
+    pub url: Option<String>,
+    /// `awaiting approval`, `building` (fetching, queueing), `deploying`
+    /// (its build and rollout), `live` (serving its head), `failed` (see
+    /// `detail`) or `closed`.
+    pub state: String,
+    pub detail: Option<String>,
+    /// The pull request's head commit.
+    pub head: String,
+    pub head_ref: String,
+    pub author: String,
+    /// The author may build without approval.
+    pub trusted: bool,
+    /// The commit a maintainer approved.
+    pub approved: Option<String>,
+    /// RFC 3339: when it is torn down unless pushed to or requested.
+    pub expires_at: String,
+}
+
+/// `GET /api/v1/apps/{app}/previews`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PreviewList {
+    pub previews: Vec<PreviewInfo>,
+}
+
+/// `POST /api/v1/apps/{app}/previews/{number}/approve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovePreview {
+    /// Exactly the commit reviewed: a later push needs a new approval.
+    pub sha: String,
+}
+
+/// `POST /api/v1/apps/{app}/previews/{number}/extend`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendPreview {
+    /// Seconds to add (at most 90 days).
+    pub seconds: u64,
+}

@@ -64,7 +64,9 @@ impl From<StoreError> for ApiError {
                     "the app name {name:?} is taken by another organisation; choose another with --app"
                 ),
             ),
-            e @ (StoreError::DomainTaken(_) | StoreError::TooManyDomains { .. }) => {
+            e @ (StoreError::DomainTaken(_)
+            | StoreError::TooManyDomains { .. }
+            | StoreError::TooManyPreviews { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
             StoreError::OrgExists(name) => ApiError::new(

@@ -401,6 +401,8 @@ pub(crate) async fn delete_app_everywhere(
     state: &ApiState,
     app: &hangar_store::App,
 ) -> Result<Vec<String>, ApiError> {
+    // Its pull requests' previews are apps of their own: they go first.
+    crate::git::previews::teardown_all(state, app).await?;
     state.agent.destroy_app(app).await?;
     let resources = state.resources.list(&app.id).await?;
     state.resources.deprovision(app).await?;

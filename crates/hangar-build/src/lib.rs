@@ -442,10 +442,32 @@ impl Builder {
             }
         }
 
-        let target_dir = inner.cfg.target_root.join(&app.name);
+        // A trusted pull request's preview builds in its app's target dir
+        // (same organisation, same repository: its dependencies are
+        // compiled already). An approved fork's gets its own, so code from
+        // outside never writes into the cache production builds from.
+        let (target_name, target_owner) = match inner.store.preview_of_app(&app.id).await {
+            Ok(Some(p)) if p.trusted => match inner.store.app(&p.app_id).await {
+                Ok(Some(parent)) => (parent.name, parent.id),
+                _ => (app.name.clone(), app.id.clone()),
+            },
+            _ => (app.name.clone(), app.id.clone()),
+        };
+        let target_dir = inner.cfg.target_root.join(&target_name);
+        if target_owner != app.id {
+            append(
+                log,
+                &format!("==> a preview: building in {target_name}'s target dir\n"),
+            )
+            .await;
+        }
+        if !inner.cfg.shared_target_root {
+            claim_dir(&target_dir, &target_owner)?;
+        }
         // Held until the image is written: in a shared root another
-        // hangar could otherwise uplift its own binary in between.
-        let _target_lock = if inner.cfg.shared_target_root {
+        // hangar, and in any root an app's preview (or the app, for a
+        // preview), could otherwise uplift its own binary in between.
+        let _target_lock = {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let lock = target_lock::TargetLock::take(&target_dir, move || {
                 let _ = tx.send(());
@@ -458,10 +480,7 @@ impl Builder {
                     lock.await
                 }
             };
-            Some(lock.map_err(|e| format!("locking {}: {e}", target_dir.display()))?)
-        } else {
-            claim_dir(&target_dir, &app.id)?;
-            None
+            lock.map_err(|e| format!("locking {}: {e}", target_dir.display()))?
         };
         let bin = match &inner.cfg.sandbox {
             BuildSandbox::Host => {

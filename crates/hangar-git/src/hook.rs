@@ -200,6 +200,134 @@ impl Forge {
     }
 }
 
+/// What a pull request delivery asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrAction {
+    /// Opened, reopened or pushed to: (re)build its head.
+    Update,
+    /// Closed or merged: tear its preview down.
+    Close,
+    /// Anything else (labels, reviews, edits): nothing.
+    Other,
+}
+
+/// A pull request, as GitHub's and Gitea's `pull_request` payloads (and
+/// GitLab's merge request hooks) describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullRequest {
+    pub action: PrAction,
+    /// The forge's word for it (`opened`, `synchronize`, …).
+    pub action_name: String,
+    pub number: u64,
+    /// Its head commit.
+    pub head_sha: String,
+    /// Its head branch, in the head repository.
+    pub head_ref: String,
+    /// The head repository is not the base one.
+    pub fork: bool,
+    /// The author may build without approval: not a fork, and the forge
+    /// says the author has write access (OWNER, MEMBER, COLLABORATOR).
+    /// Gitea sends no association: only a same-repository PR counts there.
+    pub trusted: bool,
+    pub author: String,
+}
+
+#[derive(Deserialize)]
+struct PrPayload {
+    action: String,
+    number: u64,
+    pull_request: PrBody,
+}
+
+#[derive(Deserialize)]
+struct PrBody {
+    head: PrSide,
+    base: PrSide,
+    #[serde(default)]
+    author_association: Option<String>,
+    #[serde(default)]
+    user: Option<PrUser>,
+}
+
+#[derive(Deserialize)]
+struct PrSide {
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    #[serde(default)]
+    repo: Option<PrRepo>,
+}
+
+#[derive(Deserialize)]
+struct PrRepo {
+    #[serde(default)]
+    full_name: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PrUser {
+    #[serde(default)]
+    login: Option<String>,
+}
+
+impl Forge {
+    /// The pull request an authenticated `pull_request` delivery reports
+    /// (GitHub's and Gitea's shapes).
+    pub fn pull_request(self, body: &[u8]) -> Result<PullRequest, HookError> {
+        let bad = |reason: String| HookError::Payload {
+            forge: self.name(),
+            event: "pull_request".into(),
+            reason,
+        };
+        let p: PrPayload = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+        let head_sha = p.pull_request.head.sha.to_ascii_lowercase();
+        if !valid_sha(&head_sha) {
+            return Err(bad("the head is not a commit id".into()));
+        }
+        if p.number == 0 || p.number > 1_000_000_000 {
+            return Err(bad(format!("{} is not a pull request number", p.number)));
+        }
+        let same = |a: &Option<PrRepo>, b: &Option<PrRepo>| match (a, b) {
+            (Some(a), Some(b)) => match (a.id, b.id) {
+                (Some(x), Some(y)) => x == y,
+                _ => a.full_name.is_some() && a.full_name == b.full_name,
+            },
+            _ => false,
+        };
+        let fork = !same(&p.pull_request.head.repo, &p.pull_request.base.repo);
+        let writer = match p.pull_request.author_association.as_deref() {
+            Some(a) => matches!(a, "OWNER" | "MEMBER" | "COLLABORATOR"),
+            // Gitea: no association; a branch of the repository itself
+            // was pushed by someone with write access.
+            None => self == Forge::Gitea,
+        };
+        let action = match p.action.as_str() {
+            "opened" | "reopened" | "synchronize" | "synchronized" => PrAction::Update,
+            "closed" | "merged" => PrAction::Close,
+            _ => PrAction::Other,
+        };
+        Ok(PullRequest {
+            action,
+            action_name: p.action.chars().take(32).collect(),
+            number: p.number,
+            head_sha,
+            head_ref: p.pull_request.head.git_ref.chars().take(255).collect(),
+            fork,
+            trusted: !fork && writer,
+            author: p
+                .pull_request
+                .user
+                .and_then(|u| u.login)
+                .unwrap_or_default()
+                .chars()
+                .take(64)
+                .collect(),
+        })
+    }
+}
+
 /// One ref's update, as a delivery reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Push {
@@ -393,6 +521,57 @@ mod tests {
         let body = r#"{"ref":"refs/heads/x","after":"--upload-pack=evil"}"#;
         assert!(Forge::GitHub.pushes("push", body.as_bytes()).is_err());
         assert!(Forge::GitHub.pushes("push", b"<xml/>").is_err());
+    }
+
+    fn pr(action: &str, head_repo: u64, association: Option<&str>) -> Vec<u8> {
+        let mut pr = serde_json::json!({
+            "head": {"sha": SHA, "ref": "feature", "repo": {"id": head_repo, "full_name": "x/web"}},
+            "base": {"sha": SHA, "ref": "main", "repo": {"id": 1, "full_name": "dev/web"}},
+            "user": {"login": "alice"},
+        });
+        if let Some(a) = association {
+            pr["author_association"] = a.into();
+        }
+        serde_json::to_vec(&serde_json::json!({"action": action, "number": 7, "pull_request": pr}))
+            .unwrap()
+    }
+
+    #[test]
+    fn pull_requests_say_what_to_do_and_whom_to_trust() {
+        let p = Forge::GitHub
+            .pull_request(&pr("opened", 1, Some("MEMBER")))
+            .unwrap();
+        assert_eq!(
+            (p.action, p.number, p.trusted, p.fork),
+            (PrAction::Update, 7, true, false)
+        );
+        assert_eq!((p.head_sha.as_str(), p.author.as_str()), (SHA, "alice"));
+        // A fork, or an author without write access, is not trusted.
+        let p = Forge::GitHub
+            .pull_request(&pr("synchronize", 2, Some("OWNER")))
+            .unwrap();
+        assert!(p.fork && !p.trusted);
+        let p = Forge::GitHub
+            .pull_request(&pr("reopened", 1, Some("CONTRIBUTOR")))
+            .unwrap();
+        assert!(!p.fork && !p.trusted);
+        let p = Forge::GitHub
+            .pull_request(&pr("reopened", 1, None))
+            .unwrap();
+        assert!(!p.trusted, "GitHub without an association");
+        let p = Forge::Gitea
+            .pull_request(&pr("synchronized", 1, None))
+            .unwrap();
+        assert!(p.trusted && p.action == PrAction::Update);
+        let p = Forge::GitHub
+            .pull_request(&pr("closed", 1, Some("OWNER")))
+            .unwrap();
+        assert_eq!(p.action, PrAction::Close);
+        let p = Forge::GitHub
+            .pull_request(&pr("labeled", 1, Some("OWNER")))
+            .unwrap();
+        assert_eq!(p.action, PrAction::Other);
+        assert!(Forge::GitHub.pull_request(b"{}").is_err());
     }
 
     #[test]

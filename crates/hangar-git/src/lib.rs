@@ -7,5 +7,5 @@
 pub mod hook;
 pub mod repo;
 
-pub use hook::{Forge, HookError, Push};
+pub use hook::{Forge, HookError, PrAction, PullRequest, Push};
 pub use repo::{GitConfig, GitError, Mirror};

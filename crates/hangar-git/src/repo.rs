@@ -231,23 +231,36 @@ impl Mirror {
     /// Fetches `branch` of `url` and returns its head commit. A mirror
     /// grown past its cap is removed and the fetch refused.
     pub async fn fetch_branch(&self, url: &str, branch: &str) -> Result<String, GitError> {
-        check_url(url, self.cfg.allow_file)?;
         check_branch(branch)?;
+        self.fetch_ref(url, &format!("refs/heads/{branch}"), "head")
+            .await
+    }
+
+    /// Fetches pull request `number`'s head (`refs/pull/<n>/head`, as
+    /// GitHub and Gitea publish it) and returns its commit.
+    pub async fn fetch_pull(&self, url: &str, number: u64) -> Result<String, GitError> {
+        self.fetch_ref(
+            url,
+            &format!("refs/pull/{number}/head"),
+            &format!("pull-{number}"),
+        )
+        .await
+    }
+
+    async fn fetch_ref(
+        &self,
+        url: &str,
+        remote_ref: &str,
+        local: &str,
+    ) -> Result<String, GitError> {
+        check_url(url, self.cfg.allow_file)?;
         check_host(url, &self.cfg).await?;
         let depth = format!("--depth={}", self.cfg.depth.max(1));
-        let refspec = format!("+refs/heads/{branch}:refs/hangar/head");
+        let local_ref = format!("refs/hangar/{local}");
+        let refspec = format!("+{remote_ref}:{local_ref}");
         self.git(
             "fetch",
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--prune",
-                &depth,
-                "--",
-                url,
-                &refspec,
-            ],
+            &["fetch", "--quiet", "--no-tags", &depth, "--", url, &refspec],
         )
         .await?;
         let bytes = dir_size(&self.dir).await;
@@ -258,9 +271,8 @@ impl Mirror {
                 max: self.cfg.max_repo_bytes,
             });
         }
-        let out = self
-            .git("rev-parse", &["rev-parse", "refs/hangar/head^{commit}"])
-            .await?;
+        let want = format!("{local_ref}^{{commit}}");
+        let out = self.git("rev-parse", &["rev-parse", &want]).await?;
         let sha = out.trim().to_owned();
         if !valid_sha(&sha) {
             return Err(GitError::Failed {

@@ -22,7 +22,7 @@ mod sqlite;
 
 pub use model::*;
 pub use sqlite::Store;
-pub use sqlite::{MAX_GIT_HISTORY, NewDelivery};
+pub use sqlite::{MAX_GIT_HISTORY, MAX_PREVIEWS_PER_APP, NewDelivery, PreviewPush};
 
 /// Errors from the state store.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub enum StoreError {
     },
     #[error("{0} is another app's domain already")]
     DomainTaken(String),
+    #[error("the app has {limit} open previews already; close one first")]
+    TooManyPreviews { limit: i64 },
     #[error("the app has {limit} custom domains already; remove one first")]
     TooManyDomains { limit: u64 },
     #[error("the organisation holds {limit} live tokens already; revoke some first")]

@@ -368,3 +368,31 @@ pub struct GitCommit {
     pub first_seen: i64,
     pub updated_at: i64,
 }
+
+/// A pull request's preview environment.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// The app the pull request is against.
+    pub app_id: String,
+    pub number: i64,
+    /// The preview's own app, while it exists.
+    pub preview_app_id: Option<String>,
+    pub head_sha: String,
+    pub head_ref: String,
+    pub author: String,
+    /// The author may build without approval.
+    pub trusted: bool,
+    /// The one commit a maintainer approved (`hangar previews approve`).
+    pub approved_sha: Option<String>,
+    /// `awaiting approval`, `building`, `deploying`, `failed` or `closed`
+    /// (the API shows `deploying` as `live` once its head serves).
+    pub state: String,
+    pub detail: Option<String>,
+    /// Unix seconds of the last push to it.
+    pub last_push: i64,
+    pub ttl_secs: i64,
+    /// Unix seconds past which it is torn down, unless it sees a request.
+    pub expires_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -6,8 +6,10 @@ mod builds;
 mod certs;
 mod domains;
 mod git;
+mod previews;
 
 pub use git::{MAX_GIT_HISTORY, NewDelivery};
+pub use previews::{MAX_PREVIEWS_PER_APP, PreviewPush};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema9.sql"),
     include_str!("schema10.sql"),
     include_str!("schema11.sql"),
+    include_str!("schema12.sql"),
 ];
 
 /// Handle to the state store; cheap to clone.

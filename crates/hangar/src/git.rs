@@ -2,7 +2,10 @@
 //! disconnect` and `hangar why APP SHA`; and `hangar up`'s git flags.
 
 use anyhow::Result;
-use hangar_api_types::hangar::{CommitVerdict, GitConnect, GitConnection};
+use hangar_api_types::hangar::{
+    ApprovePreview, CommitVerdict, ExtendPreview, GitConnect, GitConnection, PreviewInfo,
+    PreviewList,
+};
 use http::Method;
 
 use crate::commands::api;
@@ -28,6 +31,10 @@ pub struct GitArgs {
     /// link-local addresses (a git server inside the operator's network).
     #[arg(long)]
     pub git_allow_private_hosts: bool,
+    /// Seconds a pull request's preview lives without a push or a request
+    /// (default 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(i64).range(5..=90 * 24 * 3600))]
+    pub git_preview_ttl_secs: i64,
 }
 
 impl GitArgs {
@@ -193,6 +200,80 @@ fn print_verdict(v: &CommitVerdict) {
             println!("    {line}");
         }
     }
+}
+
+/// `hangar previews list APP`.
+pub async fn previews(app: &str) -> Result<()> {
+    let list: PreviewList = api()?
+        .get_as(&format!("/api/v1/apps/{app}/previews"))
+        .await?;
+    if list.previews.is_empty() {
+        println!("{app} has no previews (pull requests of its repository get one)");
+    }
+    for p in &list.previews {
+        print_preview(p);
+    }
+    Ok(())
+}
+
+fn print_preview(p: &PreviewInfo) {
+    println!(
+        "#{:<5} {:<18} {}  head {} ({}) by {}{}",
+        p.number,
+        p.state,
+        p.url.as_deref().unwrap_or(&p.app),
+        short(&p.head),
+        p.head_ref,
+        p.author,
+        if p.trusted { "" } else { ", needs approval" }
+    );
+    if let Some(d) = &p.detail {
+        println!("       {d}");
+    }
+    if p.state != "closed" {
+        println!("       expires {}", p.expires_at);
+    }
+}
+
+/// `hangar previews approve APP N --sha SHA`.
+pub async fn approve(app: &str, number: u64, sha: &str) -> Result<()> {
+    let body = ApprovePreview {
+        sha: sha.to_owned(),
+    };
+    let p: PreviewInfo = api()?
+        .send_json_as(
+            Method::POST,
+            &format!("/api/v1/apps/{app}/previews/{number}/approve"),
+            &body,
+        )
+        .await?;
+    print_preview(&p);
+    Ok(())
+}
+
+/// `hangar previews extend APP N --hours H`.
+pub async fn extend(app: &str, number: u64, hours: u64) -> Result<()> {
+    let body = ExtendPreview {
+        seconds: hours.saturating_mul(3600),
+    };
+    let p: PreviewInfo = api()?
+        .send_json_as(
+            Method::POST,
+            &format!("/api/v1/apps/{app}/previews/{number}/extend"),
+            &body,
+        )
+        .await?;
+    print_preview(&p);
+    Ok(())
+}
+
+/// `hangar previews destroy APP N`.
+pub async fn destroy_preview(app: &str, number: u64) -> Result<()> {
+    let p: PreviewInfo = api()?
+        .delete_as(&format!("/api/v1/apps/{app}/previews/{number}"))
+        .await?;
+    print_preview(&p);
+    Ok(())
 }
 
 fn short(sha: &str) -> &str {

@@ -238,6 +238,11 @@ enum Command {
         #[command(subcommand)]
         command: GitCommand,
     },
+    /// Pull requests' preview environments of an app.
+    Previews {
+        #[command(subcommand)]
+        command: PreviewsCommand,
+    },
     /// Say what became of a commit: received, ignored, queued, building,
     /// failed, superseded, deployed or rolled back, and why.
     Why {
@@ -340,6 +345,30 @@ enum GitCommand {
     Deploy { app: String },
     /// Stop deploying APP from its repository.
     Disconnect { app: String },
+}
+
+#[derive(Subcommand)]
+enum PreviewsCommand {
+    /// APP's previews: state, URL, head, author, expiry.
+    List { app: String },
+    /// Build pull request N's preview from exactly commit SHA (a fork's,
+    /// or an author's without write access, waits for this).
+    Approve {
+        app: String,
+        number: u64,
+        #[arg(long)]
+        sha: String,
+    },
+    /// Keep pull request N's preview longer.
+    Extend {
+        app: String,
+        number: u64,
+        /// Hours to add (default 24, at most 90 days).
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+    /// Tear pull request N's preview down now.
+    Destroy { app: String, number: u64 },
 }
 
 #[derive(Subcommand)]
@@ -575,6 +604,18 @@ async fn run(cli: Cli) -> Result<()> {
             GitCommand::Disconnect { app } => hangar::git::disconnect(&app).await,
         },
         Command::Why { app, sha } => hangar::git::why(&app, &sha).await,
+        Command::Previews { command } => match command {
+            PreviewsCommand::List { app } => hangar::git::previews(&app).await,
+            PreviewsCommand::Approve { app, number, sha } => {
+                hangar::git::approve(&app, number, &sha).await
+            }
+            PreviewsCommand::Extend { app, number, hours } => {
+                hangar::git::extend(&app, number, hours).await
+            }
+            PreviewsCommand::Destroy { app, number } => {
+                hangar::git::destroy_preview(&app, number).await
+            }
+        },
         Command::Domains { command } => match command {
             DomainsCommand::Add {
                 app,

@@ -231,6 +231,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         data.join("git"),
         vault.clone(),
         opts.git.poll_every(),
+        opts.git.git_preview_ttl_secs,
     );
     let mut resources = Resources::new(store.clone(), vault, postgres);
     if no_server {

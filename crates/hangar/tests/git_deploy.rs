@@ -154,7 +154,7 @@ fn pushes_deploy_exactly_their_commit_and_every_commit_has_an_answer() {
     assert_eq!(code, 202, "{body}");
     let v = wait_state(&p, &a, "deployed", 300);
     println!(
-        "FIGURE: first push -> serving (cold build): {:.1} s",
+        "FIGURE: first push -> serving (cached dependencies): {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(v["via"], "github webhook");

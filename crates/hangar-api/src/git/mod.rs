@@ -11,6 +11,7 @@
 //! a replayed delivery id is a no-op.
 
 mod pipeline;
+pub mod previews;
 mod why;
 
 pub use pipeline::{GitDeploys, Trigger};
@@ -46,6 +47,7 @@ pub(crate) fn routes() -> Router<ApiState> {
         )
         .route("/api/v1/apps/{app}/git/deploy", post(deploy))
         .route("/api/v1/apps/{app}/git/commits/{sha}", get(why_commit))
+        .merge(previews::routes())
 }
 
 /// The webhook route (no token: signed deliveries).
@@ -502,6 +504,28 @@ pub(crate) async fn hook(
                 }
             });
             Ok(answer(StatusCode::ACCEPTED, "accepted", None))
+        }
+        "pull_request" => {
+            let pr = match forge.pull_request(&body) {
+                Ok(pr) => pr,
+                Err(e) => {
+                    record("ignored", None, None, Some(e.to_string())).await?;
+                    return Err(ApiError::bad_request(e.to_string()));
+                }
+            };
+            let git_ref = format!("refs/pull/{}/head", pr.number);
+            if !record(
+                "accepted",
+                Some(git_ref.clone()),
+                Some(pr.head_sha.clone()),
+                Some(format!("pull request #{} {}", pr.number, pr.action_name)),
+            )
+            .await?
+            {
+                return Ok(answer(StatusCode::OK, "replayed", None));
+            }
+            let (verdict, detail) = previews::on_pull_request(&state, &app, &conn, &pr).await?;
+            Ok(answer(StatusCode::ACCEPTED, verdict, Some(detail)))
         }
         other => {
             let detail = format!("{other:?} events do not deploy");

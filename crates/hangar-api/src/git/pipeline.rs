@@ -28,6 +28,7 @@ struct Inner {
     mirrors: PathBuf,
     vault: Vault,
     poll_every: Option<Duration>,
+    preview_ttl_secs: i64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -50,18 +51,25 @@ impl GitDeploys {
         mirrors: PathBuf,
         vault: Vault,
         poll_every: Option<Duration>,
+        preview_ttl_secs: i64,
     ) -> GitDeploys {
         GitDeploys(Arc::new(Inner {
             cfg,
             mirrors,
             vault,
             poll_every,
+            preview_ttl_secs,
             locks: Mutex::default(),
         }))
     }
 
     pub fn config(&self) -> &GitConfig {
         &self.0.cfg
+    }
+
+    /// A new preview's time to live, in seconds.
+    pub fn preview_ttl_secs(&self) -> i64 {
+        self.0.preview_ttl_secs
     }
 
     /// Seconds between polls (0: off).
@@ -77,7 +85,7 @@ impl GitDeploys {
         Ok(self.0.vault.unseal(&context(app_id, what), sealed)?)
     }
 
-    fn lock_of(&self, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_of(&self, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.0.locks.lock().unwrap_or_else(|p| p.into_inner());
         // Locks nobody holds or waits for are dropped as others are made.
         locks.retain(|_, l| Arc::strong_count(l) > 1);
@@ -94,7 +102,7 @@ impl GitDeploys {
         }
     }
 
-    fn mirror_dir(&self, app_id: &str) -> PathBuf {
+    pub(crate) fn mirror_dir(&self, app_id: &str) -> PathBuf {
         self.0.mirrors.join(format!("{app_id}.git"))
     }
 
@@ -203,7 +211,7 @@ impl GitDeploys {
 
     /// Archives the commit, stores it as a source and queues its build;
     /// the reason in words if any step fails.
-    async fn build(
+    pub(crate) async fn build(
         &self,
         state: &ApiState,
         app: &App,
@@ -258,21 +266,26 @@ impl GitDeploys {
         Ok(())
     }
 
-    /// Polls every connected branch until `stop`: a head no webhook
-    /// reported is deployed, and its delivery says `detected via poll`.
+    /// Until `stop`: polls every connected branch (a head no webhook
+    /// reported is deployed, and its delivery says `detected via poll`),
+    /// and tears down previews past their time to live; every poll
+    /// interval, or every minute without polling.
     pub fn spawn_poller(&self, state: ApiState, mut stop: watch::Receiver<bool>) {
-        let Some(every) = self.0.poll_every else {
-            return;
-        };
         let this = self.clone();
+        let every = self.0.poll_every.unwrap_or(Duration::from_secs(60));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => return,
                 }
-                if let Err(e) = this.poll_once(&state).await {
+                if this.0.poll_every.is_some()
+                    && let Err(e) = this.poll_once(&state).await
+                {
                     warn!("polling git repositories: {e:?}");
+                }
+                if let Err(e) = super::previews::sweep(&state).await {
+                    warn!("tearing down expired previews: {e:?}");
                 }
             }
         });

@@ -69,6 +69,23 @@ pub(super) fn release_config(release: &Release) -> Result<AppConfig, String> {
     }
 }
 
+/// How long a preview's machines stay up without a request, unless its
+/// `hangar.toml` says otherwise.
+pub const PREVIEW_IDLE: Duration = Duration::from_secs(15 * 60);
+
+/// A preview environment scales to zero unless its `hangar.toml` says how
+/// its services stop: idle machines stop after [`PREVIEW_IDLE`] and the
+/// next request starts one.
+pub(super) fn preview_defaults(config: &mut AppConfig) {
+    for s in &mut config.services {
+        if s.autostop.is_none() {
+            s.autostop = Some(hangar_core::machine::Autostop::Stop);
+            s.idle_timeout.get_or_insert(PREVIEW_IDLE);
+            s.autostart.get_or_insert(true);
+        }
+    }
+}
+
 /// How many machines an app runs: `hangar scale`'s count, else the file's.
 fn wanted(app: &App, config: &AppConfig) -> u32 {
     app.scale
@@ -174,8 +191,16 @@ impl Agent {
 
     /// The batches of a rollout; `Err` is the reason, worded for the user.
     async fn replace(&self, app: &App, release: &Release) -> Result<(), String> {
-        let config = release_config(release)?;
+        let mut config = release_config(release)?;
         let store = &self.inner.store;
+        if store
+            .preview_of_app(&app.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            preview_defaults(&mut config);
+        }
         let all = store
             .machines_for_app(&app.id)
             .await
@@ -730,5 +755,20 @@ mod tests {
         assert_eq!(release_config(&r).unwrap().count, 3);
         r.config = Some("[deploy]\nstrategy = 1\n".into());
         assert!(release_config(&r).unwrap_err().contains("deploy.strategy"));
+        // A preview scales to zero unless its file says how it stops.
+        r.config = None;
+        let mut c = release_config(&r).unwrap();
+        preview_defaults(&mut c);
+        let s = &c.services[0];
+        assert_eq!(s.autostop, Some(hangar_core::machine::Autostop::Stop));
+        assert_eq!(s.idle_timeout, Some(PREVIEW_IDLE));
+        r.config =
+            Some("[http_service]\ninternal_port = 8080\nauto_stop_machines = false\n".into());
+        let mut c = release_config(&r).unwrap();
+        preview_defaults(&mut c);
+        assert_eq!(
+            c.services[0].autostop,
+            Some(hangar_core::machine::Autostop::Off)
+        );
     }
 }

@@ -161,6 +161,20 @@ impl Store {
         .await
     }
 
+    /// The org with id `id`.
+    pub async fn org(&self, id: &str) -> Result<Option<Org>> {
+        let id = id.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, admin FROM orgs WHERE id = ?1",
+                [id],
+                org_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     /// The org a live token (given as its hash) belongs to.
     pub async fn org_for_token(&self, token_hash: &str) -> Result<Option<Org>> {
         let now = now_unix();
