@@ -61,15 +61,22 @@ pub trait TlsPolicy: Send + Sync + std::fmt::Debug + 'static {
     fn config_for<'a>(&'a self, hello: Hello<'a>) -> BoxFuture<'a, Option<Arc<ServerConfig>>>;
 
     /// The key authorization for an HTTP-01 `token`, while its order is
-    /// pending.
-    fn http01(&self, token: &str) -> Option<String>;
+    /// pending (none by default: a policy that orders nothing).
+    fn http01(&self, _token: &str) -> Option<String> {
+        None
+    }
 
     /// Whether `host` (normalised: lowercase, no port, no trailing dot)
-    /// has a certificate: its plain HTTP requests are redirected to https.
-    fn has_certificate(&self, host: &str) -> bool;
+    /// has a certificate: its plain HTTP requests are redirected to https
+    /// (none by default: the API's policies serve no plain HTTP port).
+    fn has_certificate(&self, _host: &str) -> bool {
+        false
+    }
 
-    /// Whether `app`'s HTTPS answers carry HSTS.
-    fn hsts(&self, app: &str) -> bool;
+    /// Whether `app`'s HTTPS answers carry HSTS (off by default).
+    fn hsts(&self, _app: &str) -> bool {
+        false
+    }
 }
 
 /// What the plain HTTP port knows of the TLS one.

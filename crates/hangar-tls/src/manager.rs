@@ -618,18 +618,6 @@ impl TlsPolicy for ApiPolicy {
             Some(Arc::clone(&certs.0.api))
         })
     }
-
-    fn http01(&self, _: &str) -> Option<String> {
-        None
-    }
-
-    fn has_certificate(&self, _: &str) -> bool {
-        false
-    }
-
-    fn hsts(&self, _: &str) -> bool {
-        false
-    }
 }
 
 /// The API's TLS from a fixed certificate (the operator's files, or a
@@ -666,18 +654,6 @@ impl TlsPolicy for StaticPolicy {
     ) -> hangar_proxy::BoxFuture<'a, Option<Arc<ServerConfig>>> {
         let cfg = Arc::clone(&self.0);
         Box::pin(async move { Some(cfg) })
-    }
-
-    fn http01(&self, _: &str) -> Option<String> {
-        None
-    }
-
-    fn has_certificate(&self, _: &str) -> bool {
-        false
-    }
-
-    fn hsts(&self, _: &str) -> bool {
-        false
     }
 }
 

@@ -12,25 +12,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hangar_git::hook::sign;
-use support::{TestPlatform, copy_example, wait_for};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .expect("git must be installed (apt-get install git)");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use support::{TestPlatform, git, wait_for};
 
 /// Commits the work tree with `greeting` in the app and pushes it to
 /// `branch`: the new commit's id.
@@ -119,16 +104,7 @@ fn builds_of_web(p: &TestPlatform) -> usize {
 #[test]
 fn pushes_deploy_exactly_their_commit_and_every_commit_has_an_answer() {
     let tmp = tempfile::tempdir().unwrap();
-    let origin = tmp.path().join("origin.git");
-    std::fs::create_dir_all(&origin).unwrap();
-    git(&origin, &["init", "--quiet", "--bare", "-b", "main"]);
-    let work = copy_example("hello", tmp.path());
-    std::fs::write(work.join(".gitignore"), "target/\n").unwrap();
-    git(&work, &["init", "--quiet", "-b", "main"]);
-    git(
-        &work,
-        &["remote", "add", "origin", origin.to_str().unwrap()],
-    );
+    let (origin, work) = support::example_repo("hello", tmp.path());
     let a = commit_greeting(&work, "Hello from commit A", "first: A", "main");
 
     let p = TestPlatform::start_with(&["--git-allow-file-urls", "--git-poll-secs", "2"]);
@@ -136,17 +112,7 @@ fn pushes_deploy_exactly_their_commit_and_every_commit_has_an_answer() {
     // A tenant's URL is checked: no transport helpers, no local paths.
     let out = p.hangar(&["git", "connect", "web", "--repo", "ext::sh -c id"]);
     assert!(!out.status.success());
-    let out = p.hangar(&["git", "connect", "web", "--repo", &url]);
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("/hooks/github/web"), "{text}");
-    let secret = text
-        .lines()
-        .skip_while(|l| !l.starts_with("Webhook secret"))
-        .nth(1)
-        .expect("the secret is printed")
-        .trim()
-        .to_owned();
+    let secret = support::git_connect(&p, "web", &url);
 
     // A push, delivered as GitHub sends it, deploys exactly its commit.
     let started = Instant::now();

@@ -7,12 +7,41 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::tls::{HttpsAnswer, Pebble, client_config, connect, https_get};
 use support::{TestPlatform, copy_example, wait_for};
+
+/// Logs the CLI in trusting `root` (as a user would their private CA's:
+/// apps' URLs are https, and a deploy checks it is live there), then
+/// deploys `app_dir` as `app`: what the deploy printed.
+fn login_trusting_and_deploy(
+    p: &TestPlatform,
+    dir: &Path,
+    root: &str,
+    app_dir: &Path,
+    app: &str,
+) -> std::process::Output {
+    let root_file = dir.join("pebble-root.pem");
+    std::fs::write(&root_file, root).unwrap();
+    let (api, token) = (p.api_url(), p.admin_token());
+    let login = [
+        "login",
+        "--api",
+        &api,
+        "--token",
+        &token,
+        "--ca-cert",
+        root_file.to_str().unwrap(),
+    ];
+    assert!(p.hangar(&login).status.success());
+    let out = p.hangar(&["deploy", app_dir.to_str().unwrap(), "--app", app]);
+    assert!(out.status.success(), "deploy");
+    out
+}
 
 /// Waits for `host` to answer 200 over HTTPS, verified against `roots`.
 fn wait_https(port: u16, host: &str, roots: &[String], secs: u64) -> HttpsAnswer {
@@ -84,21 +113,7 @@ fn certificates_from_a_real_acme_server_serve_https_and_survive_renewal_and_rest
     // Apps' URLs are https now: the CLI checks a deploy is live there,
     // trusting Pebble's root as a user would their private CA's.
     let roots = [pebble.issuing_root()];
-    let root_file = dir.path().join("pebble-root.pem");
-    std::fs::write(&root_file, &roots[0]).unwrap();
-    let (api, token) = (p.api_url(), p.admin_token());
-    let login = [
-        "login",
-        "--api",
-        &api,
-        "--token",
-        &token,
-        "--ca-cert",
-        root_file.to_str().unwrap(),
-    ];
-    assert!(p.hangar(&login).status.success());
-    let out = p.hangar(&["deploy", app_dir.to_str().unwrap(), "--app", "web"]);
-    assert!(out.status.success(), "deploy");
+    let out = login_trusting_and_deploy(&p, dir.path(), &roots[0], &app_dir, "web");
     assert!(String::from_utf8_lossy(&out.stdout).contains("is live at https://web.localhost:"));
 
     // A custom domain: ordered at once, served verified, over HTTP/2.
@@ -479,21 +494,7 @@ fn tls_alpn_01_proves_a_name_on_the_tls_port_and_a_failed_order_says_why() {
     ]);
     let app_dir = copy_example("hello", dir.path());
     let roots = [pebble.issuing_root()];
-    let root_file = dir.path().join("pebble-root.pem");
-    std::fs::write(&root_file, &roots[0]).unwrap();
-    let (api, token) = (p.api_url(), p.admin_token());
-    let login = [
-        "login",
-        "--api",
-        &api,
-        "--token",
-        &token,
-        "--ca-cert",
-        root_file.to_str().unwrap(),
-    ];
-    assert!(p.hangar(&login).status.success());
-    let out = p.hangar(&["deploy", app_dir.to_str().unwrap(), "--app", "alpn"]);
-    assert!(out.status.success(), "deploy");
+    login_trusting_and_deploy(&p, dir.path(), &roots[0], &app_dir, "alpn");
     assert!(
         p.hangar(&["domains", "add", "alpn", "alpn.example.test"])
             .status

@@ -9,27 +9,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hangar_git::hook::sign;
 use serde_json::{Value, json};
 use support::inventory::{Inventory, admin_query};
-use support::{TestPlatform, copy_example, wait_for};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Dev")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "Dev")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .expect("git must be installed (apt-get install git)");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use support::{TestPlatform, git, wait_for};
 
 /// Commits a change to the work tree and publishes it as pull request
 /// `n`'s head (`refs/pull/<n>/head`, as GitHub does): its commit id.
@@ -129,16 +114,7 @@ fn app_exists(p: &TestPlatform, app: &str) -> bool {
 fn a_pull_request_gets_its_own_environment_and_leaves_nothing_when_closed() {
     let _ = admin_query("SELECT $1::text", "ping");
     let tmp = tempfile::tempdir().unwrap();
-    let origin = tmp.path().join("origin.git");
-    std::fs::create_dir_all(&origin).unwrap();
-    git(&origin, &["init", "--quiet", "--bare", "-b", "main"]);
-    let work = copy_example("todo", tmp.path());
-    std::fs::write(work.join(".gitignore"), "target/\n").unwrap();
-    git(&work, &["init", "--quiet", "-b", "main"]);
-    git(
-        &work,
-        &["remote", "add", "origin", origin.to_str().unwrap()],
-    );
+    let (origin, work) = support::example_repo("todo", tmp.path());
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "--quiet", "-m", "production"]);
     git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
@@ -157,16 +133,7 @@ fn a_pull_request_gets_its_own_environment_and_leaves_nothing_when_closed() {
         "20",
     ]);
     let url = format!("file://{}", origin.display());
-    let out = p.hangar(&["git", "connect", "todo", "--repo", &url]);
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let secret = text
-        .lines()
-        .skip_while(|l| !l.starts_with("Webhook secret"))
-        .nth(1)
-        .expect("the secret is printed")
-        .trim()
-        .to_owned();
+    let secret = support::git_connect(&p, "todo", &url);
     // Production, deployed from main, with a row of its own.
     let out = p.hangar(&["git", "deploy", "todo"]);
     assert!(out.status.success(), "{out:?}");

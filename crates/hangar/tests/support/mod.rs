@@ -114,6 +114,53 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `git ARGS` in `dir` as a fixed author: its stdout, trimmed. Fails the
+/// test, naming git, if git is missing.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .expect("git must be installed (apt-get install git)");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A bare repository `origin.git` under `dir` and a work tree with a copy
+/// of example `name` (no commit yet) whose `origin` it is: (origin, work).
+pub fn example_repo(name: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let origin = dir.join("origin.git");
+    std::fs::create_dir_all(&origin).unwrap();
+    git(&origin, &["init", "--quiet", "--bare", "-b", "main"]);
+    let work = copy_example(name, dir);
+    std::fs::write(work.join(".gitignore"), "target/\n").unwrap();
+    git(&work, &["init", "--quiet", "-b", "main"]);
+    git(
+        &work,
+        &["remote", "add", "origin", origin.to_str().unwrap()],
+    );
+    (origin, work)
+}
+
+/// `hangar git connect APP --repo URL` on `p`: the webhook secret it
+/// printed.
+pub fn git_connect(p: &TestPlatform, app: &str, url: &str) -> String {
+    let out = p.hangar(&["git", "connect", app, "--repo", url]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(&format!("/hooks/github/{app}")), "{text}");
+    text.lines()
+        .skip_while(|l| !l.starts_with("Webhook secret"))
+        .nth(1)
+        .expect("the secret is printed")
+        .trim()
+        .to_owned()
+}
+
 /// Fails the test, naming what is missing, unless runc and root are there.
 pub fn require_runc_and_root() {
     // SAFETY: geteuid has no preconditions.
