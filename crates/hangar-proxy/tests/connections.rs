@@ -323,35 +323,6 @@ async fn idle_and_slow_header_connections_are_closed_at_the_header_timeout() {
     proxy.shutdown().await;
 }
 
-/// An upstream accepting any upgrade and echoing bytes; reports on the
-/// channel each tunnel's end (the proxy closed its side).
-async fn start_ws_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut stream, peer)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if read_request_head(&mut stream).await.is_empty() {
-                    return;
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
-                    .await;
-                let mut buf = [0u8; 256];
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    if stream.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = tx.send(peer);
-            });
-        }
-    });
-    (addr, rx)
-}
-
 /// Opens a WebSocket tunnel to `app` through the proxy.
 async fn open_tunnel(proxy: &Proxy, app: &str) -> TcpStream {
     let mut stream = raw(

@@ -26,9 +26,6 @@ impl TlsPolicy for OneName {
         let cfg = (hello.server_name == Some("hello.localhost")).then(|| Arc::clone(&self.0));
         Box::pin(async move { cfg })
     }
-    fn http01(&self, _: &str) -> Option<String> {
-        None
-    }
     fn has_certificate(&self, host: &str) -> bool {
         host == "hello.localhost"
     }
@@ -185,4 +182,60 @@ async fn the_plain_port_answers_challenges_and_redirects_hosts_with_certificates
     let answer = proxy.get(&c, &proxy.host("other"), "/").await;
     assert_eq!(answer.status, 200, "no certificate: served over HTTP");
     proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn websockets_are_tunnelled_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _ended) = start_ws_upstream().await;
+    let routes = Arc::new(RouteTable::new("localhost"));
+    routes.set_route("hello", vec![up]);
+    let (cert, policy) = policy();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(hangar_proxy::serve_tls(
+        listener,
+        routes,
+        EdgeOptions::default(),
+        policy,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut tls = handshake(port, "hello.localhost", &cert, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(
+        format!(
+            "GET /chat HTTP/1.1\r\nHost: hello.localhost:{port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            tls.read(&mut byte).await.unwrap(),
+            1,
+            "the head ended early"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    for msg in [&b"ping over tls"[..], b"and again"] {
+        tls.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_exact(&mut got))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+    drop(tls);
+    let _ = stop_tx.send(());
+    served.await.unwrap().unwrap();
 }
