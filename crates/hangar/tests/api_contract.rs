@@ -51,6 +51,7 @@ fn fill(path: &str, app: &str) -> String {
         .replace("{name}", "S")
         .replace("{host}", "ghost.example")
         .replace("{sha}", "abcd1234")
+        .replace("{number}", "7")
 }
 
 #[test]
@@ -615,7 +616,7 @@ fn every_mutating_operation_succeeds_with_the_narrowest_scope_that_allows_it() {
         assert!(ok, "git {args:?}");
     }
     let url = format!("file://{}", repo.display());
-    step(
+    let connected = step(
         "POST",
         "/api/v1/apps/{app}/git",
         "/api/v1/apps/web/git",
@@ -624,6 +625,10 @@ fn every_mutating_operation_succeeds_with_the_narrowest_scope_that_allows_it() {
         &[],
         201,
     );
+    let secret = serde_json::from_str::<Value>(&connected).unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     step(
         "POST",
         "/api/v1/apps/{app}/git/deploy",
@@ -632,6 +637,60 @@ fn every_mutating_operation_succeeds_with_the_narrowest_scope_that_allows_it() {
         Vec::new(),
         &[],
         202,
+    );
+    // A fork's pull request (the webhook is signed, not scoped), then its
+    // preview approved, extended and destroyed (admin).
+    let sha = support::git(&repo, &["rev-parse", "HEAD"]);
+    support::git(&repo, &["update-ref", "refs/pull/1/head", &sha]);
+    let pr = j(json!({
+        "action": "opened",
+        "number": 1,
+        "pull_request": {
+            "head": {"sha": sha, "ref": "x", "repo": {"id": 2, "full_name": "them/web"}},
+            "base": {"sha": sha, "ref": "main", "repo": {"id": 1, "full_name": "us/web"}},
+            "user": {"login": "them"},
+            "author_association": "NONE",
+        },
+    }));
+    let sig = format!("sha256={}", hangar_git::hook::sign(secret.as_bytes(), &pr));
+    let (code, answer) = p.api_request_headers(
+        "POST",
+        "/hooks/github/web",
+        "none",
+        &[
+            ("x-github-event", "pull_request"),
+            ("x-github-delivery", "contract-1"),
+            ("x-hub-signature-256", &sig),
+        ],
+        pr,
+    );
+    assert_eq!(code, 202, "{answer}");
+    step(
+        "POST",
+        "/api/v1/apps/{app}/previews/{number}/approve",
+        "/api/v1/apps/web/previews/1/approve",
+        &admin,
+        j(json!({"sha": sha})),
+        &[],
+        200,
+    );
+    step(
+        "POST",
+        "/api/v1/apps/{app}/previews/{number}/extend",
+        "/api/v1/apps/web/previews/1/extend",
+        &admin,
+        j(json!({"seconds": 3600})),
+        &[],
+        200,
+    );
+    step(
+        "DELETE",
+        "/api/v1/apps/{app}/previews/{number}",
+        "/api/v1/apps/web/previews/1",
+        &admin,
+        Vec::new(),
+        &[],
+        200,
     );
     step(
         "DELETE",

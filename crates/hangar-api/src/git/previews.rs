@@ -252,6 +252,20 @@ pub(crate) async fn sweep(state: &ApiState) -> Result<(), ApiError> {
         let Some(own) = state.store.app(own_id).await? else {
             continue;
         };
+        // Never while it is fetched, built or rolled out; a deploy counts
+        // as the push it came from.
+        let building = p.state == "building"
+            || state
+                .store
+                .builds_for_app(&own.id, 1)
+                .await?
+                .first()
+                .is_some_and(|b| !b.status.is_terminal());
+        let releases = state.store.releases_for_app(&own.id).await?;
+        if building || releases.iter().any(|r| !r.status.is_terminal()) {
+            continue;
+        }
+        let deployed = releases.first().map(|r| r.created_at);
         // A request since the push pushes the end back; one in flight
         // keeps it. An app the edge has no route for has had none.
         let last_request = match state.routes.idle_for(&own.name) {
@@ -259,7 +273,10 @@ pub(crate) async fn sweep(state: &ApiState) -> Result<(), ApiError> {
             None if state.routes.upstreams(&own.name).is_some() => Some(now),
             None => None,
         };
-        let end = last_request.map_or(p.expires_at, |t| p.expires_at.max(t + p.ttl_secs));
+        let end = [last_request, deployed]
+            .into_iter()
+            .flatten()
+            .fold(p.expires_at, |end, t| end.max(t + p.ttl_secs));
         if now < end {
             continue;
         }
@@ -282,6 +299,23 @@ async fn preview_json(
         .map(|n| n.to_string())
         .unwrap_or_default();
     let mut shown = p.state.clone();
+    let mut detail = p.detail.clone();
+    if shown == "deploying"
+        && let Some(id) = &p.preview_app_id
+        && let Some(b) = state.store.builds_for_app(id, 1).await?.first()
+        && matches!(
+            b.status,
+            hangar_core::status::BuildStatus::Failed | hangar_core::status::BuildStatus::Cancelled
+        )
+    {
+        shown = "failed".into();
+        detail = Some(format!(
+            "build {} {}: {}",
+            b.id,
+            b.status,
+            b.error.as_deref().unwrap_or("")
+        ));
+    }
     if shown == "deploying"
         && let Some(id) = &p.preview_app_id
     {
@@ -303,7 +337,7 @@ async fn preview_json(
         url: (p.preview_app_id.is_some()).then(|| state.cfg.app_url(&name)),
         app: name,
         state: shown,
-        detail: p.detail.clone(),
+        detail,
         head: p.head_sha.clone(),
         head_ref: p.head_ref.clone(),
         author: p.author.clone(),
