@@ -91,7 +91,7 @@ pub struct PoolLimits {
 impl Default for PoolLimits {
     fn default() -> Self {
         PoolLimits {
-            idle_per_upstream: 32,
+            idle_per_upstream: 512,
             idle_total: 4096,
             idle_timeout: Duration::from_secs(90),
         }
