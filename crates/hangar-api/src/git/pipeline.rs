@@ -121,9 +121,12 @@ impl GitDeploys {
         let _held = lock.lock().await;
         let store = &state.store;
         let pushed = trigger.push.map(|p| p.after.as_str());
-        if let Some(sha) = pushed {
-            store.commit_heard(&app.id, sha, trigger.via).await?;
-        }
+        // The pushed commit's row as it was before this look (its state
+        // decides below whether it may be marked superseded).
+        let pushed_commit = match pushed {
+            Some(sha) => Some(store.commit_heard(&app.id, sha, trigger.via).await?.0),
+            None => None,
+        };
         let url = String::from_utf8(self.unseal(&app.id, "repo", &conn.repo_sealed)?)
             .map_err(ApiError::internal)?;
         let fetched = async {
@@ -146,8 +149,8 @@ impl GitDeploys {
             }
         };
         store.set_git_head(&app.id, Some(&head), None).await?;
-        if let Some(sha) = pushed.filter(|s| *s != head) {
-            let (old, _) = store.commit_heard(&app.id, sha, trigger.via).await?;
+        if let Some(old) = pushed_commit.filter(|c| c.sha != head) {
+            let sha = old.sha.as_str();
             if old.state != CommitState::Built {
                 let detail = if mirror.is_ancestor(sha, &head).await.unwrap_or(false) {
                     format!("{} moved on to {head} before it was fetched", conn.branch)
