@@ -79,11 +79,18 @@ async fn handshake(
         .await
 }
 
-#[tokio::test]
-async fn the_tls_port_speaks_http2_and_http1_and_says_https_upstream() {
-    let up = start_upstream("a").await;
+/// A TLS edge serving `hello` (at `upstream`) with [`policy`]: its
+/// certificate, its port, the sender that stops it, and its task.
+async fn serve_hello(
+    upstream: std::net::SocketAddr,
+) -> (
+    CertificateDer<'static>,
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), hangar_proxy::ProxyError>>,
+) {
     let routes = Arc::new(RouteTable::new("localhost"));
-    routes.set_route("hello", vec![up.addr]);
+    routes.set_route("hello", vec![upstream]);
     let (cert, policy) = policy();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -97,6 +104,13 @@ async fn the_tls_port_speaks_http2_and_http1_and_says_https_upstream() {
             let _ = stop_rx.await;
         },
     ));
+    (cert, port, stop_tx, served)
+}
+
+#[tokio::test]
+async fn the_tls_port_speaks_http2_and_http1_and_says_https_upstream() {
+    let up = start_upstream("a").await;
+    let (cert, port, stop_tx, served) = serve_hello(up.addr).await;
 
     // HTTP/2: the request reaches the upstream as HTTP/1.1, marked https.
     let tls = handshake(port, "hello.localhost", &cert, &[b"h2", b"http/1.1"])
@@ -188,21 +202,7 @@ async fn the_plain_port_answers_challenges_and_redirects_hosts_with_certificates
 async fn websockets_are_tunnelled_over_tls() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (up, _ended) = start_ws_upstream().await;
-    let routes = Arc::new(RouteTable::new("localhost"));
-    routes.set_route("hello", vec![up]);
-    let (cert, policy) = policy();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(hangar_proxy::serve_tls(
-        listener,
-        routes,
-        EdgeOptions::default(),
-        policy,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (cert, port, stop_tx, served) = serve_hello(up).await;
     let mut tls = handshake(port, "hello.localhost", &cert, &[b"http/1.1"])
         .await
         .unwrap();
